@@ -1,0 +1,33 @@
+# The two commands of the README:  `make demo`  (the main job)  and  `make test`.
+# Each creates .venv if missing and installs the project through its own files.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+OUT    ?= out
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps re-run the install whenever the dependency files change.
+$(VENV)/.run-deps: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e .
+	$(BIN)/python scripts/check_torch.py
+	touch $@
+
+$(VENV)/.dev-deps: pyproject.toml constraints.txt $(VENV)/.run-deps
+	$(PIP) -e '.[dev]'
+	$(BIN)/python scripts/check_torch.py
+	touch $@
+
+demo: $(VENV)/.run-deps
+	$(BIN)/moescope sphere --out $(OUT)/sphere
+
+test: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from moescope.cli import app
+
+app(prog_name="moescope")
