@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def _first_bad(values: np.ndarray, bad: np.ndarray) -> object:
-    return values[bad].flat[0] if values.ndim else values.item()
+def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
+    """The first offending value, printed as the user would have written it (1, 2.5, nan)."""
+    v = float(values[bad].flat[0] if values.ndim else values)
+    return str(int(v)) if v.is_integer() else repr(v)
 
 
 def as_dim(d: object, *, name: str = "d", minimum: int = 2) -> np.ndarray:
@@ -19,7 +21,7 @@ def as_dim(d: object, *, name: str = "d", minimum: int = 2) -> np.ndarray:
     if bad.any():
         raise ValueError(
             f"{name} must be an integer >= {minimum} (the sphere S^(d-1) lives in R^d); "
-            f"got {name}={_first_bad(arr, bad)!r}"
+            f"got {name}={_first_bad(arr, bad)}"
         )
     return arr
 
@@ -34,7 +36,7 @@ def as_real(x: object, *, name: str, low: float = -np.inf, high: float = np.inf)
         raise ValueError(f"{name} must not be NaN; got {name}={x!r}")
     bad = (arr < low) | (arr > high)
     if bad.any():
-        raise ValueError(f"{name} must lie in [{low:g}, {high:g}]; got {name}={_first_bad(arr, bad)!r}")
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}]; got {name}={_first_bad(arr, bad)}")
     return arr
 
 

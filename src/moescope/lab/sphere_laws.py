@@ -66,7 +66,7 @@ class SphereConfig:
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (Wilson 1927)."""
-    z = stats.norm.ppf(0.5 + confidence / 2.0)
+    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
     p = successes / n
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
@@ -110,7 +110,7 @@ def _measure_dim(d: int, cfg: SphereConfig, on_rows: Callable[[int], None] | Non
         lo, hi = wilson_interval(inside, n_x1)
         exact = float(geo.band_mass(eps, d))
         bands.append({"eps": eps, "mc": inside / n_x1, "ci": [lo, hi], "exact": exact,
-                      "agrees": lo <= exact <= hi})
+                      "agrees": bool(lo <= exact <= hi)})
     contrast = draws["contrast"]
     ks = stats.kstest(cos, lambda t: geo.coordinate_cdf(np.clip(t, -1.0, 1.0), d))
     return {
@@ -169,6 +169,15 @@ def _capacity(cfg: SphereConfig) -> list[dict]:
     return rows
 
 
+def _all_but(log10_outside: float, inside: float) -> str:
+    """'all but 1.2e-23' (or 'all but 10^-626.7') when the outside is tiny, else a percentage."""
+    if log10_outside >= -2:
+        return f"{inside:.1%}"
+    if log10_outside >= -300:
+        return f"all but {10**log10_outside:.2g}"
+    return f"all but 10^{log10_outside:.1f}"
+
+
 def _claims(per_dim: list[dict], cfg: SphereConfig, capacity: list[dict]) -> list[dict]:
     """One computed sentence per claim, with the numbers it quotes."""
     lo_d, hi_d = per_dim[0], per_dim[-1]
@@ -213,10 +222,11 @@ def _claims(per_dim: list[dict], cfg: SphereConfig, capacity: list[dict]) -> lis
                      "fold_drop": drop, "distance_std_exact": hi_d["distance"]["std_exact"]}},
         {"id": 3, "title": "Almost all of the sphere lies near the equator; the poles are empty",
          "sentence": (
-             f"In d={hi_d['d']}, all but {outside_hi:.2g} of the sphere lies within |x₁| ≤ {eps_ref} of the "
+             f"In d={hi_d['d']}, {_all_but(math.log10(outside_hi), 1 - outside_hi)} of the sphere lies "
+             f"within |x₁| ≤ {eps_ref} of the "
              f"equator (Monte Carlo: {band_hi['mc']:.2%} of {hi_d['n_points']} points), whereas in "
              f"d={lo_d['d']} the same band holds {band_lo['exact']:.1%}. The polar cap x₁ ≥ 0.5 holds "
-             f"10^{log10_pole:.1f} of the sphere in d={hi_d['d']}; and all but 10^{log10_core:.1f} of the "
+             f"10^{log10_pole:.1f} of the sphere in d={hi_d['d']}; and {_all_but(log10_core, shell_hi)} of the "
              f"unit ball's volume lies within {shell_eps} of its surface. "
              f"Monte Carlo agrees with the exact band mass inside its {CONFIDENCE:.0%} interval at "
              f"{n_agree} of {n_band} (d, ε) points."),
