@@ -1,0 +1,26 @@
+"""MoE building blocks: routers for every family, stacked experts, dispatch, layers, losses.
+
+Every router returns a :class:`RouterResult`; every layer returns a :class:`MoEOutput`.
+:func:`from_hf` lifts a transformers MoE block into the equivalent moescope layer.
+"""
+
+from moescope.moe.dispatch import dispatch, reference_dispatch
+from moescope.moe.experts import DenseFFN, Experts, SharedExpert
+from moescope.moe.layer import MoELayer
+from moescope.moe.losses import CONVENTIONS, load_balancing_loss, router_z_loss
+from moescope.moe.result import MoEOutput, RouterResult
+from moescope.moe.routers import (
+    CosineRouter,
+    DeepSeekV3Router,
+    ExpertChoiceRouter,
+    GptOssRouter,
+    Llama4Router,
+    SwitchRouter,
+    TopKRouter,
+)
+
+__all__ = [
+    "CONVENTIONS", "CosineRouter", "DeepSeekV3Router", "DenseFFN", "ExpertChoiceRouter", "Experts",
+    "GptOssRouter", "Llama4Router", "MoELayer", "MoEOutput", "RouterResult", "SharedExpert", "SwitchRouter",
+    "TopKRouter", "dispatch", "load_balancing_loss", "reference_dispatch", "router_z_loss",
+]

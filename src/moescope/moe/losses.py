@@ -1,0 +1,146 @@
+r"""Auxiliary losses of MoE routers, every convention named and documented.
+
+The lecture's load-balancing loss is :math:`\alpha \cdot n \cdot \sum_i f_i P_i` with f_i the
+fraction of tokens sent to expert i and P_i the mean router probability of expert i. Real
+code bases differ in how f is counted (first choice or all k choices, normalised by k or
+not) and in how layers are pooled, which changes the value at perfect balance:
+
+===============  ======================================================  ==============
+convention       definition                                              at balance
+===============  ======================================================  ==============
+``switch``       E Σ f_i P_i, f from the first choice                    1
+                 (Fedus et al. 2021, eq. 4–6)
+``gshard``       E² mean_i(f_i P_i), first choice (GShard, DeepSpeed's   1
+                 ``top1gating``/``top2gating`` l_aux): equal to switch
+``hf``           transformers' ``load_balancing_loss_func``: counts and   k
+                 probability sums pooled over layers, f over all k
+                 choices *not* divided by k
+``megablocks``   per layer E Σ f_i P_i with f over all k choices / k,    1
+                 then averaged over layers (MegaBlocks)
+``deepseek_seq`` per sequence Σ f_i P_i with f_i = E/(k S) · count_i and  1
+                 P_i the mean of scores normalised over experts,
+                 averaged over sequences (DeepSeek-V3 report, eq. 17–20)
+===============  ======================================================  ==============
+
+P_i always comes from the router's *full* score distribution (all E experts), never from
+the top-k combine weights — taking it from the renormalised top-k weights is a common bug
+that makes the loss blind to probability mass on unchosen experts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+CONVENTIONS = ("switch", "gshard", "hf", "megablocks", "deepseek_seq")
+BALANCED_VALUE = {"switch": "1", "gshard": "1", "hf": "k", "megablocks": "1", "deepseek_seq": "1"}
+
+
+def _as_layers(x: Tensor | Sequence[Tensor], name: str) -> list[Tensor]:
+    layers = [x] if isinstance(x, Tensor) else list(x)
+    if not layers:
+        raise ValueError(f"{name} must be a tensor or a non-empty sequence of per-layer tensors")
+    return layers
+
+
+def _mask(mask: Tensor | None, tokens: int, device: torch.device) -> Tensor:
+    if mask is None:
+        return torch.ones(tokens, device=device, dtype=torch.float32)
+    flat = mask.reshape(-1)
+    if flat.numel() != tokens:
+        raise ValueError(f"attention_mask has {flat.numel()} entries but the router saw {tokens} tokens")
+    return flat.to(device=device, dtype=torch.float32)
+
+
+def _counts(indices: Tensor, num_experts: int, weight: Tensor) -> Tensor:
+    """(E,) Σ_t weight_t · #{slots of t choosing e}; -1 slots count for nothing."""
+    valid = indices >= 0
+    w = weight.unsqueeze(-1).expand_as(indices) * valid
+    out = torch.zeros(num_experts, device=indices.device, dtype=torch.float32)
+    return out.scatter_add_(0, indices.clamp_min(0).reshape(-1), w.reshape(-1).float())
+
+
+def load_balancing_loss(
+    scores: Tensor | Sequence[Tensor],
+    indices: Tensor | Sequence[Tensor],
+    *,
+    convention: str = "switch",
+    attention_mask: Tensor | None = None,
+    sequence_length: int | None = None,
+) -> Tensor:
+    """The load-balancing loss under ``convention`` (see the module table), unscaled (α = 1).
+
+    Args:
+        scores: (T, E) full score distribution per layer (softmax probabilities; for
+            ``deepseek_seq`` the sigmoid scores), or a sequence of them, one per layer.
+        indices: (T, k) chosen experts per layer, highest weight first (column 0 is the
+            first choice); -1 marks an empty slot.
+        convention: one of ``switch``, ``gshard``, ``hf``, ``megablocks``, ``deepseek_seq``.
+        attention_mask: (T,) or (B, S) with 1 for real tokens and 0 for padding; padding
+            counts neither in f nor in P.
+        sequence_length: S for ``deepseek_seq`` (T = B·S); default: all T tokens form one
+            sequence.
+
+    Returns:
+        A float32 scalar.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}; got convention={convention!r}")
+    score_layers, index_layers = _as_layers(scores, "scores"), _as_layers(indices, "indices")
+    if len(score_layers) != len(index_layers):
+        raise ValueError(f"got {len(score_layers)} score tensors but {len(index_layers)} index tensors")
+    num_experts = score_layers[0].shape[-1]
+    for s, i in zip(score_layers, index_layers, strict=True):
+        if s.ndim != 2 or i.ndim != 2 or s.shape[0] != i.shape[0] or s.shape[1] != num_experts:
+            raise ValueError(f"expected scores (T, E) and indices (T, k); got {tuple(s.shape)} and {tuple(i.shape)}")
+    device = score_layers[0].device
+    mask = _mask(attention_mask, score_layers[0].shape[0], device)
+
+    if convention == "hf":  # pooled over layers, all k choices, not divided by k
+        counts = sum(_counts(i, num_experts, mask) for i in index_layers)
+        probs = sum((s.float() * mask.unsqueeze(-1)).sum(0) for s in score_layers)
+        rows = mask.sum() * len(score_layers)
+        return num_experts * torch.sum((counts / rows) * (probs / rows))
+
+    per_layer = []
+    for s, i in zip(score_layers, index_layers, strict=True):
+        s = s.float()
+        if convention in ("switch", "gshard"):
+            f = _counts(i[:, :1], num_experts, mask) / mask.sum()
+            p = (s * mask.unsqueeze(-1)).sum(0) / mask.sum()
+            per_layer.append(num_experts * torch.sum(f * p))
+        elif convention == "megablocks":
+            k = i.shape[-1]
+            f = _counts(i, num_experts, mask) / (mask.sum() * k)
+            p = (s * mask.unsqueeze(-1)).sum(0) / mask.sum()
+            per_layer.append(num_experts * torch.sum(f * p))
+        else:  # deepseek_seq
+            per_layer.append(_deepseek_sequence_loss(s, i, mask, sequence_length))
+    return torch.stack(per_layer).mean()
+
+
+def _deepseek_sequence_loss(scores: Tensor, indices: Tensor, mask: Tensor, seq_len: int | None) -> Tensor:
+    tokens, num_experts = scores.shape
+    k = indices.shape[-1]
+    seq_len = tokens if seq_len is None else seq_len
+    if tokens % seq_len:
+        raise ValueError(f"sequence_length={seq_len} does not divide the {tokens} tokens")
+    n_seq = tokens // seq_len
+    normed = scores / scores.sum(-1, keepdim=True).clamp_min(1e-20)       # s'_{i,t}
+    onehot = torch.zeros(tokens, num_experts, device=scores.device)
+    valid = (indices >= 0).float()
+    onehot.scatter_add_(1, indices.clamp_min(0), valid)                     # (T, E) chosen
+    m = mask.view(n_seq, seq_len, 1)
+    n_real = m.sum(1).clamp_min(1.0)                                         # (n_seq, 1)
+    f = num_experts / (k * n_real) * (onehot.view(n_seq, seq_len, -1) * m).sum(1)
+    p = (normed.view(n_seq, seq_len, -1) * m).sum(1) / n_real
+    return (f * p).sum(-1).mean()
+
+
+def router_z_loss(logits: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): mean_t (logsumexp_e logits_{t,e})²."""
+    z = torch.logsumexp(logits.float(), dim=-1).square()
+    mask = _mask(attention_mask, z.shape[0], z.device)
+    return (z * mask).sum() / mask.sum()

@@ -1,0 +1,57 @@
+"""Pieces every router shares: the centroid matrix, argument checks, the result assembly."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from moescope.moe.losses import load_balancing_loss, router_z_loss
+from moescope.moe.result import RouterResult, count_tokens
+
+
+def check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer; got {name}={v!r}")
+
+
+def check_top_k(top_k: int, num_experts: int) -> None:
+    check_positive(top_k=top_k, num_experts=num_experts)
+    if top_k > num_experts:
+        raise ValueError(f"top_k must be <= num_experts={num_experts}; got top_k={top_k}")
+
+
+def centroids(num_experts: int, hidden: int) -> nn.Parameter:
+    """(E, H) router weight: row e is expert e's centroid; nn.Linear's default init."""
+    w = torch.empty(num_experts, hidden)
+    nn.init.uniform_(w, -1 / math.sqrt(hidden), 1 / math.sqrt(hidden))
+    return nn.Parameter(w)
+
+
+def flat_tokens(x: Tensor, hidden: int) -> Tensor:
+    if x.shape[-1] != hidden:
+        raise ValueError(f"router expects hidden size {hidden}; got input of shape {tuple(x.shape)}")
+    return x.reshape(-1, hidden)
+
+
+def jitter(x: Tensor, amount: float, training: bool) -> Tensor:
+    """Multiplicative noise U(1 - amount, 1 + amount) on the router's input (Switch, eq. in §2.4)."""
+    if training and amount > 0:
+        return x * torch.empty_like(x).uniform_(1.0 - amount, 1.0 + amount)
+    return x
+
+
+def softmax_result(logits: Tensor, probs: Tensor, indices: Tensor, weights: Tensor, *, balance: str,
+                   attention_mask: Tensor | None, balance_indices: Tensor | None = None, **kw) -> RouterResult:
+    """Assemble a result for a softmax router: load balance under ``balance`` and the z-loss.
+
+    ``balance_indices`` (default ``indices``) are the choices the balance loss counts: the
+    experts tokens asked for, which differ from those used when capacity drops tokens.
+    """
+    chosen = indices if balance_indices is None else balance_indices
+    aux = {"load_balance": load_balancing_loss(probs, chosen, convention=balance, attention_mask=attention_mask),
+           "z_loss": router_z_loss(logits, attention_mask)}
+    return RouterResult(logits=logits, scores=probs, indices=indices, weights=weights,
+                        tokens_per_expert=count_tokens(indices, logits.shape[-1]), aux_losses=aux, **kw)

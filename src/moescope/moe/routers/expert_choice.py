@@ -1,0 +1,65 @@
+"""Expert Choice routing (Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing").
+
+Experts choose tokens: with S = softmax over experts of the router logits (T, E), expert e
+takes the C = ceil(capacity_factor · T / E) tokens with the highest S[:, e] and combines
+them with weight S[t, e] (eq. 1–2 of the paper; capacity_factor c = 2 there). Load is
+perfectly balanced by construction, so there is no balance loss; a token may get 0, 1 or
+up to E experts (the result pads with -1).
+
+Not causal: which tokens an expert takes depends on the whole batch, so a position's output
+can depend on later positions. Use it for non-causal objectives only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moescope.moe.losses import router_z_loss
+from moescope.moe.result import RouterResult, count_tokens
+from moescope.moe.routers._common import centroids, check_positive, flat_tokens
+
+
+class ExpertChoiceRouter(nn.Module):
+    """Each expert picks its top-C tokens; token-major (T, k_max) result padded with -1."""
+
+    def __init__(self, hidden: int, num_experts: int, *, capacity_factor: float = 2.0) -> None:
+        super().__init__()
+        check_positive(hidden=hidden, num_experts=num_experts)
+        if not capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be > 0; got capacity_factor={capacity_factor!r}")
+        self.hidden, self.num_experts, self.capacity_factor = hidden, num_experts, capacity_factor
+        self.weight = centroids(num_experts, hidden)
+
+    def capacity(self, tokens: int) -> int:
+        return min(tokens, math.ceil(self.capacity_factor * tokens / self.num_experts))
+
+    def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
+        """x (..., H) -> routing; padding (mask 0) is never chosen."""
+        flat = flat_tokens(x, self.hidden)
+        tokens = flat.shape[0]
+        logits = F.linear(flat.float(), self.weight.float())            # (T, E)
+        probs = torch.softmax(logits, dim=-1)
+        eligible = probs if attention_mask is None else probs.masked_fill(
+            attention_mask.reshape(-1, 1) == 0, -1.0)
+        cap = self.capacity(tokens)
+        token_idx = eligible.t().topk(cap, dim=-1).indices                # (E, C)
+        chosen = torch.zeros(tokens, self.num_experts, dtype=torch.bool, device=flat.device)
+        chosen[token_idx, torch.arange(self.num_experts, device=flat.device).unsqueeze(1)] = True
+        if attention_mask is not None:
+            chosen &= attention_mask.reshape(-1, 1).bool()
+        per_token = chosen.sum(-1)
+        k_max = max(int(per_token.max()), 1)
+        key = torch.where(chosen, probs + 1.0, torch.zeros_like(probs))  # chosen first, by weight
+        top_key, indices = key.topk(k_max, dim=-1)
+        valid = top_key > 0
+        weights = torch.where(valid, probs.gather(1, indices), 0.0)
+        indices = torch.where(valid, indices, -1)
+        return RouterResult(logits=logits, scores=probs, indices=indices, weights=weights,
+                            tokens_per_expert=count_tokens(indices, self.num_experts),
+                            aux_losses={"z_loss": router_z_loss(logits, attention_mask)},
+                            stats={"capacity": torch.tensor(cap), "experts_per_token": per_token.float(),
+                                   "unrouted_fraction": (per_token == 0).float().mean()})

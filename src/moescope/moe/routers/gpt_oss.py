@@ -1,0 +1,35 @@
+"""GPT-OSS routing: a router with bias, top-k on the logits, softmax over the k chosen.
+
+Matches transformers' ``GptOssTopKRouter``. The combine weights are a softmax over the k
+chosen logits only; ``scores`` (and P_i of the balance loss) are the softmax over all E.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moescope.moe.result import RouterResult
+from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, softmax_result
+
+
+class GptOssRouter(nn.Module):
+    """Top-k on biased logits; weights = softmax of the chosen k logits (k = 4 in gpt-oss)."""
+
+    def __init__(self, hidden: int, num_experts: int, top_k: int = 4, *, balance: str = "switch") -> None:
+        super().__init__()
+        check_top_k(top_k, num_experts)
+        self.hidden, self.num_experts, self.top_k, self.balance = hidden, num_experts, top_k, balance
+        self.weight = centroids(num_experts, hidden)
+        self.bias = nn.Parameter(torch.zeros(num_experts))
+
+    def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
+        """x (..., H) -> routing."""
+        flat = flat_tokens(x, self.hidden)
+        logits = F.linear(flat, self.weight, self.bias)                  # (T, E)
+        top, indices = logits.topk(self.top_k, dim=-1)
+        weights = torch.softmax(top.float(), dim=-1)
+        probs = torch.softmax(logits.float(), dim=-1)
+        return softmax_result(logits.float(), probs, indices, weights, balance=self.balance,
+                              attention_mask=attention_mask)

@@ -1,0 +1,44 @@
+"""Top-k softmax routing: Mixtral, and with ``normalize_topk=False`` Qwen2/Qwen3-MoE and OLMoE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moescope.moe.result import RouterResult
+from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, jitter, softmax_result
+
+
+class TopKRouter(nn.Module):
+    """softmax over all E experts in float32 → top-k → (optionally) renormalise to sum 1.
+
+    Reproduces ``MixtralTopKRouter`` (``normalize_topk=True``) and the Qwen2-MoE / Qwen3-MoE
+    / OLMoE routers with ``norm_topk_prob=False`` (``normalize_topk=False``).
+
+    Args:
+        hidden: H.
+        num_experts: E.
+        top_k: k experts per token.
+        normalize_topk: divide the k chosen probabilities by their sum.
+        jitter: multiplicative input noise in training (0 = off).
+        balance: load-balancing convention of :func:`moescope.moe.losses.load_balancing_loss`.
+    """
+
+    def __init__(self, hidden: int, num_experts: int, top_k: int = 2, *, normalize_topk: bool = True,
+                 jitter: float = 0.0, balance: str = "switch") -> None:
+        super().__init__()
+        check_top_k(top_k, num_experts)
+        self.hidden, self.num_experts, self.top_k = hidden, num_experts, top_k
+        self.normalize_topk, self.jitter, self.balance = normalize_topk, jitter, balance
+        self.weight = centroids(num_experts, hidden)  # (E, H)
+
+    def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
+        """x (..., H) -> routing of the T = prod(...) tokens."""
+        x = jitter(flat_tokens(x, self.hidden), self.jitter, self.training)
+        logits = F.linear(x, self.weight).float()                      # (T, E)
+        probs = torch.softmax(logits, dim=-1)
+        weights, indices = torch.topk(probs, self.top_k, dim=-1)       # (T, k), descending
+        if self.normalize_topk:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return softmax_result(logits, probs, indices, weights, balance=self.balance, attention_mask=attention_mask)
