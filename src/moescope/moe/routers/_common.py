@@ -30,6 +30,11 @@ def centroids(num_experts: int, hidden: int) -> nn.Parameter:
     return nn.Parameter(w)
 
 
+def fp32(x: Tensor) -> Tensor:
+    """At least float32 for softmax/sigmoid (bf16/fp16 go up; float64 stays, for gradcheck)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def flat_tokens(x: Tensor, hidden: int) -> Tensor:
     if x.shape[-1] != hidden:
         raise ValueError(f"router expects hidden size {hidden}; got input of shape {tuple(x.shape)}")

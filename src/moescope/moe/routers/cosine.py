@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, jitter, softmax_result
+from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32, jitter, softmax_result
 
 
 class CosineRouter(nn.Module):
@@ -40,8 +40,8 @@ class CosineRouter(nn.Module):
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing of the T = prod(...) tokens."""
         x = jitter(flat_tokens(x, self.hidden), self.jitter, self.training)
-        cos = F.linear(F.normalize(x.float(), dim=-1), F.normalize(self.weight.float(), dim=-1))  # (T, E)
-        logits = cos / self.log_temperature.exp()
+        cos = F.linear(F.normalize(fp32(x), dim=-1), F.normalize(fp32(self.weight), dim=-1))  # (T, E)
+        logits = cos / self.log_temperature.exp().to(cos.dtype)
         probs = torch.softmax(logits, dim=-1)
         weights, indices = torch.topk(probs, self.top_k, dim=-1)
         if self.normalize_topk:

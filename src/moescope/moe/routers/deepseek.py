@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
 from moescope.moe.result import RouterResult, count_tokens
-from moescope.moe.routers._common import centroids, check_positive, check_top_k, flat_tokens
+from moescope.moe.routers._common import centroids, check_positive, check_top_k, flat_tokens, fp32
 
 
 class DeepSeekV3Router(nn.Module):
@@ -64,7 +64,7 @@ class DeepSeekV3Router(nn.Module):
         """x (T, H) or (B, S, H) (sequences for the sequence-wise loss) -> routing."""
         seq_len = x.shape[-2] if x.ndim >= 3 else None
         flat = flat_tokens(x, self.hidden)
-        logits = F.linear(flat.float(), self.weight.float())            # (T, E)
+        logits = F.linear(fp32(flat), fp32(self.weight))            # (T, E)
         scores = torch.sigmoid(logits)
         choice = scores + self.selection_bias                             # selection only
         if self.n_group > 1:

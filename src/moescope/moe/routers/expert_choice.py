@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from moescope.moe.losses import router_z_loss
 from moescope.moe.result import RouterResult, count_tokens
-from moescope.moe.routers._common import centroids, check_positive, flat_tokens
+from moescope.moe.routers._common import centroids, check_positive, flat_tokens, fp32
 
 
 class ExpertChoiceRouter(nn.Module):
@@ -41,7 +41,7 @@ class ExpertChoiceRouter(nn.Module):
         """x (..., H) -> routing; padding (mask 0) is never chosen."""
         flat = flat_tokens(x, self.hidden)
         tokens = flat.shape[0]
-        logits = F.linear(flat.float(), self.weight.float())            # (T, E)
+        logits = F.linear(fp32(flat), fp32(self.weight))            # (T, E)
         probs = torch.softmax(logits, dim=-1)
         eligible = probs if attention_mask is None else probs.masked_fill(
             attention_mask.reshape(-1, 1) == 0, -1.0)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, softmax_result
+from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32, softmax_result
 
 
 class GptOssRouter(nn.Module):
@@ -29,7 +29,7 @@ class GptOssRouter(nn.Module):
         flat = flat_tokens(x, self.hidden)
         logits = F.linear(flat, self.weight, self.bias)                  # (T, E)
         top, indices = logits.topk(self.top_k, dim=-1)
-        weights = torch.softmax(top.float(), dim=-1)
-        probs = torch.softmax(logits.float(), dim=-1)
-        return softmax_result(logits.float(), probs, indices, weights, balance=self.balance,
+        weights = torch.softmax(fp32(top), dim=-1)
+        probs = torch.softmax(fp32(logits), dim=-1)
+        return softmax_result(fp32(logits), probs, indices, weights, balance=self.balance,
                               attention_mask=attention_mask)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
 from moescope.moe.result import RouterResult, count_tokens
-from moescope.moe.routers._common import centroids, check_top_k, flat_tokens
+from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32
 
 
 class Llama4Router(nn.Module):
@@ -35,10 +35,10 @@ class Llama4Router(nn.Module):
         flat = flat_tokens(x, self.hidden)
         logits = F.linear(flat, self.weight)                             # (T, E), input dtype as in Llama 4
         top, indices = logits.topk(self.top_k, dim=-1)
-        weights = torch.sigmoid(top.float())
-        scores = torch.sigmoid(logits.float())
+        weights = torch.sigmoid(fp32(top))
+        scores = torch.sigmoid(fp32(logits))
         normed = scores / scores.sum(-1, keepdim=True)
         aux = {"load_balance": load_balancing_loss(normed, indices, convention="switch", attention_mask=attention_mask)}
-        return RouterResult(logits=logits.float(), scores=scores, indices=indices, weights=weights,
+        return RouterResult(logits=fp32(logits), scores=scores, indices=indices, weights=weights,
                             tokens_per_expert=count_tokens(indices, self.num_experts), aux_losses=aux,
                             weight_input=True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, jitter, softmax_result
+from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32, jitter, softmax_result
 
 
 class TopKRouter(nn.Module):
@@ -36,7 +36,7 @@ class TopKRouter(nn.Module):
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing of the T = prod(...) tokens."""
         x = jitter(flat_tokens(x, self.hidden), self.jitter, self.training)
-        logits = F.linear(x, self.weight).float()                      # (T, E)
+        logits = fp32(F.linear(x, self.weight))                      # (T, E)
         probs = torch.softmax(logits, dim=-1)
         weights, indices = torch.topk(probs, self.top_k, dim=-1)       # (T, k), descending
         if self.normalize_topk:

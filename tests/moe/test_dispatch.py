@@ -1,0 +1,136 @@
+"""Every dispatch path equals the per-token reference, forward and backward, for every router."""
+
+import pytest
+import torch
+
+from moescope.moe import (
+    CosineRouter,
+    DeepSeekV3Router,
+    ExpertChoiceRouter,
+    Experts,
+    GptOssRouter,
+    Llama4Router,
+    MoELayer,
+    SharedExpert,
+    SwitchRouter,
+    TopKRouter,
+    dispatch,
+    reference_dispatch,
+)
+
+H, I, E = 12, 10, 6
+ROUTERS = {
+    "topk": lambda: TopKRouter(H, E, 2),
+    "topk_unnormalised": lambda: TopKRouter(H, E, 3, normalize_topk=False),
+    "cosine": lambda: CosineRouter(H, E, 2),
+    "switch": lambda: SwitchRouter(H, E, capacity_factor=0.8),
+    "deepseek_v3": lambda: DeepSeekV3Router(H, E, 2, n_group=3, topk_group=2, routed_scaling_factor=2.0),
+    "llama4": lambda: Llama4Router(H, E, 2),
+    "gpt_oss": lambda: GptOssRouter(H, E, 2),
+    "expert_choice": lambda: ExpertChoiceRouter(H, E, capacity_factor=1.5),
+}
+GATES = {"swiglu": {}, "gpt_oss": {"gate": "gpt_oss", "bias": True}, "none": {"gate": "none", "activation": "relu"}}
+
+
+def _layer(router: str, gate: str, shared: bool, method: str, seed: int = 0) -> MoELayer:
+    torch.manual_seed(seed)
+    experts = Experts(E, H, I, **GATES[gate])
+    if gate == "gpt_oss":
+        with torch.no_grad():
+            experts.gate_up_proj.mul_(20.0)  # push activations past the clamp limit
+    return MoELayer(router=ROUTERS[router](), experts=experts, shared=SharedExpert(H, 8) if shared else None,
+                    dispatch=method).double()
+
+
+@pytest.mark.parametrize("router", list(ROUTERS))
+@pytest.mark.parametrize("gate", list(GATES))
+@pytest.mark.parametrize("method", ["sorted", "loop", "bmm", "auto"])
+def test_paths_equal_reference_forward_and_backward(router, gate, method):
+    x = torch.randn(3, 5, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grads = {}
+    outs = {}
+    for m in ("reference", method):
+        layer = _layer(router, gate, shared=False, method=m)
+        xx = x.clone().requires_grad_()
+        out = layer(xx).hidden
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        outs[m] = out.detach()
+        grads[m] = [xx.grad] + [p.grad if p.grad is not None else torch.zeros_like(p) for p in layer.parameters()]
+    torch.testing.assert_close(outs[method], outs["reference"], atol=1e-12, rtol=1e-12)
+    for a, b in zip(grads[method], grads["reference"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+
+
+@pytest.mark.parametrize("router", list(ROUTERS))
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("method", ["sorted", "loop", "bmm"])
+def test_smoke_every_router_dispatch_shared(router, shared, method):
+    layer = _layer(router, "swiglu", shared, method).float()
+    out = layer(torch.randn(2, 4, H))
+    assert out.hidden.shape == (2, 4, H) and torch.isfinite(out.hidden).all()
+    r = out.routing
+    assert r.logits.shape == (8, E) and r.scores.shape == (8, E) and r.indices.shape == r.weights.shape
+    assert int(r.tokens_per_expert.sum()) == int((r.indices >= 0).sum())
+    out.hidden.sum().backward()
+
+
+def test_identical_experts_reproduce_one_expert():
+    """With every expert equal and weights summing to one, routing cannot matter."""
+    experts = Experts(E, H, I).double()
+    with torch.no_grad():
+        experts.gate_up_proj.copy_(experts.gate_up_proj[:1].expand_as(experts.gate_up_proj))
+        experts.down_proj.copy_(experts.down_proj[:1].expand_as(experts.down_proj))
+    layer = MoELayer(router=TopKRouter(H, E, 3).double(), experts=experts)
+    x = torch.randn(7, H, dtype=torch.float64)
+    # the router works in float32, so its weights sum to 1 only to ~1e-7
+    torch.testing.assert_close(layer(x).hidden, experts.expert(0, x), atol=1e-7, rtol=1e-6)
+
+
+def test_gradcheck_float64():
+    layer = _layer("topk", "swiglu", shared=True, method="sorted")
+    x = torch.randn(5, H, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: layer(t).hidden, (x,))
+    experts = layer.experts
+    idx = torch.tensor([[0, 2], [1, -1], [2, 0], [5, 4]])
+    w = torch.rand(4, 2, dtype=torch.float64, requires_grad=True)
+    xs = torch.randn(4, H, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, g, d: dispatch(a, idx, b, experts),
+                                    (xs, w, experts.gate_up_proj, experts.down_proj))
+
+
+def test_empty_slots_and_no_tokens():
+    experts = Experts(E, H, I).double()
+    x = torch.randn(3, H, dtype=torch.float64)
+    idx = torch.full((3, 2), -1)
+    w = torch.zeros(3, 2, dtype=torch.float64)
+    for m in ("sorted", "loop", "bmm"):
+        assert torch.equal(dispatch(x, idx, w, experts, method=m), torch.zeros_like(x))
+        assert dispatch(x[:0], idx[:0], w[:0], experts, method=m).shape == (0, H)
+    torch.testing.assert_close(dispatch(x, torch.tensor([[1, -1]] * 3), torch.ones(3, 2, dtype=torch.float64),
+                                        experts), reference_dispatch(x, torch.tensor([[1, -1]] * 3),
+                                                                     torch.ones(3, 2, dtype=torch.float64), experts))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "fast"}, "dispatch method must be one of"),
+        ({"indices": torch.tensor([[E, 0]])}, "out of range"),
+        ({"x": torch.randn(1, H + 1)}, r"x must have shape \(T, 12\)"),
+        ({"weights": torch.ones(1, 3)}, "must both be"),
+    ],
+)
+def test_dispatch_errors(kwargs, match):
+    args = {"x": torch.randn(1, H), "indices": torch.tensor([[0, 1]]), "weights": torch.ones(1, 2),
+            "experts": Experts(E, H, I)}
+    method = kwargs.pop("method", "auto")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        dispatch(**args, method=method)
+
+
+def test_layer_rejects_mismatched_parts():
+    with pytest.raises(ValueError, match="router has 4 experts"):
+        MoELayer(router=TopKRouter(H, 4, 2), experts=Experts(E, H, I))
+    with pytest.raises(ValueError, match="dispatch must be one of"):
+        MoELayer(router=TopKRouter(H, E, 2), experts=Experts(E, H, I), dispatch="gpu")

@@ -1,0 +1,103 @@
+"""moescope layers equal the transformers reference blocks: same weights in, same outputs out."""
+
+import pytest
+import torch
+from hf_blocks import FAMILIES, H, deepseek_v3, qwen2_moe, qwen3_moe, switch
+
+from moescope.moe import from_hf as from_hf_module
+from moescope.moe.from_hf import from_hf
+from moescope.moe.losses import load_balancing_loss
+
+
+def _hf_choices(name, block, x):
+    """The experts the reference block chose, as sorted (T, k) index sets (-1 = dropped)."""
+    flat = x.reshape(-1, x.shape[-1])
+    if name == "llama4":
+        return torch.sort(block.router(flat)[1].topk(block.router.top_k, dim=-1).indices, -1).values
+    if name == "gpt_oss":
+        return torch.sort(block.router(flat)[2], -1).values
+    if name == "switch":
+        onehot = block.router(x)[0].reshape(-1, block.router.num_experts)
+        return torch.where(onehot.any(-1), onehot.argmax(-1), -1).unsqueeze(-1)
+    return torch.sort(block.gate(flat)[-1], -1).values
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("shape", [(2, 7), (1, 13), (4, 3)])
+def test_same_outputs_and_same_choices(name, shape):
+    block = FAMILIES[name](seed=sum(shape))
+    layer = from_hf(block)
+    x = torch.randn(*shape, H, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = block(x)
+        ref = (ref[0] if isinstance(ref, tuple) else ref).reshape(x.shape)
+        out = layer(x)
+    torch.testing.assert_close(out.hidden, ref, atol=1e-5, rtol=1e-5)
+    ours = torch.sort(out.routing.indices, -1).values
+    assert torch.equal(ours, _hf_choices(name, block, x))
+
+
+def test_weights_are_copied_not_shared():
+    block = FAMILIES["mixtral"]()
+    layer = from_hf(block)
+    with torch.no_grad():
+        block.experts.gate_up_proj.zero_()
+    assert layer.experts.gate_up_proj.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_norm_topk_prob_both_ways(norm):
+    for make in (qwen2_moe, qwen3_moe):
+        block = make(norm_topk_prob=norm)
+        layer = from_hf(block)
+        x = torch.randn(2, 5, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x).hidden, block(x), atol=1e-5, rtol=1e-5)
+        assert layer.router.normalize_topk is norm
+        weight_sums = layer(x).routing.weights.sum(-1)
+        assert torch.allclose(weight_sums, torch.ones_like(weight_sums)) is norm
+
+
+def test_deepseek_bias_and_groups_change_the_choice():
+    """The non-zero correction bias and the group limit must matter, or the test proves little."""
+    block = deepseek_v3()
+    layer = from_hf(block)
+    x = torch.randn(3, 6, 32)
+    with torch.no_grad():
+        chosen = layer(x).routing.indices
+        # unbiased, ungrouped top-k of the sigmoid scores
+        scores = torch.sigmoid(x.reshape(-1, 32) @ layer.router.weight.t())
+        plain = scores.topk(layer.router.top_k, dim=-1).indices
+    assert not torch.equal(torch.sort(chosen, -1).values, torch.sort(plain, -1).values)
+
+
+def test_switch_capacity_drops_tokens_like_the_reference():
+    block = switch(expert_capacity=1)
+    layer = from_hf(block)
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        out = layer(x)
+        torch.testing.assert_close(out.hidden, block(x), atol=1e-5, rtol=1e-5)
+    assert out.routing.stats["drop_rate"] > 0.3  # 9 tokens, 8 experts, capacity 1 per sequence
+    dropped = out.routing.indices[:, 0] < 0
+    assert torch.all(out.hidden.reshape(-1, 32)[dropped] == 0)  # no expert output: residual carries them
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_hf_convention_equals_load_balancing_loss_func(with_mask):
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    g = torch.Generator().manual_seed(3)
+    batch, seq, experts, k, layers = 3, 5, 8, 2, 4
+    logits = tuple(torch.randn(batch * seq, experts, generator=g) for _ in range(layers))
+    mask = (torch.rand(batch, seq, generator=g) > 0.3).long() if with_mask else None
+    ref = load_balancing_loss_func(logits, experts, k, mask)
+    probs = [torch.softmax(lg, -1) for lg in logits]
+    ours = load_balancing_loss(probs, [p.topk(k, -1).indices for p in probs], convention="hf", attention_mask=mask)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_unsupported_block_is_a_clear_error():
+    with pytest.raises(TypeError, match="supported blocks: MixtralSparseMoeBlock"):
+        from_hf(torch.nn.Linear(3, 3))
+    assert len(from_hf_module.CONVERTERS) >= 8
