@@ -1,0 +1,106 @@
+"""Load-balancing conventions and the z-loss: hand-derived values and their failure modes."""
+
+import math
+
+import pytest
+import torch
+
+from moescope.moe.losses import CONVENTIONS, load_balancing_loss, router_z_loss
+
+E, K = 4, 2
+
+
+def _balanced(tokens: int = 8):
+    """Uniform probabilities; each expert first choice of T/E tokens and chosen T·k/E times."""
+    probs = torch.full((tokens, E), 1 / E)
+    first = torch.arange(tokens) % E
+    second = (first + 1) % E
+    return probs, torch.stack([first, second], -1)
+
+
+def _collapsed(tokens: int = 8):
+    """Everything on expert 0 (probability 1)."""
+    probs = torch.zeros(tokens, E)
+    probs[:, 0] = 1
+    return probs, torch.stack([torch.zeros(tokens, dtype=torch.long), torch.ones(tokens, dtype=torch.long)], -1)
+
+
+@pytest.mark.parametrize(("convention", "balanced", "collapsed"), [
+    ("switch", 1.0, E * 1.0),          # E · f_0 P_0 = E · 1 · 1
+    ("gshard", 1.0, E * 1.0),
+    ("hf", K, E * (1.0 * 1.0)),        # f over both slots: f_0 = f_1 = 1 (not /k), P_0 = 1 -> E · 1
+    ("megablocks", 1.0, E * 0.5),      # f_0 = f_1 = 1/2, P_0 = 1 -> E · 1/2
+    ("deepseek_seq", 1.0, E / K),      # f_0 = E/(k T) · T = E/k, P_0 = 1
+])
+def test_values_at_balance_and_collapse(convention, balanced, collapsed):
+    assert load_balancing_loss(*_balanced(), convention=convention).item() == pytest.approx(balanced, rel=1e-6)
+    assert load_balancing_loss(*_collapsed(), convention=convention).item() == pytest.approx(collapsed, rel=1e-6)
+
+
+def test_p_comes_from_the_full_distribution():
+    """Moving probability between *unchosen* experts must change the loss (top-k weights would not)."""
+    probs, idx = _balanced()
+    skew = probs.clone()
+    skew[:, 2] += 0.1
+    skew[:, 3] -= 0.1
+    a = load_balancing_loss(probs, idx[:, :1], convention="switch")
+    b = load_balancing_loss(skew, idx[:, :1], convention="switch")
+    assert a != b
+
+
+def test_mask_excludes_padding():
+    probs, idx = _balanced(8)
+    padded_probs = torch.cat([probs, torch.eye(E)[[0, 0, 0, 0]]])          # 4 junk rows, all on expert 0
+    padded_idx = torch.cat([idx, torch.zeros(4, K, dtype=torch.long)])
+    mask = torch.cat([torch.ones(8), torch.zeros(4)])
+    for c in CONVENTIONS:
+        clean = load_balancing_loss(probs, idx, convention=c)
+        masked = load_balancing_loss(padded_probs, padded_idx, convention=c, attention_mask=mask,
+                                     sequence_length=12 if c == "deepseek_seq" else None)
+        unmasked = load_balancing_loss(padded_probs, padded_idx, convention=c,
+                                       sequence_length=12 if c == "deepseek_seq" else None)
+        assert masked.item() == pytest.approx(clean.item(), rel=1e-6), c
+        assert unmasked.item() != pytest.approx(clean.item(), rel=1e-3), c
+
+
+def test_layers_pool_for_hf_and_average_for_megablocks():
+    b, c = _balanced(), _collapsed()
+    pooled = load_balancing_loss([b[0], c[0]], [b[1], c[1]], convention="hf")
+    # pooled over 2 layers x 8 tokens: counts [4+8, 4+8, 4, 4], probability sums [2+8, 2, 2, 2]
+    # -> E * sum(f P) = 4 * (12*10 + 12*2 + 4*2 + 4*2) / 16^2 = 2.5
+    assert pooled.item() == pytest.approx(2.5, rel=1e-6)
+    averaged = load_balancing_loss([b[0], c[0]], [b[1], c[1]], convention="megablocks")
+    assert averaged.item() == pytest.approx((1.0 + E * 0.5) / 2, rel=1e-6)
+
+
+def test_deepseek_sequences_are_separate():
+    # sequence 1 collapsed on expert 0, sequence 2 collapsed on expert 2: pooled looks balanced-ish,
+    # per-sequence each is collapsed.
+    p1, i1 = _collapsed(4)
+    p2 = torch.zeros(4, E)
+    p2[:, 2] = 1
+    i2 = torch.stack([torch.full((4,), 2), torch.full((4,), 3)], -1)
+    loss = load_balancing_loss(torch.cat([p1, p2]), torch.cat([i1, i2]), convention="deepseek_seq",
+                               sequence_length=4)
+    assert loss.item() == pytest.approx(E / K, rel=1e-6)
+    one_seq = load_balancing_loss(torch.cat([p1, p2]), torch.cat([i1, i2]), convention="deepseek_seq")
+    assert one_seq.item() < loss.item()
+
+
+def test_z_loss_by_hand():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    expected = (math.log(2.0) ** 2 + math.log(4.0) ** 2) / 2
+    assert router_z_loss(logits).item() == pytest.approx(expected, rel=1e-6)
+    assert router_z_loss(logits, torch.tensor([1, 0])).item() == pytest.approx(math.log(2.0) ** 2, rel=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"convention": "deepspeed"}, "convention must be one of"),
+    ({"attention_mask": torch.ones(3)}, "attention_mask has 3 entries"),
+    ({"convention": "deepseek_seq", "sequence_length": 3}, "does not divide"),
+])
+def test_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_balancing_loss(*_balanced(8), **kwargs)
+    with pytest.raises(ValueError, match="got 1 score tensors but 2"):
+        load_balancing_loss([torch.ones(2, E)], [torch.zeros(2, 1, dtype=torch.long)] * 2)

@@ -1,0 +1,144 @@
+"""Router semantics by hand: what each family chooses, how it weights, what it reports."""
+
+import math
+
+import pytest
+import torch
+
+from moescope.moe import (
+    CosineRouter,
+    DeepSeekV3Router,
+    ExpertChoiceRouter,
+    GptOssRouter,
+    Llama4Router,
+    SwitchRouter,
+    TopKRouter,
+)
+
+
+def _set(router, weight):
+    with torch.no_grad():
+        router.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+    return router
+
+
+def test_topk_by_hand():
+    r = _set(TopKRouter(2, 3, 2), [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    res = r(torch.tensor([[2.0, 1.0]]))
+    p = torch.softmax(torch.tensor([2.0, 1.0, 0.0]), -1)
+    assert res.indices.tolist() == [[0, 1]]
+    torch.testing.assert_close(res.weights, (p[:2] / p[:2].sum()).unsqueeze(0))
+    torch.testing.assert_close(res.scores, p.unsqueeze(0))
+    unnorm = _set(TopKRouter(2, 3, 2, normalize_topk=False), r.weight)(torch.tensor([[2.0, 1.0]]))
+    torch.testing.assert_close(unnorm.weights, p[:2].unsqueeze(0))
+    assert res.tokens_per_expert.tolist() == [1, 1, 0]
+
+
+def test_switch_capacity_drops_later_tokens_in_sequence_order():
+    r = _set(SwitchRouter(2, 2, expert_capacity=2), [[1.0, 0.0], [0.0, 1.0]])
+    x = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]])        # three tokens want expert 0
+    res = r(x)
+    assert res.indices[:, 0].tolist() == [0, 0, -1, 1]         # the third is dropped, in order
+    assert res.weights[2, 0] == 0 and res.stats["drop_rate"].item() == pytest.approx(0.25)
+    assert res.tokens_per_expert.tolist() == [2, 1]
+    # capacity factor: C = ceil(T/E * cf) = ceil(4/2 * 0.5) = 1
+    assert SwitchRouter(2, 2, capacity_factor=0.5).capacity(4) == 1
+    # per-sequence scope: two sequences of two tokens each get their own capacity
+    seq = _set(SwitchRouter(2, 2, expert_capacity=1, capacity_scope="sequence"), r.weight)
+    assert seq(x.view(2, 2, 2)).indices[:, 0].tolist() == [0, -1, 0, 1]
+
+
+def test_deepseek_bias_selects_but_does_not_weight():
+    r = DeepSeekV3Router(2, 4, 1, routed_scaling_factor=1.0)
+    _set(r, [[1.0, 0.0], [0.9, 0.0], [0.0, 1.0], [0.0, 0.9]])
+    x = torch.tensor([[1.0, 0.0]])
+    assert r(x).indices.tolist() == [[0]]
+    with torch.no_grad():
+        r.selection_bias[1] = 0.5                                   # now expert 1 is selected...
+    res = r(x)
+    assert res.indices.tolist() == [[1]]
+    # ...but weighted by its unbiased score, renormalised: a single expert gets exactly 1
+    assert res.weights.item() == pytest.approx(1.0)
+    two = DeepSeekV3Router(2, 4, 2, normalize_topk=False, routed_scaling_factor=2.5)
+    _set(two, r.weight)
+    s = torch.sigmoid(torch.tensor([1.0, 0.9]))
+    torch.testing.assert_close(two(x).weights, (2.5 * s).unsqueeze(0))
+
+
+def test_deepseek_groups_mask_whole_groups():
+    # groups {0,1} and {2,3}; group score = sum of top-2: group 0 = s0+s1, group 1 = s2+s3
+    r = _set(DeepSeekV3Router(2, 4, 2, n_group=2, topk_group=1), [[3.0, 0.0], [-3.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
+    res = r(torch.tensor([[1.0, 0.0]]))
+    # expert 0 alone is the best expert, but group 1 (2+2) beats group 0 (3-3): experts 2 and 3 win
+    assert sorted(res.indices[0].tolist()) == [2, 3]
+
+
+def test_deepseek_bias_update_moves_toward_balance():
+    r = DeepSeekV3Router(4, 4, 1, bias_update_rate=0.01)
+    r.update_bias(torch.tensor([10, 0, 5, 5]))
+    assert r.selection_bias.tolist() == pytest.approx([-0.01, 0.01, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        r.update_bias(torch.tensor([1, 2]))
+
+
+def test_llama4_weights_the_input():
+    r = _set(Llama4Router(2, 3, 1), [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    res = r(torch.tensor([[0.5, 2.0]]))
+    assert res.weight_input and res.indices.tolist() == [[1]]
+    assert res.weights.item() == pytest.approx(1 / (1 + math.exp(-2.0)))
+
+
+def test_gpt_oss_softmax_over_chosen_only():
+    r = _set(GptOssRouter(2, 3, 2), [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    with torch.no_grad():
+        r.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    res = r(torch.tensor([[1.0, 2.0]]))
+    assert sorted(res.indices[0].tolist()) == [1, 2]                # logits 1, 2, 5
+    w = torch.softmax(torch.tensor([5.0, 2.0]), -1)
+    torch.testing.assert_close(res.weights[0], w)
+    torch.testing.assert_close(res.scores[0], torch.softmax(torch.tensor([1.0, 2.0, 5.0]), -1))
+
+
+def test_expert_choice_each_expert_takes_capacity_tokens():
+    r = ExpertChoiceRouter(8, 4, capacity_factor=1.0)
+    x = torch.randn(12, 8)
+    res = r(x)
+    assert res.tokens_per_expert.tolist() == [3, 3, 3, 3]           # C = ceil(1 * 12 / 4)
+    for e in range(4):  # expert e's tokens are its top-3 by score
+        mine = set(torch.nonzero((res.indices == e).any(-1)).squeeze(-1).tolist())
+        assert mine == set(res.scores[:, e].topk(3).indices.tolist())
+    mask = torch.ones(12)
+    mask[:6] = 0
+    masked = r(x, attention_mask=mask)
+    assert (masked.indices[:6] == -1).all()
+
+
+def test_cosine_router_ignores_token_norm():
+    r = CosineRouter(6, 5, 2)
+    x = torch.randn(4, 6)
+    a, b = r(x), r(x * 37.0)
+    assert torch.equal(a.indices, b.indices)
+    torch.testing.assert_close(a.weights, b.weights)
+    assert a.stats["cosine"].abs().max() <= 1.0 + 1e-6
+    assert (a.logits.abs() <= 1 / 0.07 + 1e-4).all()
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: TopKRouter(4, 3, 4), "top_k must be <= num_experts=3"),
+    (lambda: TopKRouter(4, 0, 1), "num_experts=0"),
+    (lambda: SwitchRouter(4, 3, capacity_scope="global"), "capacity_scope"),
+    (lambda: SwitchRouter(4, 3, capacity_factor=0), "capacity_factor=0"),
+    (lambda: DeepSeekV3Router(4, 6, 2, n_group=4), "n_group=4"),
+    (lambda: DeepSeekV3Router(4, 8, 2, n_group=2, topk_group=3), "topk_group=3"),
+    (lambda: DeepSeekV3Router(4, 8, 5, n_group=4, topk_group=2), "top_k=5 exceeds"),
+    (lambda: CosineRouter(4, 3, 1, temperature=0.0), "temperature=0.0"),
+    (lambda: ExpertChoiceRouter(4, 3, capacity_factor=-1), "capacity_factor=-1"),
+])
+def test_constructor_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_wrong_hidden_size():
+    with pytest.raises(ValueError, match="router expects hidden size 4"):
+        TopKRouter(4, 3, 1)(torch.randn(2, 5))
