@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 from moescope.moe.experts import Experts
 from moescope.moe.soft import SoftMoELayer, soft_logits, soft_weights
 
-H, I = 6, 5
+H, INNER = 6, 5
 GATES = {"swiglu": {}, "none": {"gate": "none", "activation": "gelu"}, "gpt_oss": {"gate": "gpt_oss", "bias": True}}
 
 
 def _layer(e: int = 3, s: int = 2, *, gate: str = "swiglu", normalize: bool = True, seed: int = 0,
            dtype: torch.dtype = torch.float64) -> SoftMoELayer:
     torch.manual_seed(seed)
-    layer = SoftMoELayer(hidden=H, experts=Experts(e, H, I, **GATES[gate]), slots_per_expert=s, normalize=normalize)
+    layer = SoftMoELayer(hidden=H, experts=Experts(e, H, INNER, **GATES[gate]), slots_per_expert=s, normalize=normalize)
     with torch.no_grad():
         layer.scale.fill_(1.7)  # off its init so a misplaced scale shows
     return layer.to(dtype)
@@ -54,7 +54,7 @@ def test_matches_einsum_oracle(g: int, t: int, e: int, s: int, magnitude: float)
 
 
 def test_hand_derived_one_expert_one_slot() -> None:
-    # One expert, one slot: expert(x) = relu(I · relu-free x) = x for x >= 0; Φ = (1, 0), scale 2.
+    # One expert, one slot, identity weights: expert(x) = relu(x) = x for x >= 0; Φ = (1, 0), scale 2.
     experts = Experts(1, 2, 2, gate="none", activation="relu").double()
     layer = SoftMoELayer(hidden=2, experts=experts).double()
     with torch.no_grad():
@@ -67,13 +67,13 @@ def test_hand_derived_one_expert_one_slot() -> None:
     l1 = 2 * 3 / math.sqrt(25 + 1e-6) / math.sqrt(1 + 1e-6)
     # dispatch = softmax over the 2 tokens: p1 = e^l1 / (e^l1 + 1) ≈ 0.76852, p2 = 1 - p1 ≈ 0.23148.
     p1 = math.exp(l1) / (math.exp(l1) + 1)
-    # slot = p1·(3, 4) + p2·(0, 2) ≈ (2.30556, 3.53704); one slot => combine = 1, both tokens get it.
+    # slot = p1·(3, 4) + p2·(0, 2) ≈ (2.30557, 3.53705); one slot => combine = 1, both tokens get it.
     slot = [3 * p1, 4 * p1 + 2 * (1 - p1)]
     out = layer(x)
     torch.testing.assert_close(out.hidden, torch.tensor([slot, slot], dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(out.routing.scores, torch.ones(2, 1, dtype=torch.float64))
     torch.testing.assert_close(out.routing.logits, torch.tensor([[l1], [0.0]], dtype=torch.float64))
-    assert abs(slot[0] - 2.30556) < 1e-5 and abs(slot[1] - 3.53704) < 1e-5
+    assert abs(slot[0] - 2.30557) < 1e-5 and abs(slot[1] - 3.53705) < 1e-5
 
 
 def test_stats_on_uniform_logits() -> None:
@@ -181,13 +181,15 @@ def test_smoke(gate: str, normalize: bool, shape: tuple[int, ...]) -> None:
 
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="slots_per_expert=0"):
-        SoftMoELayer(hidden=H, experts=Experts(2, H, I), slots_per_expert=0)
+        SoftMoELayer(hidden=H, experts=Experts(2, H, INNER), slots_per_expert=0)
     with pytest.raises(ValueError, match="hidden=7"):
-        SoftMoELayer(hidden=7, experts=Experts(2, H, I))
+        SoftMoELayer(hidden=7, experts=Experts(2, H, INNER))
     layer = _layer(dtype=torch.float32)
     with pytest.raises(ValueError, match=r"got shape \(2, 4, 5\)"):
         layer(torch.randn(2, 4, 5))
     with pytest.raises(ValueError, match=r"got shape \(6,\)"):
         layer(torch.randn(H))
+    with pytest.raises(ValueError, match=r"T >= 1\); got shape \(2, 0, 6\)"):
+        layer(torch.randn(2, 0, H))
     with pytest.raises(ValueError, match=r"attention_mask must have shape \(2, 4\); got \(2, 5\)"):
         layer(torch.randn(2, 4, H), attention_mask=torch.ones(2, 5))

@@ -18,9 +18,10 @@ from moescope.moe.routers import (
     SwitchRouter,
     TopKRouter,
 )
+from moescope.moe.soft import SoftMoELayer
 
 __all__ = [
     "CONVENTIONS", "CosineRouter", "DeepSeekV3Router", "DenseFFN", "ExpertChoiceRouter", "Experts",
-    "GptOssRouter", "Llama4Router", "MoELayer", "MoEOutput", "RouterResult", "SharedExpert", "SwitchRouter",
-    "TopKRouter", "dispatch", "load_balancing_loss", "reference_dispatch", "router_z_loss",
+    "GptOssRouter", "Llama4Router", "MoELayer", "MoEOutput", "RouterResult", "SharedExpert", "SoftMoELayer",
+    "SwitchRouter", "TopKRouter", "dispatch", "load_balancing_loss", "reference_dispatch", "router_z_loss",
 ]

@@ -143,7 +143,7 @@ class SoftMoELayer(nn.Module):
     def _experts(self, slots: Tensor) -> Tensor:
         """(G, E·S, H) slot inputs -> (G, E·S, H): expert e on its S slots of every group."""
         g, e, s, h = slots.shape[0], self.num_experts, self.slots_per_expert, self.hidden
-        rows = slots.reshape(g, e, s, h).transpose(0, 1).reshape(e, g * s, h)       # (E, G·S, H)
+        rows = slots.reshape(g, e, s, h).transpose(0, 1).reshape(e, g * s, h)     # (E, G·S, H)
         ex = self.experts                                                          # equal counts: one bmm
         first = torch.bmm(rows, ex.gate_up_proj.transpose(1, 2))                  # (E, G·S, 2I | I)
         if ex.gate_up_bias is not None:
@@ -151,7 +151,7 @@ class SoftMoELayer(nn.Module):
         y = torch.bmm(ex.inner(first), ex.down_proj.transpose(1, 2))              # (E, G·S, H)
         if ex.down_bias is not None:
             y = y + ex.down_bias.unsqueeze(1)
-        return y.reshape(e, g, s, h).transpose(0, 1).reshape(g, e * s, h)           # (G, E·S, H)
+        return y.reshape(e, g, s, h).transpose(0, 1).reshape(g, e * s, h)         # (G, E·S, H)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> MoEOutput:
         """x (..., T, H) -> MoEOutput(hidden (..., T, H), soft routing of the flattened tokens).
@@ -161,6 +161,8 @@ class SoftMoELayer(nn.Module):
         """
         if x.ndim < 2 or x.shape[-1] != self.hidden:
             raise ValueError(f"SoftMoELayer expects input (..., T, {self.hidden}); got shape {tuple(x.shape)}")
+        if x.shape[-2] == 0:
+            raise ValueError(f"Soft MoE needs at least one token per group (T >= 1); got shape {tuple(x.shape)}")
         if attention_mask is not None and attention_mask.shape != x.shape[:-1]:
             raise ValueError(f"attention_mask must have shape {tuple(x.shape[:-1])}; "
                              f"got {tuple(attention_mask.shape)}")
