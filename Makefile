@@ -19,6 +19,8 @@ $(VENV)/.run-deps: pyproject.toml constraints.txt | $(BIN)/python
 
 $(VENV)/.dev-deps: pyproject.toml constraints.txt $(VENV)/.run-deps
 	$(PIP) -e '.[dev]'
+	# torchattacks requires torchvision on paper but not in practice; --no-deps keeps the CPU torch
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps 'torchattacks==3.5.1'
 	$(BIN)/python scripts/check_torch.py
 	touch $@
 
