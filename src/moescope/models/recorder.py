@@ -1,0 +1,319 @@
+"""Record what every MoE layer of a live model actually did, one forward pass at a time.
+
+``RoutingRecorder(model, views)`` is a context manager that attaches forward hooks and turns
+each forward pass into one :class:`~moescope.models.view.RoutingRecord` per MoE layer:
+
+.. code-block:: python
+
+    model, tokenizer, views = load_moe_model(path)
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with RoutingRecorder(model, views) as rec:
+        model(**batch)                      # input_ids and attention_mask are captured
+        for record in rec.pop():
+            stats.update(record)
+
+**The choices are read, never re-derived.** Every router in transformers 5.x returns the
+experts it chose, and the block hands exactly those to its experts; the recorder hooks the
+*router submodule* and reads its returned indices and weights. Re-deriving them from
+``router_logits`` would be wrong for DeepSeek-V3 (a selection bias and group limits change
+the choice), Switch (capacity drops tokens), PhiMoE (sparsemixer's threshold) and in general
+across versions, where the meaning of ``router_logits`` changed. What is read, per family:
+
+=====================  =================  =========================================================
+family                 hooked module      read from its output
+=====================  =================  =========================================================
+Mixtral, Qwen2/3-MoE,  ``block.gate``     ``(logits, weights (T, k), indices (T, k))``
+OLMoE, DeepSeek-V2/V3
+GPT-OSS, PhiMoE,       ``block.router``   the same triple (PhiMoE: sparsemixer's two multipliers
+GraniteMoE(-shared)                       and experts)
+Llama 4                ``block.router``   ``(scores (T, E), logits)``: scores are sigmoid of the
+                                          chosen logits scattered into -inf, so the chosen experts
+                                          are the **non-zero** entries
+Switch Transformers    ``block.router``   ``(dispatch (B, S, E), probs (B, S, 1), logits)``: the
+                                          capacity-masked one-hot; a token with no 1 was dropped
+                                          (index -1, weight 0)
+moescope               the layer          its ``MoEOutput.routing`` (a ``RouterResult``)
+=====================  =================  =========================================================
+
+Each token's (index, weight) pairs are sorted by weight, descending (stable), so column 0
+is the expert with the largest combine weight; -1 slots go last. (PhiMoE: sparsemixer's two
+multipliers are each a softmax over a different masked set, so the larger one need not
+belong to its first pick, the top logit.) ``scores`` (T, E) is the
+full distribution: the softmax of the logits for softmax routers (GPT-OSS: of the biased
+logits), the sigmoid for sigmoid routers (DeepSeek-V3: *without* the selection bias, as the
+combine weights use it; Llama 4), and for soft routing the per-expert combine mass of
+moescope's ``SoftMoELayer``.
+
+.. warning:: Llama 4 caveat. A chosen expert whose score underflows to exactly 0 cannot be
+   told from an unchosen one: sigmoid(l) is 0 in float32 (and bfloat16) for l below about
+   -104 (-92 in bfloat16), in float16 below about -17. Such an expert contributes
+   ``expert(0 · x) = 0`` to the output, so it was not used in any measurable sense; the
+   recorder marks its slot -1 and the count of valid choices falls below T·k.
+
+**Batch, mask and token ids.** ``batch_shape`` (B, S) comes from the shape of the block's
+input (a forward pre-hook on the block). The attention mask and input ids come, in order of
+precedence, from :meth:`RoutingRecorder.set_batch` (applies to the next forward of
+``model``, or to blocks called directly), else from the model's own forward arguments
+(``input_ids`` / ``attention_mask``, keyword or the first two positional; a pre-hook on
+``model``), and for a moescope layer from the ``attention_mask`` it was called with. When the
+mask is longer than S (generation with a KV cache) its last S columns are used; a mask or
+ids of any other shape are not applied (all tokens real, ids None), which is what happens
+for the decoder layers of an encoder–decoder model.
+
+**Passes.** A pass starts when ``model``'s forward starts and ends when it returns; the
+records of the last finished pass are :attr:`RoutingRecorder.records` (``pop`` takes them),
+and ``on_pass`` is called with each pass's records (use it under ``generate``). Blocks called
+directly, without ``model``, form a pass that ends when a layer fires a second time or the
+records are read. While a pass runs, captures stay on the model's device; they are moved to
+the CPU (float32 / int64, detached) once per pass. Hooks are removed on exit, exceptions
+included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from moescope.models.adapters import find_moe_layers
+from moescope.models.view import MoELayerView, RoutingRecord
+
+Choice = tuple[Tensor, Tensor, Tensor]  # indices (T, k), weights (T, k), scores (T, E)
+
+
+# -- readers: router output -> (indices, weights, scores) ---------------------------------------
+def _distribution(logits: Tensor, scoring: str) -> Tensor:
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    return torch.sigmoid(logits) if scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+
+
+def _read_triple(output, view: MoELayerView) -> Choice:
+    """``(logits, weights, indices)``: Mixtral, Qwen, OLMoE, DeepSeek, GPT-OSS, PhiMoE, GraniteMoE."""
+    logits, weights, indices = output[0], output[1], output[2]
+    k = indices.shape[-1]
+    return indices.reshape(-1, k), weights.reshape(-1, k), _distribution(logits, view.scoring)
+
+
+def _read_llama4(output, view: MoELayerView) -> Choice:
+    """``(scores, logits)``: the chosen experts are the non-zero scores (see the module warning)."""
+    scores, logits = output[0], output[1]
+    scores = scores.reshape(-1, scores.shape[-1]).float()
+    weights, indices = scores.topk(view.top_k, dim=-1)
+    return indices.masked_fill(weights == 0, -1), weights, _distribution(logits, "sigmoid")
+
+
+def _read_switch(output, view: MoELayerView) -> Choice:
+    """``(dispatch one-hot (B, S, E), probs (B, S, 1), logits)``: no 1 in a row = dropped token."""
+    dispatch, probs, logits = output[0], output[1], output[2]
+    dispatch = dispatch.reshape(-1, dispatch.shape[-1])
+    kept = dispatch.bool().any(-1, keepdim=True)                                 # (T, 1)
+    indices = dispatch.argmax(-1, keepdim=True).masked_fill(~kept, -1)
+    weights = probs.reshape(-1, 1).float() * kept
+    return indices, weights, _distribution(logits, "softmax")
+
+
+def _read_moescope(output, view: MoELayerView) -> Choice:
+    """moescope ``MoEOutput``: its ``RouterResult``; soft routing's scores are per-expert mass."""
+    r = output.routing
+    return r.indices, r.weights, r.weights if view.scoring == "soft" else r.scores
+
+
+# family -> (path of the hooked submodule inside the block, "" = the block itself; reader)
+READERS: dict[str, tuple[str, Callable[[object, MoELayerView], Choice]]] = {
+    "mixtral": ("gate", _read_triple), "qwen2_moe": ("gate", _read_triple), "qwen3_moe": ("gate", _read_triple),
+    "olmoe": ("gate", _read_triple), "deepseek_v2": ("gate", _read_triple), "deepseek_v3": ("gate", _read_triple),
+    "gpt_oss": ("router", _read_triple), "phimoe": ("router", _read_triple), "granitemoe": ("router", _read_triple),
+    "granitemoeshared": ("router", _read_triple), "llama4": ("router", _read_llama4),
+    "switch_transformers": ("router", _read_switch), "moescope": ("", _read_moescope),
+}
+
+
+def sort_by_weight(indices: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's (index, weight) pairs by weight, descending and stable; -1 slots last."""
+    if indices.shape[-1] < 2:
+        return indices, weights
+    key = weights.float().masked_fill(indices < 0, float("-inf"))
+    order = key.argsort(dim=-1, descending=True, stable=True)
+    return indices.gather(-1, order), weights.gather(-1, order)
+
+
+# -- the recorder --------------------------------------------------------------------------------
+@dataclass
+class _Capture:
+    """One layer's raw capture during a pass, still on the model's device."""
+
+    indices: Tensor
+    weights: Tensor
+    scores: Tensor
+    lead: tuple[int, ...]              # the block input's leading shape
+    own_mask: Tensor | None            # the attention_mask a moescope layer was called with
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> Tensor | None:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, Tensor):
+            return v
+    return None
+
+
+def _batch_from_call(args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+    """``input_ids`` and ``attention_mask`` of a model call (keywords, else the first two positionals)."""
+    ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    if ids is None and args and isinstance(args[0], Tensor) and not args[0].is_floating_point():
+        ids = args[0]
+    if mask is None and len(args) > 1 and isinstance(args[1], Tensor):
+        mask = args[1]
+    return ids, mask
+
+
+class RoutingRecorder:
+    """Hooks on ``model`` and its MoE layers that record one RoutingRecord per layer and pass.
+
+    Args:
+        model: the live model (its forward delimits a pass and carries the batch).
+        views: the layers to record (default: :func:`find_moe_layers` of ``model``); each
+            needs its live ``module``.
+        on_pass: called with the list of records of every finished pass.
+    """
+
+    def __init__(self, model: nn.Module, views: list[MoELayerView] | None = None, *,
+                 on_pass: Callable[[list[RoutingRecord]], None] | None = None) -> None:
+        self.model = model
+        self.views = list(find_moe_layers(model) if views is None else views)
+        for v in self.views:
+            if v.module is None:
+                raise ValueError(f"view {v.name!r} has no live module (read from disk?); cannot record it")
+            if v.family not in READERS:
+                raise ValueError(f"no routing reader for family {v.family!r}; known: {', '.join(READERS)}")
+        self.on_pass = on_pass
+        self._handles: list[RemovableHandle] = []
+        self._pending: dict[int, _Capture] = {}
+        self._pending_batch: tuple[Tensor | None, Tensor | None] = (None, None)
+        self._explicit: tuple[Tensor | None, Tensor | None] | None = None
+        self._in_model = False
+        self._lead: dict[int, tuple[tuple[int, ...], Tensor | None]] = {}
+        self._last: list[RoutingRecord] = []
+
+    # -- public ---------------------------------------------------------------------------------
+    def __enter__(self) -> RoutingRecorder:
+        try:
+            self._attach()
+        except BaseException:
+            self._detach()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._detach()
+
+    def set_batch(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> None:
+        """Token ids (B, S) and attention mask (B, S | B, past + S; 1 = real) of the next pass.
+
+        Takes precedence over what the model's forward is called with.
+        """
+        for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if t is not None and (not isinstance(t, Tensor) or t.dim() != 2):
+                raise ValueError(f"{name} must be a 2-D (batch, sequence) tensor; got "
+                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        self._explicit = (input_ids, attention_mask)
+
+    @property
+    def records(self) -> list[RoutingRecord]:
+        """The records of the last finished pass, one per recorded layer, by layer index."""
+        if self._pending:
+            self._finish()
+        return list(self._last)
+
+    def pop(self) -> list[RoutingRecord]:
+        """The last pass's records, forgetting them."""
+        out = self.records
+        self._last = []
+        return out
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _attach(self) -> None:
+        self._handles.append(self.model.register_forward_pre_hook(self._model_pre, with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._model_post, always_call=True))
+        for view in self.views:
+            path, reader = READERS[view.family]
+            target = view.module.get_submodule(path) if path else view.module
+            self._handles.append(view.module.register_forward_pre_hook(self._block_pre(view), with_kwargs=True))
+            self._handles.append(target.register_forward_hook(self._capture(view, reader)))
+
+    def _detach(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _model_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._pending and not self._in_model:  # blocks called directly before: their pass ends
+            self._finish()
+        self._in_model = True
+        if self._explicit is not None:
+            self._pending_batch, self._explicit = self._explicit, None
+        else:
+            self._pending_batch = _batch_from_call(args, kwargs)
+
+    def _model_post(self, module: nn.Module, args: tuple, output) -> None:
+        self._in_model = False
+        if output is None:             # the forward raised (an always_call hook): drop the pass
+            self._pending.clear()
+            self._pending_batch = (None, None)
+        elif self._pending:
+            self._finish()
+
+    def _block_pre(self, view: MoELayerView):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = _first_tensor(args, kwargs)
+            lead = tuple(x.shape[:-1]) if x is not None else ()
+            own = kwargs.get("attention_mask") if view.family == "moescope" else None
+            self._lead[view.index] = (lead, own)
+
+        return hook
+
+    def _capture(self, view: MoELayerView, reader: Callable[[object, MoELayerView], Choice]):
+        def hook(module: nn.Module, args: tuple, output) -> None:
+            with torch.no_grad():
+                indices, weights, scores = reader(output, view)
+                indices, weights = sort_by_weight(indices.long(), weights.float())
+            if not self._in_model:             # a block called without the model
+                if view.index in self._pending:    # fired twice: a new pass
+                    self._finish()
+                if not self._pending:
+                    self._pending_batch, self._explicit = self._explicit or (None, None), None
+            lead, own = self._lead.pop(view.index, ((), None))
+            self._pending[view.index] = _Capture(indices.detach(), weights.detach(), scores.detach(), lead, own)
+
+        return hook
+
+    # -- records --------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        ids, mask = self._pending_batch
+        records = [self._record(i, c, ids, mask) for i, c in sorted(self._pending.items())]
+        self._pending.clear()
+        self._pending_batch = (None, None)
+        self._last = records
+        if self.on_pass is not None:
+            self.on_pass(list(records))
+
+    @staticmethod
+    def _record(layer: int, c: _Capture, ids: Tensor | None, mask: Tensor | None) -> RoutingRecord:
+        t = c.indices.shape[0]
+        if len(c.lead) >= 2 and c.lead[-1] > 0 and t % c.lead[-1] == 0:
+            b, s = t // c.lead[-1], c.lead[-1]
+        else:
+            b, s = 1, t
+        real = None
+        if c.own_mask is not None and c.own_mask.numel() == t:
+            real = c.own_mask.reshape(b, s)
+        elif mask is not None and mask.dim() == 2 and mask.shape[0] == b and mask.shape[1] >= s:
+            real = mask[:, mask.shape[1] - s:]
+        real = (torch.ones(t, dtype=torch.bool) if real is None else real.detach().to("cpu").bool().reshape(t))
+        token_ids = None
+        if ids is not None and tuple(ids.shape) == (b, s):
+            token_ids = ids.detach().to("cpu", torch.int64).reshape(t)
+        return RoutingRecord(layer=layer, indices=c.indices.to("cpu", torch.int64),
+                             weights=c.weights.to("cpu", torch.float32), scores=c.scores.to("cpu", torch.float32),
+                             batch_shape=(b, s), mask=real, token_ids=token_ids)

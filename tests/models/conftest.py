@@ -1,0 +1,38 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_checkpoints.py: the tiny saved models
+
+import tiny_checkpoints
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """family -> directory of its saved tiny checkpoint (+ tokenizer), written once per session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    saved: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in saved:
+            saved[family] = tiny_checkpoints.save(family, root / family, seed=sorted(tiny_checkpoints.BUILDERS)
+                                                  .index(family))
+        return saved[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def loaded(checkpoint):
+    """family -> (model, tokenizer, views) loaded from disk with load_moe_model, once per session."""
+    from moescope.models import load_moe_model
+
+    cache: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_moe_model(checkpoint(family))
+        return cache[family]
+
+    return get

@@ -1,0 +1,134 @@
+"""load_moe_model: what it returns, and a clear error for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import tiny_checkpoints
+import torch
+
+from moescope.models import MODEL_TYPES, find_moe_layers, load_moe_model
+
+
+@pytest.mark.parametrize("family", list(tiny_checkpoints.BUILDERS))
+def test_loaded_model_is_eval_cpu_float32_with_tokenizer_and_views(loaded, family):
+    model, tok, views = loaded(family)
+    assert family in MODEL_TYPES
+    assert not model.training
+    p = next(model.parameters())
+    assert p.device.type == "cpu" and p.dtype == torch.float32
+    assert tok is not None and tok.pad_token == "<pad>"
+    assert len(views) == (1 if family == "deepseek_v3" else 2)      # DeepSeek-V3's first layer is dense
+    assert [v.index for v in views] == list(range(len(views)))
+    assert all(v.num_experts == tiny_checkpoints.E and v.router_weight.shape == (8, 32) for v in views)
+
+
+def test_switch_is_loaded_as_its_encoder(loaded):
+    model, _, views = loaded("switch_transformers")
+    assert type(model).__name__ == "SwitchTransformersEncoderModel"
+    assert all(v.name.startswith("encoder.") for v in views)
+
+
+def test_weights_match_the_saved_model(checkpoint, loaded):
+    """The loaded router equals the one that was saved (load conversions keep every value)."""
+    _, _, views = loaded("deepseek_v3")
+    ref = tiny_checkpoints.build("deepseek_v3", seed=sorted(tiny_checkpoints.BUILDERS).index("deepseek_v3"))
+    ref_gate = ref.get_submodule(views[0].name).gate
+    assert torch.equal(views[0].router_weight, ref_gate.weight)
+    assert torch.equal(views[0].selection_bias, ref_gate.e_score_correction_bias)
+
+
+def test_no_tokenizer_gives_none(checkpoint, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(checkpoint("olmoe"), d)
+    for f in d.iterdir():
+        if "token" in f.name or f.name in ("vocab.json", "merges.txt"):
+            f.unlink()
+    _, tok, views = load_moe_model(d)
+    assert tok is None and views
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        load_moe_model(tmp_path / "nope")
+
+
+def test_not_a_directory(tmp_path):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"is not a directory"):
+        load_moe_model(f)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"has no config.json"):
+        load_moe_model(tmp_path)
+
+
+def test_invalid_config_json(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        load_moe_model(tmp_path)
+
+
+def test_dense_model_lists_the_supported_families(tmp_path):
+    d = tiny_checkpoints.save_dense(tmp_path / "llama")
+    with pytest.raises(ValueError, match=r"model_type='llama'.*Mixtral.*DeepSeek-V3.*Switch Transformers"):
+        load_moe_model(d)
+
+
+def test_find_moe_layers_on_a_dense_model_lists_the_supported_families():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=20, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(ValueError, match=r"no MoE layer found in LlamaForCausalLM.*Mixtral.*GPT-OSS.*PhiMoE"):
+        find_moe_layers(model)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        find_moe_layers("model")
+
+
+def test_corrupt_safetensors_is_named(checkpoint, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(checkpoint("mixtral"), d)
+    (d / "model.safetensors").write_bytes(b"\x00garbage, not a safetensors header" * 10)
+    with pytest.raises(ValueError, match=r"corrupt safetensors file .*model\.safetensors"):
+        load_moe_model(d)
+
+
+def test_truncated_safetensors_is_named(checkpoint, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(checkpoint("mixtral"), d)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"corrupt safetensors file .*model\.safetensors"):
+        load_moe_model(d)
+
+
+def test_missing_weights_file(checkpoint, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(checkpoint("mixtral"), d)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no weights"):
+        load_moe_model(d)
+
+
+def test_checkpoint_missing_a_tensor_is_refused(checkpoint, tmp_path):
+    """transformers would silently initialise a missing router at random."""
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "m"
+    shutil.copytree(checkpoint("mixtral"), d)
+    weights = load_file(d / "model.safetensors")
+    weights.pop(next(k for k in weights if k.endswith("layers.1.block_sparse_moe.gate.weight")))
+    save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks .*layers\.1\.mlp\.gate\.weight"):
+        load_moe_model(d)
+
+
+def test_unsupported_model_type_in_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "jetmoe"}))
+    with pytest.raises(ValueError, match=r"model_type='jetmoe'.*supported: Mixtral \(mixtral\)"):
+        load_moe_model(tmp_path)
