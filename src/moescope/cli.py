@@ -66,3 +66,94 @@ def sphere(
         console.print(f"[bold]Claim {claim['id']}.[/bold] {claim['sentence']}")
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
+
+
+def _read_sources(texts: list[Path], domains: list[str]):
+    from moescope.analysis.analyze import Source
+
+    sources = []
+    for path in texts:
+        if not path.is_file():
+            raise typer.BadParameter(f"--text {path}: no such file")
+        sources.append(Source(label=path.stem, text=path.read_text(errors="replace")))
+    for spec in domains:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise typer.BadParameter(f"--domain expects NAME=FILE (e.g. code=src.py); got {spec!r}")
+        if not Path(file).is_file():
+            raise typer.BadParameter(f"--domain {spec}: no such file {file!r}")
+        sources.append(Source(label=name, text=Path(file).read_text(errors="replace"), domain=name))
+    return tuple(sources)
+
+
+def _parse_layers(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--layers expects comma-separated MoE layer indices such as 0,3,7; got {text!r}") \
+            from None
+
+
+@app.command()
+def analyze(
+    path: Annotated[Path, typer.Argument(help="A Hugging Face MoE checkpoint directory (config.json, "
+                                              "safetensors weights, tokenizer).")],
+    text: Annotated[list[Path], typer.Option("--text", help="A text file to route (repeatable).")] = [],  # noqa: B006
+    domain: Annotated[list[str], typer.Option("--domain", help="NAME=FILE: a text labelled with a domain, for "
+                                                               "domain specialisation (repeatable).")] = [],  # noqa: B006
+    layers: Annotated[str | None, typer.Option(help="Comma-separated MoE layer indices (default: all).")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 50_000,
+    seq_len: Annotated[int, typer.Option(min=1, help="Tokens per sequence fed to the model.")] = 256,
+    weights: Annotated[bool, typer.Option(help="Also measure expert and router weight geometry.")] = True,
+    out: Annotated[Path, typer.Option(help="Folder for report.html and results.json.")] = Path("out/analyze"),
+) -> None:
+    """Routing health and expert geometry of an MoE checkpoint (no text given: a built-in
+    code / language / math sample)."""
+    from moescope.analysis.analyze import AnalyzeConfig
+    from moescope.analysis.analyze import analyze as run_analysis
+    from moescope.report.analyze import write_analyze_report
+
+    try:
+        cfg = AnalyzeConfig(path=path, sources=_read_sources(text, domain), layers=_parse_layers(layers),
+                            max_tokens=max_tokens, seq_len=seq_len, weights=weights)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    start = time.perf_counter()
+    columns = (TextColumn("routing text"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"))
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("tokens", total=None)
+            results = run_analysis(cfg, on_tokens=lambda n: progress.advance(task, n))
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    written = write_analyze_report(results, out)
+    console.print(f"Report: {written['report']}  (results: {written['results']}) "
+                  f"in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def compare(
+    checkpoint_a: Annotated[Path, typer.Argument(help="The earlier checkpoint directory.")],
+    checkpoint_b: Annotated[Path, typer.Argument(help="The later checkpoint directory (same architecture).")],
+    text: Annotated[list[Path], typer.Option("--text", help="A text file to route (repeatable).")] = [],  # noqa: B006
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 50_000,
+    out: Annotated[Path, typer.Option(help="Folder for results.json.")] = Path("out/compare"),
+) -> None:
+    """Router saturation (share of top-k choices kept) and weight drift between two checkpoints."""
+    from moescope._files import write_json_atomic
+    from moescope.analysis.analyze import compare as run_compare
+    from moescope.analysis.analyze import default_sources
+
+    sources = _read_sources(text, []) or default_sources()
+    try:
+        results = run_compare(checkpoint_a, checkpoint_b, sources, max_tokens=max_tokens)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    path = write_json_atomic(out / "results.json", results)
+    for layer, sat in enumerate(results["saturation"]):
+        console.print(f"MoE layer {layer}: saturation {sat:.3f}")
+    console.print(f"Results: {path}")
