@@ -1,0 +1,105 @@
+"""moescope analyze / compare end to end on tiny checkpoints of every family, from disk."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+import tiny_checkpoints  # noqa: E402
+
+from moescope.analysis.analyze import AnalyzeConfig, Source, analyze  # noqa: E402
+from moescope.cli import app  # noqa: E402
+
+runner = CliRunner()
+TEXT = "def add(a, b):\n    return a + b\n\nThe quick brown fox jumps over the lazy dog. 12 + 30 = 42.\n" * 8
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    cache = {}
+
+    def get(family: str, seed: int = 0) -> Path:
+        key = (family, seed)
+        if key not in cache:
+            cache[key] = tiny_checkpoints.save(family, root / f"{family}-{seed}", seed=seed)
+        return cache[key]
+
+    return get
+
+
+def _text(output: str) -> str:
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
+
+
+@pytest.mark.parametrize("family", sorted(tiny_checkpoints.BUILDERS))
+def test_every_family_from_disk(family, saved):
+    cfg = AnalyzeConfig(path=saved(family), sources=(Source("a", TEXT, "code"), Source("b", TEXT[::-1], "prose")),
+                        seq_len=16, batch_size=3, weights=False)
+    res = analyze(cfg)
+    json.dumps(res, allow_nan=False)
+    assert res["model"]["model_type"] == json.loads((saved(family) / "config.json").read_text())["model_type"]
+    assert res["text"]["tokens"] == sum(res["text"]["per_source"].values())
+    for layer in res["routing"]:
+        assert layer["tokens"] == res["text"]["tokens"]  # padding of the last sequence excluded
+        total = sum(layer["load"])
+        if family == "switch_transformers":  # capacity drops make the used share < 1
+            assert 0 < total <= 1 + 1e-9
+        else:
+            assert total == pytest.approx(1.0)
+        assert layer["domains"]["names"] == ["code", "prose"]
+    assert {s["name"] for s in res["samples"]} == {"a", "b"}
+
+
+def test_cli_writes_an_offline_report(saved, tmp_path):
+    code, prose = tmp_path / "code.py", tmp_path / "prose.txt"
+    code.write_text(TEXT)
+    prose.write_text("It was a bright cold day in April, and the clocks were striking thirteen. " * 10)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["analyze", str(saved("mixtral")), "--domain", f"code={code}",
+                                 "--domain", f"prose={prose}", "--layers", "1", "--seq-len", "32",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    assert [r["layer"] for r in data["routing"]] == [1]
+    assert "weights" in data
+    html = (out / "report.html").read_text()
+    assert "<script src=" not in html and html.count("Plotly.newPlot") >= 4
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["/no/such/checkpoint"], "/no/such/checkpoint"),
+    (["{mixtral}", "--layers", "7"], "--layers [7] not found"),
+    (["{mixtral}", "--domain", "code"], "NAME=FILE"),
+    (["{mixtral}", "--text", "/no/such.txt"], "no such file"),
+])
+def test_cli_errors(args, needle, saved):
+    args = [a.format(mixtral=saved("mixtral")) for a in args]
+    result = runner.invoke(app, ["analyze", *args, "--no-weights"])
+    assert result.exit_code != 0
+    assert needle in _text(result.output)
+
+
+def test_empty_text_is_refused(saved, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    result = runner.invoke(app, ["analyze", str(saved("mixtral")), "--text", str(empty), "--no-weights"])
+    assert result.exit_code != 0 and "is empty" in _text(result.output)
+
+
+def test_compare_saturation(saved, tmp_path):
+    same = runner.invoke(app, ["compare", str(saved("qwen3_moe")), str(saved("qwen3_moe")), "--out", str(tmp_path / "s"),
+                               "--max-tokens", "300"])
+    assert same.exit_code == 0, same.output
+    data = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert data["saturation"] == [1.0] * len(data["saturation"])   # a checkpoint agrees with itself
+    assert all(c == pytest.approx(1.0) for d in data["drift"] for c in d["router_row_cosine"])
+    other = runner.invoke(app, ["compare", str(saved("qwen3_moe")), str(saved("qwen3_moe", seed=5)),
+                                "--out", str(tmp_path / "o"), "--max-tokens", "300"])
+    assert other.exit_code == 0, other.output
+    sat = json.loads((tmp_path / "o" / "results.json").read_text())["saturation"]
+    assert all(0.0 <= s < 1.0 for s in sat)
