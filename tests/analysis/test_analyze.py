@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_checkpoints  # noqa: E402
+import tiny_checkpoints
 
-from moescope.analysis.analyze import AnalyzeConfig, Source, analyze  # noqa: E402
-from moescope.cli import app  # noqa: E402
+from moescope.analysis.analyze import AnalyzeConfig, Source, analyze
+from moescope.cli import app
 
 runner = CliRunner()
 TEXT = "def add(a, b):\n    return a + b\n\nThe quick brown fox jumps over the lazy dog. 12 + 30 = 42.\n" * 8
@@ -92,8 +92,8 @@ def test_empty_text_is_refused(saved, tmp_path):
 
 
 def test_compare_saturation(saved, tmp_path):
-    same = runner.invoke(app, ["compare", str(saved("qwen3_moe")), str(saved("qwen3_moe")), "--out", str(tmp_path / "s"),
-                               "--max-tokens", "300"])
+    ckpt = str(saved("qwen3_moe"))
+    same = runner.invoke(app, ["compare", ckpt, ckpt, "--out", str(tmp_path / "s"), "--max-tokens", "300"])
     assert same.exit_code == 0, same.output
     data = json.loads((tmp_path / "s" / "results.json").read_text())
     assert data["saturation"] == [1.0] * len(data["saturation"])   # a checkpoint agrees with itself
