@@ -129,6 +129,10 @@ def analyze(
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun: rank 0 writes
+        return
     written = write_analyze_report(results, out)
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")

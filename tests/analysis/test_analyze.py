@@ -103,3 +103,43 @@ def test_compare_saturation(saved, tmp_path):
     assert other.exit_code == 0, other.output
     sat = json.loads((tmp_path / "o" / "results.json").read_text())["saturation"]
     assert all(0.0 <= s < 1.0 for s in sat)
+
+
+def _sharded_worker(rank, world, port, path, out):
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world)})
+    try:
+        res = analyze(AnalyzeConfig(path=Path(path), sources=(Source("a", TEXT * 3, "code"),), seq_len=16,
+                                    batch_size=2, weights=False))
+        if rank == 0:
+            torch.save(res, out)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_sharded_analysis_equals_one_process(saved, tmp_path):
+    """torchrun-style: 2 gloo ranks split the batches; the all-reduced statistics equal one process."""
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = saved("olmoe")
+    mp.spawn(_sharded_worker, args=(2, port, str(path), str(tmp_path / "r0.pt")), nprocs=2, join=True)
+    sharded = torch.load(tmp_path / "r0.pt", weights_only=False)
+    single = analyze(AnalyzeConfig(path=path, sources=(Source("a", TEXT * 3, "code"),), seq_len=16, batch_size=2,
+                                   weights=False))
+    for a, b in zip(sharded["routing"], single["routing"], strict=True):
+        for key in ("tokens", "coactivation", "repetition", "dead_experts"):
+            assert a[key] == b[key]
+        assert a["mean_score"] == pytest.approx(b["mean_score"], rel=1e-12)
+        assert a["balance_loss"] == pytest.approx(b["balance_loss"], rel=1e-12)

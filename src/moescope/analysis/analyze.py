@@ -86,8 +86,32 @@ def _dense_weights(rec: RoutingRecord) -> list[list[float]]:
     return dense.tolist()
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size): torch.distributed's if running under torchrun, else (0, 1).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the default process group is created here if the
+    caller has not: gloo on CPU, NCCL when CUDA is available.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = None) -> dict:
-    """Run the analysis; ``on_tokens(n)`` is called as batches finish (progress bars)."""
+    """Run the analysis; ``on_tokens(n)`` is called as batches finish (progress bars).
+
+    Under torchrun with W processes, rank r routes batches r, r + W, ...; the statistics
+    are all-reduced (sums, so the result equals one process's exactly for counts and to
+    float rounding for probability sums), weight geometry is split by layer, and every
+    rank returns the same dict.
+    """
+    rank, world = _distributed()
     model, tokenizer, views = load_moe_model(cfg.path)
     if tokenizer is None:
         raise ValueError(f"{cfg.path} has no tokenizer files; analyze needs one to turn the text into token ids")
@@ -110,7 +134,9 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
                 raise ValueError(f"text source {src.label!r} tokenizes to nothing")
             token_counts[src.label] = len(ids)
             seqs, masks = _sequences(ids, cfg.seq_len, pad)
-            for start in range(0, seqs.shape[0], cfg.batch_size):
+            for number, start in enumerate(range(0, seqs.shape[0], cfg.batch_size)):
+                if number % world != rank:
+                    continue
                 batch, mask = seqs[start : start + cfg.batch_size], masks[start : start + cfg.batch_size]
                 recorder.set_batch(batch, mask)
                 _forward(model, batch, mask)
@@ -123,6 +149,8 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
             _forward(model, head, torch.ones_like(head))
             samples.append({"name": src.label, "tokens": [tokenizer.decode([t]) for t in head[0].tolist()],
                             "weights": {rec.layer: _dense_weights(rec) for rec in recorder.pop()}})
+    if world > 1:
+        stats.all_reduce()
     routing = []
     for i, v in enumerate(chosen):
         summary = stats.summary(i)
@@ -142,8 +170,18 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     if cfg.weights:
         from moescope.analysis.weights import weight_geometry
 
-        results["weights"] = weight_geometry(cfg.path, layers=cfg.layers, rank=cfg.rank,
-                                             progress=on_tokens is not None)
+        indices = [v.index for v in chosen]
+        mine = indices[rank::world]
+        geometry = weight_geometry(cfg.path, layers=tuple(mine), rank=cfg.rank,
+                                   progress=on_tokens is not None and rank == 0) if mine else {"layers": []}
+        if world > 1:
+            import torch.distributed as dist
+
+            parts = [None] * world
+            dist.all_gather_object(parts, geometry)
+            geometry = {**parts[0], "layers": sorted((lay for p in parts for lay in p["layers"]),
+                                                     key=lambda lay: lay["layer"])}
+        results["weights"] = geometry
     return results
 
 
