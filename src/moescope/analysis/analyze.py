@@ -180,7 +180,7 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
             parts = [None] * world
             dist.all_gather_object(parts, geometry)
             geometry = {**parts[0], "layers": sorted((lay for p in parts for lay in p["layers"]),
-                                                     key=lambda lay: lay["layer"])}
+                                                     key=lambda lay: lay["index"])}
         results["weights"] = geometry
     return results
 

@@ -47,7 +47,8 @@ def token_heatmaps(res: dict) -> list[tuple[str, str]]:
                            "expert", "token", "token %{y}<br>expert %{x}<br>weight %{z:.3f}<extra></extra>",
                            height=max(360, 16 * len(labels) + 120))
             fig.update_yaxes(autorange="reversed")
-            out.append((f"Token × expert, {sample['name']}, layer {layer}", _html(fig, f"tok-{sample['name']}-{layer}")))
+            title = f"Token × expert, {sample['name']}, layer {layer}"
+            out.append((title, _html(fig, f"tok-{sample['name']}-{layer}")))
     return out
 
 
@@ -93,22 +94,23 @@ def weight_figures(res: dict) -> list[tuple[str, str]]:
     out = []
     layers = geo["layers"]
     first = layers[0]
-    if "router" in first and "cosine" in first["router"]:
+    index = first["index"]
+    if "cosine" in first.get("router", {}):
         cos = first["router"]["cosine"]
         e = len(cos)
         fig = _heatmap(cos, [f"e{j}" for j in range(e)], [f"e{j}" for j in range(e)],
-                       f"Cosine between router rows (expert centroids), layer {first['layer']}", "expert", "expert",
+                       f"Cosine between router rows (expert centroids), MoE layer {index}", "expert", "expert",
                        "cos(e%{y}, e%{x}) = %{z:.3f}<extra></extra>", colorscale="RdBu", zmid=0)
-        out.append((f"Router centroids, layer {first['layer']}", _html(fig, "router-cos")))
-    if "experts" in first and "grassmann" in first["experts"]:
+        out.append((f"Router centroids, layer {index}", _html(fig, "router-cos")))
+    if "grassmann" in first.get("experts", {}):
         g = first["experts"]["grassmann"]
         e = len(g)
         fig = _heatmap(g, [f"e{j}" for j in range(e)], [f"e{j}" for j in range(e)],
-                       f"Grassmann distance between expert input subspaces, layer {first['layer']}",
-                       "expert", "expert", "d(e%{y}, e%{x}) = %{z:.3f}<extra></extra>")
-        out.append((f"Expert subspaces, layer {first['layer']}", _html(fig, "grassmann")))
-    pts = [(lay["layer"], lay["experts"]["mean_cos2"], lay["experts"]["null_mean_cos2"])
-           for lay in layers if "experts" in lay and "mean_cos2" in lay["experts"]]
+                       f"Grassmann distance between expert input subspaces (rank {first['experts']['rank']}), "
+                       f"MoE layer {index}", "expert", "expert", "d(e%{y}, e%{x}) = %{z:.3f}<extra></extra>")
+        out.append((f"Expert subspaces, layer {index}", _html(fig, "grassmann")))
+    pts = [(lay["index"], lay["experts"]["mean_cos2_pairs"], lay["experts"]["null_mean_cos2"])
+           for lay in layers if "mean_cos2_pairs" in lay.get("experts", {})]
     if pts:
         fig = go.Figure()
         fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers+lines",

@@ -1,0 +1,10 @@
+"""Measurements on the routing and weights of any MoE model.
+
+* :mod:`.routing` — streaming, mergeable routing statistics (:class:`RoutingStats`);
+* :mod:`.weights` — router-centroid and expert-subspace geometry streamed from safetensors;
+* :mod:`.analyze` — the ``moescope analyze`` / ``compare`` pipelines.
+"""
+
+from moescope.analysis.routing import RoutingStats, SaturationStats
+
+__all__ = ["RoutingStats", "SaturationStats"]

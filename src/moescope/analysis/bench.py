@@ -1,0 +1,160 @@
+"""Benchmark of the weight-geometry pass on one layer of Mixtral-8x7B's shape.
+
+:func:`bench_weight_geometry` writes one synthetic MoE layer with Mixtral-8x7B's shapes
+(Jiang et al. 2024: E = 8 experts, H = 4096, I = 14336; gate w1 and up w3 (I, H), down w2
+(H, I), router (E, H), all bf16: 2.8 GB) into a temporary safetensors checkpoint, tensor by
+tensor, then times :func:`moescope.analysis.weights.weight_geometry` on it and reads the peak
+resident set size of the process (``resource.getrusage``: tracemalloc does not see torch's
+allocations, and memory-mapped file pages count as resident). The peak is reset after the
+synthesis (``/proc/self/clear_refs``, Linux) so it is the pass's own.
+
+Targets: under 60 s on two CPU cores and under 3 GB peak RSS. The weights are i.i.d.
+Gaussian, so the returned geometry must also sit on its null (|z| small) — a free check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from moescope.analysis.checkpoint import write_safetensors
+from moescope.analysis.weights import DEFAULT_MAX_RANK, DEFAULT_NITER, weight_geometry
+
+__all__ = ["MIXTRAL_8X7B", "TARGET_PEAK_RSS_MB", "TARGET_SECONDS", "bench_weight_geometry"]
+
+MIXTRAL_8X7B = {"num_experts": 8, "hidden": 4096, "intermediate": 14336}
+TARGET_SECONDS = 60.0
+TARGET_PEAK_RSS_MB = 3072.0
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10   # bytes on macOS, KiB on Linux
+
+
+def _current_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _write_layer(root: Path, *, num_experts: int, hidden: int, intermediate: int, seed: int) -> int:
+    """A one-layer Mixtral checkpoint (config.json + model.safetensors) of random bf16 weights."""
+    config = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": hidden,
+              "intermediate_size": intermediate, "num_local_experts": num_experts, "num_experts_per_tok": 2,
+              "num_hidden_layers": 1, "torch_dtype": "bfloat16"}
+    (root / "config.json").write_text(json.dumps(config, indent=2))
+    moe = "model.layers.0.block_sparse_moe"
+    specs = [(f"{moe}.gate.weight", (num_experts, hidden), torch.bfloat16)]
+    for e in range(num_experts):
+        specs += [(f"{moe}.experts.{e}.w1.weight", (intermediate, hidden), torch.bfloat16),
+                  (f"{moe}.experts.{e}.w2.weight", (hidden, intermediate), torch.bfloat16),
+                  (f"{moe}.experts.{e}.w3.weight", (intermediate, hidden), torch.bfloat16)]
+    shapes = {name: shape for name, shape, _ in specs}
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(name: str) -> torch.Tensor:
+        # i.i.d. N(0, 1/fan_in) like an initialisation; the scale does not change any angle.
+        shape = shapes[name]
+        return torch.randn(shape, generator=gen, dtype=torch.bfloat16).mul_(shape[1] ** -0.5)
+
+    return write_safetensors(root / "model.safetensors", specs, make)
+
+
+def bench_weight_geometry(*, num_experts: int = MIXTRAL_8X7B["num_experts"], hidden: int = MIXTRAL_8X7B["hidden"],
+                          intermediate: int = MIXTRAL_8X7B["intermediate"], max_rank: int = DEFAULT_MAX_RANK,
+                          niter: int = DEFAULT_NITER, threads: int | None = None, workdir: str | Path | None = None,
+                          seed: int = 0, progress: bool = False, verbose: bool = True) -> dict:
+    """Time the weight-geometry pass on one synthetic MoE layer (Mixtral-8x7B's shape by default).
+
+    Args:
+        num_experts, hidden, intermediate: the layer's E, H, I.
+        max_rank, niter: passed to :func:`weight_geometry` (its defaults).
+        threads: torch intra-op threads for the run (restored after); None keeps the current.
+        workdir: where to write the temporary checkpoint (needs E·3·H·I·2 bytes: 2.8 GB for
+            Mixtral); default the system temp directory. Removed afterwards.
+        progress: show the pass's progress bar.
+        verbose: print a one-screen summary.
+
+    Returns:
+        dict with ``shape``, ``file_gb``, ``synth_s``, ``analyze_s`` (wall), ``cpu_s`` (user +
+        system CPU seconds of the pass; on a busy machine ``cpu_s / threads`` bounds an idle
+        machine's wall time from below), ``load_avg``, ``peak_rss_mb`` (of the pass alone when
+        ``peak_reset``), ``rss_before_mb``, ``threads``, ``cpus``, ``rank``,
+        the null checks ``subspace_z``, ``router_ks_pvalue``, ``alignment_z`` and ``targets``
+        with ``ok`` (both targets met).
+    """
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        with tempfile.TemporaryDirectory(prefix="moescope-bench-", dir=workdir) as tmp:
+            root = Path(tmp)
+            t0 = time.perf_counter()
+            size = _write_layer(root, num_experts=num_experts, hidden=hidden, intermediate=intermediate, seed=seed)
+            synth_s = time.perf_counter() - t0
+            reset = _reset_peak_rss()
+            before = _current_rss_mb()
+            t0, c0 = time.perf_counter(), _cpu_seconds()
+            result = weight_geometry(root, max_rank=max_rank, niter=niter, seed=seed, progress=progress)
+            analyze_s, cpu_s = time.perf_counter() - t0, _cpu_seconds() - c0
+            peak = _peak_rss_mb()
+    finally:
+        torch.set_num_threads(old_threads)
+    layer = result["layers"][0]
+    out = {
+        "shape": {"num_experts": num_experts, "hidden": hidden, "intermediate": intermediate, "dtype": "bfloat16"},
+        "file_gb": size / 1e9,
+        "synth_s": synth_s,
+        "analyze_s": analyze_s,
+        "cpu_s": cpu_s,
+        "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "peak_rss_mb": peak,
+        "peak_reset": reset,
+        "rss_before_mb": before,
+        "threads": torch.get_num_threads() if threads is None else int(threads),
+        "cpus": os.cpu_count(),
+        "rank": layer["experts"]["rank"],
+        "niter": niter,
+        "subspace_z": layer["experts"]["z"],
+        "router_ks_pvalue": layer["router"]["ks_pvalue"],
+        "alignment_z": layer["alignment"]["z_own"],
+        "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_PEAK_RSS_MB},
+    }
+    out["ok"] = analyze_s < TARGET_SECONDS and peak < TARGET_PEAK_RSS_MB
+    if verbose:
+        print(f"weight geometry, one layer E={num_experts} H={hidden} I={intermediate} bf16 "
+              f"({out['file_gb']:.2f} GB, written in {synth_s:.1f} s)")
+        print(f"  pass: {analyze_s:.1f} s wall, {cpu_s:.1f} s CPU on {out['threads']} threads "
+              f"(target < {TARGET_SECONDS:.0f} s wall; load average {out['load_avg'] or 0:.1f} on "
+              f"{out['cpus']} CPUs)")
+        print(f"  peak RSS {peak:.0f} MB (target < {TARGET_PEAK_RSS_MB:.0f} MB; {before or 0:.0f} MB before the pass"
+              f"{'' if reset else ', peak not reset: includes the synthesis'})")
+        print(f"  rank {out['rank']}, null checks on i.i.d. weights: subspace z = {out['subspace_z']:+.2f}, "
+              f"router KS p = {out['router_ks_pvalue']:.3f}, alignment z = {out['alignment_z']:+.2f}")
+        print(f"  {'OK' if out['ok'] else 'TARGET MISSED'}")
+    return out
