@@ -44,3 +44,12 @@ def test_bad_dims_are_a_clear_usage_error(tmp_path):
         assert needle in _text(result.output)
     result = runner.invoke(app, ["sphere", "--samples", "10", "--points", "9", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "got samples=10" in _text(result.output)
+
+
+def test_attack_help_and_bad_budget(tmp_path):
+    result = runner.invoke(app, ["attack", "--help"])
+    assert result.exit_code == 0 and "--dataset" in result.output
+    result = runner.invoke(app, ["attack", "--eps", "0,abc", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "0,abc" in _text(result.output)
+    result = runner.invoke(app, ["attack", "--dataset", "mnist", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "mnist" in _text(result.output)

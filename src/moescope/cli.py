@@ -161,3 +161,47 @@ def compare(
     for layer, sat in enumerate(results["saturation"]):
         console.print(f"MoE layer {layer}: saturation {sat:.3f}")
     console.print(f"Results: {path}")
+
+
+def _parse_eps(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated budgets such as 0,0.05,0.1; got {text!r}") from None
+
+
+@app.command("attack")
+def attack_command(
+    dataset: Annotated[str, typer.Option(
+        help="'digits' (scikit-learn's 8×8 digits, L∞ budgets on [0, 1] pixels) or 'spheres' "
+             "(Gilmer et al.'s concentric spheres, L2 budgets).")] = "digits",
+    attack: Annotated[str, typer.Option(
+        help="The featured attack (drawn on the digits, quoted first): fgsm, pgd or deepfool.")] = "pgd",
+    eps: Annotated[str | None, typer.Option(
+        help="Comma-separated budgets, e.g. 0,0.05,0.1 (default: the data set's own list).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every draw and initialisation.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json and the PNG figures.")]
+    = Path("out/attack"),
+) -> None:
+    """Adversarial examples and why high dimension makes them easy: attacks, √d shortcuts, spheres."""
+    from moescope.adversarial.experiment import AttackConfig
+    from moescope.report.attack import run_attack
+
+    eps_list = _parse_eps(eps)
+    try:  # validate before any work
+        AttackConfig(dataset=dataset, attack=attack, eps=None if eps_list is None else tuple(eps_list), seed=seed)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    start = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+        results = run_attack(dataset, attack, eps_list, out, seed,
+                             lambda stage, done, total: progress.update(task, description=stage, completed=done,
+                                                                        total=total))
+    for sentence in results["sentences"]:
+        console.print(f"[bold]{sentence['title']}.[/bold] {sentence['sentence']}")
+    console.print(f"Report: {out / 'report.html'}  (results: {out / 'results.json'}) "
+                  f"in {time.perf_counter() - start:.1f} s")
