@@ -1,0 +1,1 @@
+"""One file per lecture claim; each exposes ``evaluate(...) -> Verdict`` from measured inputs."""
