@@ -468,3 +468,19 @@ def test_progress_bar_and_fixed_rank_smoke(tmp_path, capsys):
     assert np.asarray(layer["experts"]["mean_cos2"]).shape == (4, 4)
     assert np.asarray(layer["alignment"]["share"]).shape == (4, 4)
     assert res["settings"]["svd"] == "randomized"
+
+
+def test_view_geometry_of_a_live_layer_matches_random_null_and_sees_the_shared_expert():
+    from moescope.analysis.weights import view_geometry
+    from moescope.models import find_moe_layers
+    from moescope.moe import Experts, MoELayer, SharedExpert, TopKRouter
+
+    torch.manual_seed(0)
+    layer = MoELayer(router=TopKRouter(96, 8, 2), experts=Experts(8, 96, 24), shared=SharedExpert(96, 24))
+    geo = view_geometry(find_moe_layers(torch.nn.Sequential(layer))[0])
+    assert abs(geo["experts"]["z"]) < 4 and geo["router"]["ks_pvalue"] > 1e-3
+    assert len(geo["shared"]) == 1
+    with torch.no_grad():  # plant: expert 1 reads the same rows as expert 0
+        layer.experts.gate_up_proj[1].copy_(layer.experts.gate_up_proj[0])
+    planted = view_geometry(find_moe_layers(torch.nn.Sequential(layer))[0])
+    assert planted["experts"]["z"] > geo["experts"]["z"] + 3

@@ -76,6 +76,7 @@ from moescope.geometry import (
     random_overlap_mean,
     random_overlap_var,
 )
+from moescope.models.view import MoELayerView
 
 __all__ = [
     "DEFAULT_ENERGY",
@@ -526,3 +527,30 @@ def weight_geometry(path: str | Path, *, layers: Iterable[int] | None = None, ra
                      "oversample": OVERSAMPLE, "seed": seed, "matrices": matrices},
         "layers": results,
     }
+
+
+class _ViewLayer:
+    """A live :class:`MoELayerView` behind the interface of a layer read from disk."""
+
+    def __init__(self, view: MoELayerView) -> None:
+        self.view = view
+        self.hidden, self.num_experts = view.hidden, view.num_experts
+        self.index, self.name, self.block = view.index, view.name, view.index
+        self.num_shared = len(view.shared)
+
+    def router_weight(self) -> Tensor:
+        return self.view.router_weight.detach().float()
+
+    def input_projection(self, e: int) -> Tensor:
+        return self.view.expert(e).input_projection().detach().float()
+
+    def shared_input_projection(self, j: int) -> Tensor:
+        return self.view.shared[j]().input_projection().detach().float()
+
+
+def view_geometry(view: MoELayerView, *, rank: int | None = None, energy: float = DEFAULT_ENERGY,
+                  max_rank: int = DEFAULT_MAX_RANK, niter: int = DEFAULT_NITER, svd: str = "auto", seed: int = 0,
+                  matrices: bool | None = None) -> dict:
+    """The per-layer dict of :func:`weight_geometry` for a live model's layer (e.g. the lab's models)."""
+    return _layer_geometry(_ViewLayer(view), rank=rank, energy=energy, max_rank=max_rank, niter=niter, svd=svd,
+                           seed=seed, matrices=matrices, advance=lambda: None)
