@@ -205,3 +205,42 @@ def attack_command(
         console.print(f"[bold]{sentence['title']}.[/bold] {sentence['sentence']}")
     console.print(f"Report: {out / 'report.html'}  (results: {out / 'results.json'}) "
                   f"in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def curvature(
+    graph: Annotated[
+        list[str] | None,
+        typer.Option(help="tree, cycle, ring-of-trees, or a graph file (.edgelist/.txt/.csv, .adjlist, .graphml, "
+                          ".gml); repeat for several. Default: the three graphs of Gu et al. 2019, Table 1."),
+    ] = None,
+    dim: Annotated[int, typer.Option(min=2, help="Total dimension of every space (Gu et al.'s Table 1 uses 3).")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Riemannian Adam steps per space.")] = 1000,
+    restarts: Annotated[int, typer.Option(min=1, help="Random restarts per space; the lowest loss is kept.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw; the same seed gives the same numbers.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json and the PNG figures.")]
+    = Path("out/curvature"),
+) -> None:
+    """Trees need hyperbolic space: distortion in E, H, S and products, and Sarkar's construction."""
+    from moescope.lab.curvature import CurvatureConfig, run_curvature, total_steps
+    from moescope.report.curvature import write_curvature_report
+
+    try:
+        cfg = CurvatureConfig(**({"graphs": tuple(graph)} if graph else {}), dim=dim, steps=steps,
+                              restarts=restarts, seed=seed)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    start = time.perf_counter()
+    columns = (TextColumn("embedding graphs"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("steps", total=total_steps(cfg))
+        try:
+            results = run_curvature(cfg, on_step=lambda n: progress.advance(task, n))
+        except ValueError as err:  # a graph file that is disconnected, too small or too large
+            raise typer.BadParameter(str(err), param_hint="--graph") from None
+    written = write_curvature_report(results, out)
+    for claim in results["claims"]:
+        console.print(f"[bold]{claim['title']}.[/bold] {claim['sentence']}")
+    console.print(f"Report: {written['report']}  (results: {written['results']}) "
+                  f"in {time.perf_counter() - start:.1f} s")

@@ -1,10 +1,31 @@
 """Pure geometry of high-dimensional spaces: exact laws, no models.
 
 Sphere coordinate laws (:mod:`.sphere`), distances (:mod:`.distance`), ball and Gaussian
-shells (:mod:`.ball`), and subspace angles with their random null (:mod:`.subspace`).
+shells (:mod:`.ball`), subspace angles with their random null (:mod:`.subspace`), and curved
+spaces — Poincaré, Lorentz, spheres, products, Riemannian optimisers, graph embeddings
+(:mod:`.curved`).
 """
 
+from moescope.geometry import curved
 from moescope.geometry.ball import gaussian_annulus_mass, gaussian_norm_cdf, gaussian_norm_mean, shell_mass
+from moescope.geometry.curved import (
+    BALL_MARGIN,
+    MAX_DIST0,
+    EmbeddingConfig,
+    Euclidean,
+    Lorentz,
+    PoincareBall,
+    ProductManifold,
+    RiemannianAdam,
+    RiemannianSGD,
+    Sphere,
+    curvature_estimates,
+    embed_graph,
+    parse_signature,
+    sarkar_embedding,
+    sarkar_tau,
+    suggest_signature,
+)
 from moescope.geometry.distance import (
     distance_cdf,
     distance_mean,
@@ -47,12 +68,59 @@ from moescope.geometry.subspace import (
 )
 
 __all__ = [
-    "band_mass", "band_quantile", "cap_mass", "coordinate_cdf", "coordinate_logpdf", "coordinate_pdf", "coordinate_std",
-    "distance_cdf", "distance_mean", "distance_pdf", "distance_quantile", "distance_std",
-    "gaussian_annulus_mass", "gaussian_norm_cdf", "gaussian_norm_mean", "grassmann_distance",
-    "log_band_mass", "log_cap_mass", "log_near_orthogonal_capacity", "log_subgaussian_capacity",
-    "mean_cos2", "near_orthogonal_capacity", "orthonormal_basis", "principal_angles",
-    "projection_distance", "random_overlap_mean", "random_overlap_var", "random_subspace",
-    "relative_contrast", "relative_contrast_mc", "relative_contrast_prediction", "sample_sphere",
-    "shell_mass", "wachter_atom", "wachter_cdf", "wachter_pdf", "wachter_support", "welch_capacity",
+    "BALL_MARGIN",
+    "MAX_DIST0",
+    "EmbeddingConfig",
+    "Euclidean",
+    "Lorentz",
+    "PoincareBall",
+    "ProductManifold",
+    "RiemannianAdam",
+    "RiemannianSGD",
+    "Sphere",
+    "band_mass",
+    "band_quantile",
+    "cap_mass",
+    "coordinate_cdf",
+    "coordinate_logpdf",
+    "coordinate_pdf",
+    "coordinate_std",
+    "curvature_estimates",
+    "curved",
+    "distance_cdf",
+    "distance_mean",
+    "distance_pdf",
+    "distance_quantile",
+    "distance_std",
+    "embed_graph",
+    "gaussian_annulus_mass",
+    "gaussian_norm_cdf",
+    "gaussian_norm_mean",
+    "grassmann_distance",
+    "log_band_mass",
+    "log_cap_mass",
+    "log_near_orthogonal_capacity",
+    "log_subgaussian_capacity",
+    "mean_cos2",
+    "near_orthogonal_capacity",
+    "orthonormal_basis",
+    "parse_signature",
+    "principal_angles",
+    "projection_distance",
+    "random_overlap_mean",
+    "random_overlap_var",
+    "random_subspace",
+    "relative_contrast",
+    "relative_contrast_mc",
+    "relative_contrast_prediction",
+    "sample_sphere",
+    "sarkar_embedding",
+    "sarkar_tau",
+    "shell_mass",
+    "suggest_signature",
+    "wachter_atom",
+    "wachter_cdf",
+    "wachter_pdf",
+    "wachter_support",
+    "welch_capacity",
 ]
