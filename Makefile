@@ -25,7 +25,7 @@ $(VENV)/.dev-deps: pyproject.toml constraints.txt $(VENV)/.run-deps
 	touch $@
 
 demo: $(VENV)/.run-deps
-	$(BIN)/moescope sphere --out $(OUT)/sphere
+	$(BIN)/moescope lab --profile quick --out $(OUT)/lab
 
 test: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

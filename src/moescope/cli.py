@@ -244,3 +244,30 @@ def curvature(
         console.print(f"[bold]{claim['title']}.[/bold] {claim['sentence']}")
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def lab(
+    profile: Annotated[str, typer.Option(help="quick (minutes on 2 CPU cores) or full (longer training, "
+                                              "more samples and seeds).")] = "quick",
+    claims: Annotated[str | None, typer.Option(help="Comma-separated claim numbers to test (default: all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw; the same seed gives the same numbers.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json and the figures.")] = Path("out/lab"),
+) -> None:
+    """Every claim of the lecture, tested on data and models built here, in one report."""
+    from moescope.lab.run import ALL_CLAIMS, LabConfig, run_lab
+    from moescope.report.lab import lab_figures, verdict_table, write_lab_report
+
+    try:
+        chosen = ALL_CLAIMS if claims is None else tuple(int(c) for c in claims.split(",") if c.strip())
+        cfg = LabConfig(profile=profile, claims=chosen, seed=seed)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("lab", total=None)
+        results = run_lab(cfg, on_stage=lambda name: progress.update(task, description=f"running {name}"))
+    written = write_lab_report(results, lab_figures(results), out)
+    Console().print(verdict_table(results["verdicts"]))
+    console.print(f"Report: {written['report']}  (results: {written['results']}) "
+                  f"in {time.perf_counter() - start:.1f} s")

@@ -28,7 +28,7 @@ def evaluate(digits: dict) -> Verdict:
     curves = mlp["curves"]
     eps = digits["eps"]
     i = int(np.argmin(np.abs(np.asarray(eps) - 0.15)))
-    noise, pgd = curves["noise"]["accuracy"][i], curves["pgd"]["accuracy"][i]
+    noise, pgd = curves["noise"]["robust_accuracy"][i], curves["pgd"]["robust_accuracy"][i]
     sweep = [s for s in digits["sweep"] if s["model"] == "MLP"]
     d = np.array([s["d"] for s in sweep], dtype=float)
     ratio = np.array([s["boundary"]["median_ratio"] for s in sweep])
@@ -55,5 +55,5 @@ def evaluate(digits: dict) -> Verdict:
                                                                             strict=True)),
                  "theory": {s["d"]: s["boundary"]["theory_median_ratio"] for s in sweep}},
         caveat="The lecture itself calls the geometric reading of adversarial examples unsettled research.",
-        figures=("attack_accuracy.png",),
+        figures=("accuracy_vs_eps.png", "ratio_vs_d.png"),
     )
