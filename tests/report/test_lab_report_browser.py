@@ -1,0 +1,54 @@
+"""The lab report as a person sees it: headless Chromium loads it offline, no console errors,
+every figure present and visible; a screenshot is saved next to the report."""
+
+import shutil
+
+import pytest
+
+from moescope.lab.run import LabConfig, run_lab
+from moescope.report.lab import lab_figures, write_lab_report
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them: apt-get install chromium "
+           "chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lab")
+    res = run_lab(LabConfig(claims=(1, 2, 3, 5), seed=0))
+    return out, write_lab_report(res, lab_figures(res), out)["report"], res
+
+
+def test_report_in_headless_chromium(report):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    out, path, res = report
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,2400"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        driver.get(path.as_uri())
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+        images = driver.find_elements(By.CSS_SELECTOR, "figure img")
+        wanted = {f for v in res["verdicts"] for f in v["figures"]}
+        assert len(images) == sum(len(v["figures"]) for v in res["verdicts"]) and wanted
+        for img in images:  # decoded, non-empty and laid out
+            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+            assert img.is_displayed() and img.size["width"] > 100 and img.size["height"] > 100
+        rows = driver.find_elements(By.CSS_SELECTOR, "table.verdicts tr")
+        assert len(rows) == len(res["verdicts"]) + 1
+        assert driver.save_screenshot(str(out / "report.png"))
+        assert (out / "report.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
