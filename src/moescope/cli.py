@@ -252,7 +252,8 @@ def lab(
                                               "more samples and seeds).")] = "quick",
     claims: Annotated[str | None, typer.Option(help="Comma-separated claim numbers to test (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random draw; the same seed gives the same numbers.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json and the figures.")] = Path("out/lab"),
+    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json, figures, checkpoints and logs.")]
+    = Path("out/lab"),
 ) -> None:
     """Every claim of the lecture, tested on data and models built here, in one report."""
     from moescope.lab.run import ALL_CLAIMS, LabConfig, run_lab
@@ -260,7 +261,7 @@ def lab(
 
     try:
         chosen = ALL_CLAIMS if claims is None else tuple(int(c) for c in claims.split(",") if c.strip())
-        cfg = LabConfig(profile=profile, claims=chosen, seed=seed)
+        cfg = LabConfig(profile=profile, claims=chosen, seed=seed, workdir=out)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()

@@ -13,6 +13,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -22,14 +23,37 @@ from moescope.lab.claims import (
     c03_equator,
     c04_shortcuts,
     c05_sparse_compute,
+    c06_expert_subspaces,
+    c07_similarity_dynamics,
+    c08_collapse,
+    c09_uniformity,
+    c10_shared_expert,
+    c11_angle_routing,
+    c12_heads_vs_experts,
+    c13_domains,
+    c14_heatmaps,
+    c15_quality_compute,
     c16_trees,
 )
 
 PROFILES = ("quick", "full")
 # claim -> the experiment it reads (claims sharing an experiment run it once)
-NEEDS = {1: "sphere", 2: "sphere", 3: "sphere", 4: "digits", 5: "sparse", 16: "curvature"}
-EVALUATORS = {1: c01_orthogonality.evaluate, 2: c02_equidistance.evaluate, 3: c03_equator.evaluate,
-              4: c04_shortcuts.evaluate, 5: c05_sparse_compute.evaluate, 16: c16_trees.evaluate}
+NEEDS = {1: "sphere", 2: "sphere", 3: "sphere", 4: "digits", 5: "sparse", 16: "curvature",
+         **{c: "training" for c in range(6, 16)}}
+EVALUATORS = {
+    1: c01_orthogonality.evaluate, 2: c02_equidistance.evaluate, 3: c03_equator.evaluate,
+    4: c04_shortcuts.evaluate, 5: c05_sparse_compute.evaluate, 16: c16_trees.evaluate,
+    6: lambda t: c06_expert_subspaces.evaluate(t["runs"]),
+    7: lambda t: c07_similarity_dynamics.evaluate(t["runs"]),
+    8: lambda t: c08_collapse.evaluate(t["runs"]),
+    9: lambda t: c09_uniformity.evaluate(t["runs"]),
+    10: lambda t: c10_shared_expert.evaluate(t["runs"]),
+    11: lambda t: c11_angle_routing.evaluate(t["runs"], t["angle"]),
+    12: lambda t: c12_heads_vs_experts.evaluate(t["subspaces_used"], t["top_k"], t["num_experts"]),
+    13: lambda t: c13_domains.evaluate(t["runs"]),
+    14: lambda t: c14_heatmaps.evaluate(t["runs"]),
+    15: lambda t: c15_quality_compute.evaluate(t["runs"], t["soft"]),
+}
 ALL_CLAIMS = tuple(sorted(NEEDS))
 
 
@@ -40,6 +64,7 @@ class LabConfig:
     profile: str = "quick"
     claims: tuple[int, ...] = ALL_CLAIMS
     seed: int = 0
+    workdir: Path = Path("out/lab")  # checkpoints, logs and the tokenizer of the training runs
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -79,8 +104,32 @@ def _curvature(cfg: LabConfig) -> dict:
     return run_curvature(CurvatureConfig(seed=cfg.seed))
 
 
+def _training(cfg: LabConfig) -> dict:
+    """Train the profile's runs (resuming interrupted ones) and measure every trained model."""
+    from dataclasses import replace
+
+    from moescope.lab import trained
+    from moescope.lab.runs import prepare, profile, run_profile, standard_runs
+
+    p = profile(cfg.profile)
+    p = replace(p, train=replace(p.train, seed=cfg.seed))
+    workdir = Path(cfg.workdir) / "training"
+    results = run_profile(p, workdir, progress=False)
+    _, tokens = prepare(p, workdir)
+    specs = {s.name: s for s in standard_runs(p)}
+    runs = {name: trained.measure_run(specs[name], r, tokens.val, dynamics=(name == "top2"))
+            for name, r in results.items()}
+    base = trained.load_run(specs["top2"], results["top2"].checkpoints[max(results["top2"].checkpoints)])
+    soft = trained.load_run(specs["soft-moe"], results["soft-moe"].checkpoints[max(results["soft-moe"].checkpoints)])
+    return {"runs": runs, "angle": trained.angle_agreement(base, tokens.val),
+            "subspaces_used": trained.subspaces_used(base, tokens.val),
+            "soft": trained.soft_statistics(soft, tokens.val),
+            "top_k": base.cfg.moe.top_k, "num_experts": base.cfg.moe.num_experts,
+            "provenance": {"tokens": tokens.provenance(), "profile": p.to_dict()}}
+
+
 EXPERIMENTS: dict[str, Callable[[LabConfig], dict]] = {
-    "sphere": _sphere, "digits": _digits, "sparse": _sparse, "curvature": _curvature,
+    "sphere": _sphere, "digits": _digits, "sparse": _sparse, "curvature": _curvature, "training": _training,
 }
 
 

@@ -53,7 +53,7 @@ def write_lab_report(results: dict, figures: dict[str, bytes], out_dir: str | Pa
 
 def lab_figures(results: dict) -> dict[str, bytes]:
     """Draw every figure the verdicts name, from the experiments' own data."""
-    from moescope.report import attack, curvature, sphere
+    from moescope.report import attack, curvature, lab_training, sphere
 
     data = results["data"]
     makers: dict[str, tuple[str, object]] = {}
@@ -63,6 +63,8 @@ def lab_figures(results: dict) -> dict[str, bytes]:
         makers.update({name: ("digits", fn) for name, (_, fn) in attack.figures_for(data["digits"]).items()})
     if "curvature" in data:
         makers.update({name: ("curvature", fn) for name, (_, fn) in curvature.FIGURES.items()})
+    if "training" in data:
+        makers.update({name: ("training", fn) for name, fn in lab_training.FIGURES.items()})
     wanted = {f for v in results["verdicts"] for f in v["figures"]}
     return {name: fn(data[source]) for name, (source, fn) in makers.items() if name in wanted}
 

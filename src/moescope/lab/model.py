@@ -1,0 +1,402 @@
+"""A tiny decoder-only transformer whose FFN is a dense MLP or a moescope MoE layer.
+
+nanoGPT's ``model.py`` shape (Karpathy 2022): token + learned position embeddings, ``n_layer``
+pre-norm blocks of causal self-attention and a feed-forward block, a final LayerNorm, and an
+output head tied to the token embedding. The feed-forward block is the one knob the lab turns:
+a SwiGLU :class:`~moescope.moe.DenseFFN`, or a :class:`~moescope.moe.MoELayer` /
+:class:`~moescope.moe.SoftMoELayer` built from a :class:`MoESpec` (every FFN is SwiGLU, so
+routing is the only difference between runs).
+
+Causality. Token-choice routers (``topk``, ``switch``, ``deepseek_v3``, ``cosine``) decide
+per token, so the LM stays causal (Switch's capacity is counted per sequence, in sequence
+order, so a token's fate depends only on earlier tokens). **Soft MoE** (dispatch is a
+softmax over the tokens of a sequence) and **Expert Choice** (experts pick their top tokens
+across the batch) are not causal: a position's output depends on later tokens. They are
+trained bidirectionally (``bidirectional=True``) on a masked-token objective
+(:func:`mask_tokens`) and are compared only with each other and a dense masked-token model,
+never with causal LMs. Building one in a causal model warns with
+:class:`NonCausalRouterWarning` (the tests do so on purpose, to show the leak).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moescope.moe import (
+    CosineRouter,
+    DeepSeekV3Router,
+    DenseFFN,
+    ExpertChoiceRouter,
+    Experts,
+    MoELayer,
+    RouterResult,
+    SharedExpert,
+    SoftMoELayer,
+    SwitchRouter,
+    TopKRouter,
+)
+
+ROUTERS = ("topk", "switch", "deepseek_v3", "cosine", "soft", "expert_choice")
+NON_CAUSAL_ROUTERS = ("soft", "expert_choice")
+IGNORE_INDEX = -100  # targets at this value carry no loss (F.cross_entropy's default)
+
+
+class NonCausalRouterWarning(UserWarning):
+    """A router that mixes tokens across positions was put into a causal LM."""
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """The MoE feed-forward block. Defaults: Mixtral-like top-2 of 8, at the lab's tiny scale."""
+
+    router: str = "topk"            # one of ROUTERS
+    num_experts: int = 8            # the lecture's "2 of 8 experts"
+    top_k: int = 2                  # experts per token (token-choice routers)
+    expert_intermediate: int = 128  # I of each expert: 2·d_model at d_model 64, a small FFN
+    shared_experts: int = 0         # DeepSeek-MoE's always-on experts (fused into one MLP)
+    shared_intermediate: int = 0    # I of each shared expert; the fused MLP is count · this wide
+    capacity_factor: float | None = None  # None: Switch 1.25 (Fedus et al.), Expert Choice 2.0 (Zhou et al.)
+    slots_per_expert: int | None = None   # Soft MoE; None: top_k·seq_len/num_experts (top-k's expert work)
+    n_group: int = 1                # DeepSeek-V3 group-limited routing: off at this scale
+    topk_group: int = 1
+    bias_update_rate: float = 1e-3  # DeepSeek-V3's γ (the report's value); the lab sets it per run
+    temperature: float = 0.07       # cosine router's initial τ (X-MoE)
+    normalize_topk: bool = True     # renormalise the k chosen weights (Mixtral)
+    balance: str = "switch"         # load-balance convention: E Σ f_i P_i, 1 at balance (Fedus et al.)
+
+    def __post_init__(self) -> None:
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {', '.join(ROUTERS)}; got router={self.router!r}")
+        for name in ("num_experts", "top_k", "expert_intermediate", "n_group", "topk_group"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {name}={v!r}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k must be <= num_experts={self.num_experts}; got top_k={self.top_k}")
+        if self.shared_experts < 0 or (self.shared_experts > 0) != (self.shared_intermediate > 0):
+            raise ValueError(f"shared_experts and shared_intermediate must both be > 0 or both 0; got "
+                             f"{self.shared_experts} and {self.shared_intermediate}")
+        if self.shared_experts and self.router == "soft":
+            raise ValueError("router='soft' takes no shared experts (SoftMoELayer has none); set shared_experts=0")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be > 0 or None; got {self.capacity_factor!r}")
+        if self.slots_per_expert is not None and self.slots_per_expert < 1:
+            raise ValueError(f"slots_per_expert must be >= 1 or None; got {self.slots_per_expert!r}")
+
+    @property
+    def capacity(self) -> float:
+        """The capacity factor in force (the family default when ``capacity_factor`` is None)."""
+        if self.capacity_factor is not None:
+            return self.capacity_factor
+        return 2.0 if self.router == "expert_choice" else 1.25
+
+    @property
+    def causal(self) -> bool:
+        return self.router not in NON_CAUSAL_ROUTERS
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """The tiny LM. Defaults fit the lab's ``quick`` budget (a few seconds per run on 2 cores)."""
+
+    vocab_size: int = 2048         # the lab tokenizer's default
+    d_model: int = 64              # tiny, yet wide enough for 8 experts to differ
+    n_layer: int = 2               # two MoE layers: layer-wise routing comparisons need >= 2
+    n_head: int = 4                # head size 16
+    seq_len: int = 64              # a line of code or a sentence or two of prose
+    ffn: str = "moe"               # "dense" or "moe"
+    dense_intermediate: int = 256  # the dense FFN's I (ffn="dense"); see dense_equivalent
+    moe: MoESpec = field(default_factory=MoESpec)  # the MoE block (ffn="moe"); reset to the default when dense
+    bidirectional: bool = False    # attend to all positions (masked-token objective only)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layer", "n_head", "seq_len", "dense_intermediate"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {name}={v!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.ffn not in ("dense", "moe"):
+            raise ValueError(f"ffn must be 'dense' or 'moe'; got ffn={self.ffn!r}")
+        if self.ffn == "dense" and self.moe != MoESpec():  # a dense model has no MoE spec: one canonical form
+            object.__setattr__(self, "moe", MoESpec())
+
+    @property
+    def router(self) -> str:
+        """``dense`` or the MoE router's name."""
+        return "dense" if self.ffn == "dense" else self.moe.router
+
+    @property
+    def causal(self) -> bool:
+        """True when no position can see a later one (causal attention and a causal FFN)."""
+        return not self.bidirectional and (self.ffn == "dense" or self.moe.causal)
+
+    @property
+    def slots_per_expert(self) -> int:
+        """Soft MoE slots per expert in force: explicit, or enough for top_k experts' work per token."""
+        s = self.moe.slots_per_expert
+        return s if s is not None else max(1, round(self.moe.top_k * self.seq_len / self.moe.num_experts))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.ffn == "dense":
+            d.pop("moe")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LMConfig:
+        """Inverse of :meth:`to_dict` (e.g. from a checkpoint's ``state.json``)."""
+        d = dict(d)
+        moe = d.pop("moe", None)
+        return cls(**d, moe=MoESpec(**moe) if moe is not None else MoESpec())
+
+
+# -- modules -------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (causal or not)."""
+
+    def __init__(self, cfg: LMConfig) -> None:
+        super().__init__()
+        self.n_head, self.causal = cfg.n_head, not cfg.bidirectional
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); ``attn_mask`` (B, 1, T, T) bool, True = may attend."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                  # (B, T, C)
+        return self.c_proj(y)
+
+
+def build_ffn(cfg: LMConfig) -> nn.Module:
+    """The feed-forward block of one layer: DenseFFN, MoELayer or SoftMoELayer."""
+    d, spec = cfg.d_model, cfg.moe
+    if cfg.ffn == "dense":
+        return DenseFFN(d, cfg.dense_intermediate)
+    experts = Experts(spec.num_experts, d, spec.expert_intermediate)
+    if spec.router == "soft":
+        return SoftMoELayer(hidden=d, experts=experts, slots_per_expert=cfg.slots_per_expert)
+    E, k = spec.num_experts, spec.top_k
+    if spec.router == "topk":
+        router = TopKRouter(d, E, k, normalize_topk=spec.normalize_topk, balance=spec.balance)
+    elif spec.router == "switch":  # capacity per sequence, in sequence order: stays causal
+        router = SwitchRouter(d, E, capacity_factor=spec.capacity, capacity_scope="sequence", balance=spec.balance)
+    elif spec.router == "deepseek_v3":
+        router = DeepSeekV3Router(d, E, k, n_group=spec.n_group, topk_group=spec.topk_group,
+                                  normalize_topk=spec.normalize_topk, bias_update_rate=spec.bias_update_rate)
+    elif spec.router == "cosine":
+        router = CosineRouter(d, E, k, temperature=spec.temperature, normalize_topk=spec.normalize_topk,
+                              balance=spec.balance)
+    else:
+        router = ExpertChoiceRouter(d, E, capacity_factor=spec.capacity)
+    shared = (SharedExpert(d, spec.shared_experts * spec.shared_intermediate) if spec.shared_experts else None)
+    return MoELayer(router=router, experts=experts, shared=shared)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
+
+    def __init__(self, cfg: LMConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=False)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=False)
+        self.ffn = build_ffn(cfg)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None,
+                token_mask: Tensor | None = None) -> tuple[Tensor, RouterResult | None]:
+        """x (B, T, C) -> (B, T, C) and this layer's routing (None for a dense FFN)."""
+        x = x + self.attn(self.ln_1(x), attn_mask)
+        h = self.ln_2(x)
+        if isinstance(self.ffn, DenseFFN):
+            return x + self.ffn(h), None
+        out = self.ffn(h, attention_mask=token_mask)  # MoEOutput over the B·T flattened tokens
+        return x + out.hidden, out.routing
+
+
+@dataclass(frozen=True)
+class LMOutput:
+    """What :class:`TinyLM` returns.
+
+    Attributes:
+        logits: (B, T, V).
+        loss: mean cross entropy over targets != -100 (float32 scalar), None without targets.
+        routing: one RouterResult per layer (tokens flattened B·T), None for a dense model.
+        aux_losses: auxiliary losses summed over layers, by name (unscaled; empty if dense).
+    """
+
+    logits: Tensor
+    loss: Tensor | None
+    routing: list[RouterResult] | None
+    aux_losses: dict[str, Tensor]
+
+
+class TinyLM(nn.Module):
+    """The lab's language model (see the module docstring)."""
+
+    def __init__(self, cfg: LMConfig) -> None:
+        super().__init__()
+        if not cfg.bidirectional and cfg.ffn == "moe" and not cfg.moe.causal:
+            warnings.warn(f"router {cfg.moe.router!r} is not causal: in a causal LM each position sees later "
+                          "tokens through the FFN; use bidirectional=True with the masked-token objective",
+                          NonCausalRouterWarning, stacklevel=2)
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
+        # nanoGPT's init for embeddings and attention: N(0, 0.02), residual projections scaled by
+        # 1/sqrt(2·n_layer). FFNs keep their own init (dense and expert alike: U(±1/sqrt(fan_in))),
+        # so dense and MoE runs start their FFNs the same way.
+        for m in (self.wte, self.wpe):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        for b in self.blocks:
+            nn.init.normal_(b.attn.c_attn.weight, mean=0.0, std=0.02)
+            nn.init.normal_(b.attn.c_proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def moe_layers(self) -> list[nn.Module]:
+        """The MoE blocks, layer order (empty for a dense model)."""
+        return [b.ffn for b in self.blocks if not isinstance(b.ffn, DenseFFN)]
+
+    def _attention_mask(self, attention_mask: Tensor | None, T: int) -> Tensor | None:
+        """(B, T) 1 = real token -> (B, 1, T, T) bool; None when SDPA's own causal flag suffices."""
+        if attention_mask is None:
+            return None
+        allowed = attention_mask.bool()[:, None, None, :]                       # (B, 1, 1, T) keys
+        if not self.cfg.bidirectional:
+            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
+        return allowed | torch.eye(T, dtype=torch.bool, device=attention_mask.device)  # never an empty row
+
+    def forward(self, idx: Tensor, *, targets: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> LMOutput:
+        """idx (B, T) int64 -> LMOutput.
+
+        Args (keyword-only after ``idx``, so a routing recorder never mistakes targets for a mask):
+            targets: (B, T) int64 token to predict at each position (the next token for the
+                causal objective, the original token at masked positions for the masked one),
+                -100 where there is nothing to predict.
+            attention_mask: (B, T), 1 = real token, 0 = padding (kept out of attention, of the
+                routers' auxiliary losses and of the loss).
+        """
+        T = idx.shape[1]
+        if T > self.cfg.seq_len:
+            raise ValueError(f"sequence of length {T} exceeds seq_len={self.cfg.seq_len}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)                                         # (B, T, C)
+        attn_mask = self._attention_mask(attention_mask, T)
+        routing: list[RouterResult] = []
+        for block in self.blocks:
+            x, r = block(x, attn_mask, attention_mask)
+            if r is not None:
+                routing.append(r)
+        logits = F.linear(self.ln_f(x), self.wte.weight)                          # (B, T, V), tied head
+        aux: dict[str, Tensor] = {}
+        for r in routing:
+            for name, value in r.aux_losses.items():
+                aux[name] = aux[name] + value if name in aux else value
+        loss = None
+        if targets is not None:
+            if attention_mask is not None:
+                targets = targets.masked_fill(attention_mask == 0, IGNORE_INDEX)
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return LMOutput(logits=logits, loss=loss, routing=routing or None, aux_losses=aux)
+
+
+def mask_tokens(idx: Tensor, *, mask_id: int, rate: float = 0.15,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The masked-token objective's (inputs, targets) for a batch idx (B, T).
+
+    Exactly ``max(1, round(rate·T))`` positions per row, drawn uniformly without replacement
+    from ``generator``, are replaced by ``mask_id`` in the inputs; the targets hold the
+    original token there and -100 elsewhere (BERT's 15%, without its 80/10/10 split: every
+    chosen position becomes the mask token, in training and evaluation alike).
+    """
+    if not 0 < rate < 1:
+        raise ValueError(f"rate must be in (0, 1); got rate={rate!r}")
+    B, T = idx.shape
+    n = max(1, round(rate * T))
+    noise = torch.rand(B, T, generator=generator)
+    chosen = torch.zeros(B, T, dtype=torch.bool)
+    chosen.scatter_(1, noise.topk(n, dim=1).indices, True)                         # (B, T), n per row
+    chosen = chosen.to(idx.device)
+    return idx.masked_fill(chosen, mask_id), idx.masked_fill(~chosen, IGNORE_INDEX)
+
+
+# -- parameter accounting ------------------------------------------------------------------------
+def _ffn_params(cfg: LMConfig) -> tuple[int, float]:
+    """(total, active per token) parameters of one layer's FFN block (router included)."""
+    d, spec = cfg.d_model, cfg.moe
+    if cfg.ffn == "dense":
+        n = 3 * d * cfg.dense_intermediate                                    # gate, up, down
+        return n, float(n)
+    E, expert = spec.num_experts, 3 * d * spec.expert_intermediate            # SwiGLU expert
+    if spec.router == "soft":
+        S = cfg.slots_per_expert
+        router = d * E * S + 1                                                 # slots Φ and scale
+        per_token = E * S / cfg.seq_len                                        # expert work per token
+    else:
+        router = d * E + (1 if spec.router == "cosine" else 0)                 # centroids (+ log τ)
+        per_token = {"switch": 1.0, "expert_choice": spec.capacity}.get(spec.router, float(spec.top_k))
+    shared = 3 * d * spec.shared_experts * spec.shared_intermediate
+    return router + E * expert + shared, router + per_token * expert + shared
+
+
+def total_params(cfg: LMConfig) -> int:
+    """Every parameter of :class:`TinyLM` (buffers such as DeepSeek's selection bias excluded).
+
+    V·d (token embedding = tied output head) + T·d (positions) + d (final norm) + per layer
+    2d (norms) + 4d² (qkv and output projections) + the FFN block:
+
+    * dense: 3·d·I (SwiGLU gate, up, down);
+    * MoE: E·3·d·I_e (experts) + E·d (router centroids; +1 for the cosine router's
+      temperature) + 3·d·n_s·I_s (shared experts, fused); Soft MoE: d·E·S slot parameters + 1
+      scale instead of centroids.
+    """
+    d = cfg.d_model
+    ffn, _ = _ffn_params(cfg)
+    return cfg.vocab_size * d + cfg.seq_len * d + d + cfg.n_layer * (2 * d + 4 * d * d + ffn)
+
+
+def active_params_per_token(cfg: LMConfig) -> int:
+    """Parameters one token's forward pass multiplies, on average (nearest integer).
+
+    All parameters but the experts a token does not use: :func:`total_params` minus, per layer,
+    (E − k_eff) expert MLPs, where k_eff is the expected number of expert evaluations per token:
+    k for top-k, DeepSeek-V3 and cosine; 1 for Switch (an upper bound: dropped tokens use none);
+    the capacity factor c for Expert Choice (E experts × c·T/E tokens each, over T tokens);
+    E·S/seq_len for Soft MoE (E·S slots per sequence of seq_len tokens). Routers, shared experts
+    and the tied embedding/head count as active (every token multiplies them). Attention's
+    score computation, equal for all models of one d_model and seq_len, is not a parameter
+    and is not counted.
+    """
+    total, active = _ffn_params(cfg)
+    return round(total_params(cfg) - cfg.n_layer * (total - active))
+
+
+def dense_equivalent(cfg: LMConfig, match: str = "active") -> LMConfig:
+    """The dense LMConfig whose FFN matches ``cfg``'s active (or total) FFN parameters.
+
+    Everything but the FFN is kept; the dense width is I_d = max(1, round(P / (3·d))) with P
+    the MoE block's active-per-token (``match="active"``) or total (``"total"``) parameters per
+    layer. Rounding to the nearest integer width leaves |3·d·I_d − P| <= 1.5·d per layer, so
+    the dense model's total parameters differ from ``cfg``'s active (or total) count by at most
+    1.5·d·n_layer.
+    """
+    if match not in ("active", "total"):
+        raise ValueError(f"match must be 'active' or 'total'; got match={match!r}")
+    total, active = _ffn_params(cfg)
+    target = active if match == "active" else total
+    width = max(1, round(target / (3 * cfg.d_model)))
+    return replace(cfg, ffn="dense", dense_intermediate=width)

@@ -1,0 +1,125 @@
+"""Figures of the lab's training-based claims (6–15), drawn from the measured data only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moescope.report.figures import new_figure, png_bytes
+
+
+def _overlap(t: dict) -> bytes:
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    base = t["runs"]["top2"]["weights"]
+    ax.bar([f"top-2 L{g['index']}" for g in base], [g["experts"]["z"] for g in base], color="C0",
+           label="routed vs routed (top-2)")
+    fine = t["runs"].get("deepseek-moe", {}).get("weights", [])
+    ax.bar([f"fine L{g['index']}" for g in fine], [g["experts"]["z"] for g in fine], color="C1",
+           label="routed vs routed (fine-grained)")
+    ax.bar([f"shared L{g['index']}" for g in fine for _ in g["shared"]],
+           [s["z"] for g in fine for s in g["shared"]], color="C2", label="shared vs routed")
+    ax.axhspan(-3, 3, color="grey", alpha=0.2, label="random subspaces (|z| ≤ 3)")
+    ax.set_ylabel("overlap z vs random-subspace null")
+    ax.set_title("Expert subspace overlap against random subspaces")
+    ax.legend(fontsize=7)
+    ax.tick_params(axis="x", labelrotation=30)
+    return png_bytes(fig)
+
+
+def _dynamics(t: dict) -> bytes:
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    dyn = t["runs"]["top2"]["dynamics"]
+    steps = [d["step"] for d in dyn]
+    for j in range(len(dyn[0]["weights"])):
+        ax.plot(steps, [d["weights"][j]["experts"]["mean_cos2_pairs"] for d in dyn], "o-", label=f"layer {j}")
+        ax.plot(steps, [d["weights"][j]["experts"]["null_mean_cos2"] for d in dyn], "--", color="grey")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean cos² between expert subspaces")
+    ax.set_title("Expert similarity over training (dashed: random-subspace null)")
+    ax.legend(fontsize=7)
+    return png_bytes(fig)
+
+
+def _balance(t: dict) -> bytes:
+    lays_b, lays_0 = t["runs"]["top2"]["routing"]["layers"], t["runs"]["top2-alpha0"]["routing"]["layers"]
+    fig, axes = new_figure(1, len(lays_b), width=4.5 * len(lays_b), height=3.4)
+    for j, ax in enumerate(axes[0]):
+        e = np.arange(len(lays_b[j]["load"]))
+        ax.bar(e - 0.2, lays_b[j]["load"], width=0.4, label="α = 0.01")
+        ax.bar(e + 0.2, lays_0[j]["load"], width=0.4, label="α = 0")
+        ax.axhline(1 / len(e), color="grey", ls="--", label="uniform")
+        ax.set_xlabel("expert")
+        ax.set_title(f"layer {j}: load share (CV {lays_b[j]['load_cv']:.2f} vs {lays_0[j]['load_cv']:.2f})")
+    axes[0, 0].set_ylabel("share of routed assignments")
+    axes[0, 0].legend(fontsize=7)
+    return png_bytes(fig)
+
+
+def _angle(t: dict) -> bytes:
+    fig, axes = new_figure(width=5.0, height=3.4)
+    ax = axes[0, 0]
+    lays = t["angle"]["layers"]
+    ax.bar([f"layer {j}" for j in range(len(lays))], [x["top1"] for x in lays], label="first choice kept")
+    ax.axhline(lays[0]["chance_top1"], color="grey", ls="--", label="chance 1/E")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Routing by angle alone (cos) vs the trained dot-product router")
+    ax.legend(fontsize=7)
+    return png_bytes(fig)
+
+
+def _heads(t: dict) -> bytes:
+    fig, axes = new_figure(width=4.5, height=3.4)
+    ax = axes[0, 0]
+    u = t["subspaces_used"]
+    ax.bar(["attention heads", "experts"], [u["head_share"], u["expert_share"]], color=["C0", "C1"])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share acting on each token")
+    ax.set_title("All heads at once vs the chosen experts")
+    return png_bytes(fig)
+
+
+def _domains(t: dict) -> bytes:
+    lays = t["runs"]["top2"]["routing"]["layers"]
+    fig, axes = new_figure(1, len(lays), width=4.5 * len(lays), height=3.0)
+    for j, ax in enumerate(axes[0]):
+        d = lays[j]["domains"]
+        im = ax.imshow(d["specialisation"], cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        ax.set_yticks(range(len(d["names"])), d["names"])
+        ax.set_xlabel("expert")
+        ax.set_title(f"layer {j}: (p − k/E)/(1 − k/E)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    return png_bytes(fig)
+
+
+def _heatmaps(t: dict) -> bytes:
+    samples = t["runs"]["top2"]["routing"]["samples"]
+    fig, axes = new_figure(1, len(samples), width=3.6 * len(samples), height=4.2)
+    for ax, (domain, s) in zip(axes[0], samples.items(), strict=True):
+        w = np.array(s["weights"][0])
+        ax.imshow(w, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+        ax.set_title(f"{domain}: token × expert (layer 0)")
+        ax.set_xlabel("expert")
+        ax.set_ylabel("token position")
+    return png_bytes(fig)
+
+
+def _quality(t: dict) -> bytes:
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    for name, r in t["runs"].items():
+        marker = "o" if r["objective"] == "causal" else "s"
+        color = "C0" if r["objective"] == "causal" else "C3"
+        ax.scatter(r["params_active"], r["val_loss"], marker=marker, color=color)
+        ax.annotate(name, (r["params_active"], r["val_loss"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("active parameters per token")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Quality vs active compute\n(circles: causal LM; squares: masked-token objective, compared apart)")
+    return png_bytes(fig)
+
+
+FIGURES = {
+    "expert_overlap.png": _overlap, "expert_similarity_dynamics.png": _dynamics, "balance_load.png": _balance,
+    "angle_agreement.png": _angle, "heads_vs_experts.png": _heads, "domain_specialisation.png": _domains,
+    "router_heatmaps.png": _heatmaps, "quality_vs_compute.png": _quality,
+}
