@@ -53,3 +53,8 @@ def test_attack_help_and_bad_budget(tmp_path):
     assert result.exit_code == 2 and "0,abc" in _text(result.output)
     result = runner.invoke(app, ["attack", "--dataset", "mnist", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "mnist" in _text(result.output)
+
+
+def test_bench_analyze_help():
+    result = runner.invoke(app, ["bench", "analyze", "--help"])
+    assert result.exit_code == 0 and "--geometry" in _text(result.output)

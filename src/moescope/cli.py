@@ -272,3 +272,26 @@ def lab(
     Console().print(verdict_table(results["verdicts"]))
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
+
+
+bench = typer.Typer(help="Benchmarks: commands that print measurements (never tests).", no_args_is_help=True)
+app.add_typer(bench, name="bench")
+
+
+@bench.command("analyze")
+def bench_analyze(
+    geometry: Annotated[bool, typer.Option(help="Also time the weight geometry of one Mixtral-8x7B-shaped layer "
+                                                "(writes a 2.8 GB bf16 file to a temporary folder; ~1 min).")]
+    = True,
+) -> None:
+    """Routing-capture overhead, statistics memory vs text length, and weight-geometry time and memory."""
+    from moescope.analysis.bench import bench_routing_capture, bench_weight_geometry
+
+    cap = bench_routing_capture()
+    console.print(f"routing capture: forward {cap['forward_s'] * 1e3:.1f} ms -> {cap['forward_recorded_s'] * 1e3:.1f} "
+                  f"ms with recording + statistics ({cap['overhead']:+.1%}) on {cap['tokens_per_pass']} tokens, "
+                  f"{cap['threads']} threads")
+    console.print(f"statistics memory: {cap['stats_bytes_after_1x']:,} bytes after 1x the text, "
+                  f"{cap['stats_bytes_after_4x']:,} after 4x")
+    if geometry:
+        bench_weight_geometry(threads=2)

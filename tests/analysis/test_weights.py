@@ -484,3 +484,12 @@ def test_view_geometry_of_a_live_layer_matches_random_null_and_sees_the_shared_e
         layer.experts.gate_up_proj[1].copy_(layer.experts.gate_up_proj[0])
     planted = view_geometry(find_moe_layers(torch.nn.Sequential(layer))[0])
     assert planted["experts"]["z"] > geo["experts"]["z"] + 3
+
+
+def test_routing_capture_bench_structure():
+    """A benchmark, not a timing test: check the numbers it reports are well-formed."""
+    from moescope.analysis.bench import bench_routing_capture
+
+    out = bench_routing_capture(tokens=256, seq_len=64, repeats=1)
+    assert out["tokens_per_pass"] == 256 and out["forward_s"] > 0 and out["forward_recorded_s"] > 0
+    assert out["stats_bytes_after_1x"] == out["stats_bytes_after_4x"] > 0  # sums only: no growth with text

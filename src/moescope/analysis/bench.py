@@ -158,3 +158,54 @@ def bench_weight_geometry(*, num_experts: int = MIXTRAL_8X7B["num_experts"], hid
               f"router KS p = {out['router_ks_pvalue']:.3f}, alignment z = {out['alignment_z']:+.2f}")
         print(f"  {'OK' if out['ok'] else 'TARGET MISSED'}")
     return out
+
+
+def bench_routing_capture(*, tokens: int = 4096, seq_len: int = 256, repeats: int = 5, seed: int = 0) -> dict:
+    """Cost of recording routing, and the statistics' memory against the amount of text.
+
+    Times the forward of a small Mixtral (from its real config class, random weights) with and
+    without a :class:`~moescope.models.RoutingRecorder` feeding :class:`RoutingStats`
+    (median of ``repeats``, alternating), and measures the bytes of the statistics' tensors
+    after 1× and 4× the text — equal by construction (sums only), measured to show it.
+    """
+    import statistics as st
+
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from moescope.analysis.routing import RoutingStats
+    from moescope.models import RoutingRecorder, find_moe_layers
+
+    torch.manual_seed(seed)
+    cfg = MixtralConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                        num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2, vocab_size=2048)
+    model = MixtralForCausalLM(cfg).eval()
+    views = find_moe_layers(model)
+    ids = torch.randint(0, cfg.vocab_size, (tokens // seq_len, seq_len))
+
+    def stats_bytes(s: RoutingStats) -> int:
+        return sum(t.numel() * t.element_size() for layer in s.layers for t in layer.tensors())
+
+    stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], vocab_size=cfg.vocab_size)
+    plain, recorded = [], []
+    with torch.no_grad():
+        model(ids[:1])  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(ids)
+            plain.append(time.perf_counter() - t0)
+            with RoutingRecorder(model, views) as rec:
+                t0 = time.perf_counter()
+                model(ids)
+                for r in rec.pop():
+                    stats.update(r)
+                recorded.append(time.perf_counter() - t0)
+    one = stats_bytes(stats)
+    with torch.no_grad(), RoutingRecorder(model, views) as rec:
+        for _ in range(3):
+            model(ids)
+            for r in rec.pop():
+                stats.update(r)
+    return {"tokens_per_pass": int(ids.numel()), "threads": torch.get_num_threads(),
+            "forward_s": st.median(plain), "forward_recorded_s": st.median(recorded),
+            "overhead": st.median(recorded) / st.median(plain) - 1,
+            "stats_bytes_after_1x": one, "stats_bytes_after_4x": stats_bytes(stats)}
