@@ -31,6 +31,10 @@ def test_full_profile_has_three_seeds_of_baseline_and_alpha0():
         assert seeds == [0, 1, 2]
     assert sum(n.startswith(runs.SWITCH) for n in specs) == 1
     assert len(specs) == len(CAUSAL) + len(MASKED) + 4
+    p = runs.profile("full")
+    shifted = _by_name(replace(p, train=replace(p.train, seed=7)))     # one seed moves every run
+    assert sorted(s.train.seed for s in shifted.values()) == [7] * 11 + [8, 8, 9, 9]
+    assert "top2-seed9" in shifted
 
 
 @pytest.mark.parametrize("name", runs.PROFILES)
@@ -84,7 +88,7 @@ def test_bad_profile_and_run_names(tmp_path):
 
 def _tiny_profile():
     return runs.Profile(name="tiny", corpus=TINY_CORPUS, lm=replace(TINY_LM, vocab_size=300),
-                        train=replace(TINY_TRAIN, steps=6, checkpoint_every=3), seeds=(0,), jobs=1)
+                        train=replace(TINY_TRAIN, steps=6, checkpoint_every=3), jobs=1)
 
 
 @pytest.mark.slow

@@ -26,9 +26,20 @@ causal, so they never share a table with the LMs above):
 ``dense-masked``            dense FFN with the baseline's active parameters per token
 ==========================  ==========================================================
 
-Extra seeds are named ``<name>-seed<k>``. Profiles: ``quick`` (every run in about 3 minutes on
-2 CPU cores: two runs train at once, one thread each) and ``full`` (about 35 minutes: a wider,
-deeper model, longer training, 3 seeds of the baseline and of α = 0).
+Every run trains with ``train.seed``; the extra replicates of the baseline and of α = 0 use
+``train.seed + 1``, ``+ 2``, … and are named ``<name>-seed<k>`` (so changing ``train.seed``
+moves every run, replicates included).
+
+Profiles (2-core VM, one thread per run, two runs at once):
+
+* ``quick`` — d_model 64, 2 layers, 4 heads, seq_len 64, 8 experts of I = 128, batch 16,
+  250 steps, 200k characters per domain, one seed: 11 runs, 249 CPU-seconds in all
+  (13–37 s a run); measured 153 s wall for the whole profile on a quiet machine (240–430 s
+  while other jobs shared the two cores).
+* ``full`` — d_model 128, 4 layers, seq_len 128, 8 experts of I = 256, batch 16, 500 steps,
+  300k characters per domain, 3 seeds of the baseline and of α = 0: 15 runs; estimated
+  ~3300 CPU-seconds from the measured cost of a step of each run (0.3–0.7 s), i.e. about
+  28 minutes of wall time.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -49,7 +61,7 @@ import torch
 from moescope._files import write_bytes_atomic, write_json_atomic
 from moescope.lab._worker import save_tokens
 from moescope.lab.corpus import Corpus, CorpusConfig, build_corpus
-from moescope.lab.model import LMConfig, MoESpec, dense_equivalent, total_params
+from moescope.lab.model import LMConfig, MoESpec, active_params_per_token, dense_equivalent, total_params
 from moescope.lab.tokenizer import CorpusTokens, load_or_train_tokenizer, tokenize_corpus
 from moescope.lab.train import RESULT_FILE, RunResult, RunSpec, TrainConfig, train_run
 
@@ -62,19 +74,25 @@ SUMMARY_FILE = "training.json"
 
 @dataclass(frozen=True)
 class Profile:
-    """A named scale: the corpus, the baseline LM, the training recipe, the seeds, parallelism."""
+    """A named scale: the corpus, the baseline LM, the training recipe, replicates, parallelism."""
 
     name: str
     corpus: CorpusConfig
     lm: LMConfig                 # the baseline (top-2 of 8); the other runs are derived from it
     train: TrainConfig
-    seeds: tuple[int, ...]       # seeds of the baseline and α = 0 runs (the first seeds every run)
+    replicates: int = 1          # seeds of the baseline and α = 0 runs: train.seed, train.seed + 1, ...
     jobs: int | None = None      # runs trained at once (one process, one thread each); None: min(2, CPUs)
     bias_update_rate: float = 1e-2  # DeepSeek-V3's γ: 10× the report's 1e-3, for 10²–10³ steps, not 10⁵
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.replicates, int) or self.replicates < 1:
+            raise ValueError(f"replicates must be a positive integer; got {self.replicates!r}")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
+            raise ValueError(f"jobs must be a positive integer or None; got {self.jobs!r}")
+
     def to_dict(self) -> dict:
         return {"name": self.name, "corpus": asdict(self.corpus), "lm": self.lm.to_dict(),
-                "train": asdict(self.train), "seeds": list(self.seeds), "jobs": self.jobs,
+                "train": asdict(self.train), "replicates": self.replicates, "jobs": self.jobs,
                 "bias_update_rate": self.bias_update_rate}
 
 
@@ -85,14 +103,14 @@ def profile(name: str = "quick") -> Profile:
                        lm=LMConfig(vocab_size=2048, d_model=64, n_layer=2, n_head=4, seq_len=64,
                                    moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=128)),
                        train=TrainConfig(steps=250, batch_size=16, warmup_steps=20, checkpoint_every=50),
-                       seeds=(0,))
+                       replicates=1)
     if name == "full":
         return Profile(name="full", corpus=CorpusConfig(chars_per_domain=300_000),
                        lm=LMConfig(vocab_size=2048, d_model=128, n_layer=4, n_head=4, seq_len=128,
                                    moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=256)),
                        train=TrainConfig(steps=500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=40,
                                          checkpoint_every=100, eval_windows=64),
-                       seeds=(0, 1, 2))
+                       replicates=3)
     raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {name!r}")
 
 
@@ -103,7 +121,8 @@ def standard_runs(p: Profile) -> list[RunSpec]:
     fine = replace(moe, num_experts=4 * moe.num_experts, expert_intermediate=moe.expert_intermediate // 4,
                    top_k=4 * moe.top_k - 2, shared_experts=2, shared_intermediate=moe.expert_intermediate // 4)
     runs = []
-    for i, seed in enumerate(p.seeds):
+    for i in range(p.replicates):
+        seed = tc.seed + i
         suffix, t = ("" if i == 0 else f"-seed{seed}"), replace(tc, seed=seed)
         runs.append(RunSpec(BASELINE + suffix, lm, t, knob="baseline: top-2 of 8, α = 0.01"))
         runs.append(RunSpec(NO_BALANCE + suffix, lm, replace(t, aux=no_balance), knob="α = 0 (no load balancing)"))
@@ -143,8 +162,8 @@ def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True,
                 only: tuple[str, ...] | None = None) -> dict[str, RunResult]:
     """Train every run of ``p`` (resuming any that were interrupted) under ``out_dir/runs/``.
 
-    ``jobs`` (default ``p.jobs``) runs train at once, each in its own worker process
-    (``python -m moescope.lab._worker``) with a single thread, so results do not depend on
+    ``jobs`` (default ``p.jobs``) runs train at once, on worker processes
+    (``python -m moescope.lab._worker``) of one thread each, so results do not depend on
     ``jobs``; with ``jobs=1`` every run trains in this process. ``only`` restricts to named runs.
     Writes ``out_dir/training.json`` (profile, corpus and tokenizer provenance, results) and
     returns the results by run name, in :func:`standard_runs` order.
@@ -179,51 +198,69 @@ def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True,
     return results
 
 
+def _cost(spec: RunSpec) -> float:
+    """A proxy of a run's CPU time: steps × (active + a quarter of the idle expert parameters)."""
+    active, total = active_params_per_token(spec.lm), total_params(spec.lm)
+    return spec.train.steps * (active + 0.25 * (total - active))
+
+
 def _run_parallel(specs: list[RunSpec], tokens: CorpusTokens, runs_dir: Path, jobs: int,
                   progress: bool) -> dict[str, RunResult]:
-    """Train ``specs`` in up to ``jobs`` worker processes (``moescope.lab._worker``) at a time.
+    """Train ``specs`` on ``jobs`` long-lived workers (``moescope.lab._worker``), longest first.
 
-    Each worker's output goes to ``<run>/worker.log``; a failed worker stops the others and
-    raises with the tail of its log (completed runs keep their results, interrupted ones
-    their checkpoints: calling again resumes them).
+    Each idle worker gets the next run; its stderr goes to ``runs_dir/worker-<i>.log``. A
+    worker that dies stops the others and raises with the tail of its log (finished runs keep
+    their results, interrupted ones their checkpoints: calling again resumes them).
     """
     runs_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(save_tokens(tokens), buf)
     tokens_path = write_bytes_atomic(runs_dir / ".tokens.pt", buf.getvalue())
-    # longest first (total parameters × steps as the cost proxy): the last run to finish is a short one
-    pending = sorted(specs, key=lambda s: -total_params(s.lm) * s.train.steps)
-    running: dict[str, tuple[subprocess.Popen, object]] = {}
+    pending = sorted(specs, key=_cost, reverse=True)   # longest first: the last to finish is short
+    spec_paths = {s.name: write_json_atomic(runs_dir / s.name / "spec.json", s.to_dict()) for s in specs}
+    workers, logs, busy = [], [], {}
     results: dict[str, RunResult] = {}
-    with _runs_bar(progress, len(specs)) as advance:
-        try:
-            while pending or running:
-                while pending and len(running) < jobs:
-                    spec = pending.pop(0)
-                    run_dir = runs_dir / spec.name
-                    spec_path = write_json_atomic(run_dir / "spec.json", spec.to_dict())
-                    log = open(run_dir / "worker.log", "wb")  # closed when the worker ends (below)
-                    cmd = [sys.executable, "-m", "moescope.lab._worker", str(spec_path), str(tokens_path),
-                           str(runs_dir)]
-                    running[spec.name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
-                for name, (proc, log) in list(running.items()):
-                    if proc.poll() is None:
-                        continue
-                    log.close()
-                    del running[name]
-                    if proc.returncode != 0:
-                        tail = (runs_dir / name / "worker.log").read_text(errors="replace")[-3000:]
-                        raise RuntimeError(f"run {name!r} failed (exit code {proc.returncode}); its log ends:\n{tail}")
-                    r = RunResult.from_dict(json.loads((runs_dir / name / RESULT_FILE).read_text()))
-                    results[name] = r
-                    advance(f"{name}: val {r.val_loss:.3f}")
-                time.sleep(0.1)
-        finally:
-            for proc, log in running.values():
-                proc.kill()
-                proc.wait()
-                log.close()
-            tokens_path.unlink(missing_ok=True)
+    try:
+        for i in range(min(jobs, len(specs))):
+            logs.append(open(runs_dir / f"worker-{i}.log", "wb"))  # closed in the finally below
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "moescope.lab._worker", str(tokens_path), str(runs_dir)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[-1], text=True, bufsize=1))
+        with _runs_bar(progress, len(specs)) as advance:
+            while pending or busy:
+                for w in workers:
+                    if w not in busy and pending and w.stdin:
+                        spec = pending.pop(0)
+                        busy[w] = spec.name
+                        w.stdin.write(f"{spec_paths[spec.name]}\n")
+                        w.stdin.flush()
+                    elif w not in busy and not pending and w.stdin and not w.stdin.closed:
+                        w.stdin.close()                     # nothing left: the worker exits
+                ready, _, _ = select.select([w.stdout for w in busy], [], [], 1.0)
+                for w in [w for w in busy if w.stdout in ready]:
+                    name, line = busy.pop(w), w.stdout.readline()
+                    if line.strip() != f"done {name}":
+                        w.wait()
+                        log = runs_dir / f"worker-{workers.index(w)}.log"
+                        raise RuntimeError(f"run {name!r} failed (worker exit code {w.returncode}); "
+                                           f"{log} ends:\n{log.read_text(errors='replace')[-3000:]}")
+                    results[name] = RunResult.from_dict(json.loads((runs_dir / name / RESULT_FILE).read_text()))
+                    advance(f"{name}: val {results[name].val_loss:.3f}")
+        for w in workers:
+            if w.stdin and not w.stdin.closed:
+                w.stdin.close()
+            w.wait()
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+            for pipe in (w.stdin, w.stdout):
+                if pipe and not pipe.closed:
+                    pipe.close()
+        for f in logs:
+            f.close()
+        tokens_path.unlink(missing_ok=True)
     return results
 
 
