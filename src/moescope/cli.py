@@ -295,3 +295,34 @@ def bench_analyze(
                   f"{cap['stats_bytes_after_4x']:,} after 4x")
     if geometry:
         bench_weight_geometry(threads=2)
+
+
+@bench.command("moe")
+def bench_moe_command(
+    quick: Annotated[bool, typer.Option(help="Only T = 16 and 1024, fewer repeats (about half a minute on 2 cores).")]
+    = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the machine and rows to this JSON file.")] = None,
+    stat: Annotated[str, typer.Option(help="Table of the 'median' run or of the 'best' (on a shared machine).")]
+    = "median",
+) -> None:
+    """MoE layer time against transformers' eager and grouped_mm experts and against the roofline."""
+    from moescope._files import write_json_atomic
+    from moescope.moe.benchmark import bench_moe, case_count, machine_lines, moe_table
+
+    if stat not in ("median", "best"):
+        raise typer.BadParameter(f"--stat must be 'median' or 'best'; got {stat!r}")
+    stdout = Console()
+    if not stdout.is_terminal:
+        stdout.width = 160  # a file or pipe gets the whole table, not 80 columns of it
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("benchmark", total=case_count(quick=quick))
+        result = bench_moe(quick=quick, on_case=lambda label: progress.update(task, description=label, advance=1))
+    for line in machine_lines(result["machine"]):
+        stdout.print(line)
+    stdout.print(moe_table(result, stat=stat))
+    for row in result["rows"]:
+        for name, reason in row["skipped"].items():
+            stdout.print(f"skipped {name} at {row['shape']} T={row['tokens']} {row['pass']}: {reason}")
+    if out is not None:
+        console.print(f"Rows: {write_json_atomic(out, result)}")

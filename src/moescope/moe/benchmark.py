@@ -1,0 +1,387 @@
+"""``moescope bench moe``: the MoE layer against transformers' experts and against the roofline.
+
+In one process: measure the machine (dense GEMM FLOP/s, memory bandwidth), then for each
+shape and token count build a transformers ``MixtralSparseMoeBlock`` from a real
+``MixtralConfig`` with random float32 weights, lift it with :func:`moescope.moe.from_hf`
+(same weights) and time, forward and forward+backward,
+
+* moescope's layer with ``dispatch="auto"``, and each other dispatch path that is cheap
+  enough (``bmm`` copies every pair's expert weights, so it runs only for small batches);
+* transformers' ``eager`` experts (a loop over the experts that received tokens);
+* transformers' ``grouped_mm`` experts (``torch.nn.functional.grouped_mm``; skipped, with
+  the reason, where it fails; the kernel that actually ran is recorded).
+
+Each time is the median of several runs after warm-up runs; the implementations of a case
+run in interleaved rounds, so load from other processes slows them alike. The roofline of a
+case is
+
+    max(active FLOPs / GEMM FLOP/s, touched expert-weight bytes / bandwidth)
+
+with, per forward, active FLOPs = 2·T·k·(3·H·I) (gate, up and down projections of the k
+chosen SwiGLU experts) + 2·T·H·E (the router GEMM), and touched bytes = (number of experts
+that receive at least one token) · 3·H·I · 4 (float32 weights read once). For
+forward+backward both are tripled: the backward does two GEMMs per forward GEMM (input and
+weight gradients) and reads the touched weights again and writes their gradients (the
+zero gradients of experts that got no token are not counted). Activations, the router
+weight and the token gather/scatter are not counted; nor is a GEMM's lower efficiency on
+small matrices, so the roofline is a floor no implementation reaches exactly.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moescope.moe.dispatch import AUTO_METHOD, METHODS
+from moescope.moe.from_hf import from_hf
+
+BYTES_PER_VALUE = 4  # float32
+
+
+@dataclass(frozen=True)
+class MoeShape:
+    """One benchmarked MoE layer: H, I (per expert), E experts, k per token."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    num_experts: int
+    top_k: int
+
+
+SHAPES = (
+    MoeShape("coarse", hidden=512, intermediate=1024, num_experts=8, top_k=2),   # Mixtral's proportions
+    MoeShape("fine", hidden=512, intermediate=128, num_experts=64, top_k=6),     # DeepSeek-MoE-like fine grain
+)
+TOKENS = (16, 64, 1024, 4096)   # decode-like batches (weight-bound) to prefill-like (GEMM-bound)
+QUICK_TOKENS = (16, 1024)
+PASSES = ("forward", "forward+backward")
+# bmm gathers one copy of the expert weights per (token, expert) pair; beyond this many bytes
+# of copies it is slow enough to dominate the benchmark's run time, so it is left out.
+BMM_MAX_COPY_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class _Effort:
+    gemm_size: int        # n of the n×n×n float32 GEMM probe
+    copy_values: int      # float32 values in the bandwidth probe (2 buffers)
+    probe_repeats: int
+    warmup: int
+    min_repeats: int
+    max_repeats: int
+    budget_s: float       # time per measured implementation, within min/max repeats
+
+
+_FULL = _Effort(gemm_size=2048, copy_values=32 * 2**20, probe_repeats=7, warmup=2, min_repeats=3, max_repeats=25,
+              budget_s=1.5)
+_QUICK = _Effort(gemm_size=1024, copy_values=8 * 2**20, probe_repeats=3, warmup=1, min_repeats=2, max_repeats=3,
+               budget_s=0.05)
+
+
+def measure_machine(*, quick: bool = False) -> dict:
+    """Dense float32 GEMM throughput and memory bandwidth of this process's CPU threads.
+
+    * ``gemm_flops``: 2·n³ / t for an n×n by n×n float32 ``torch.mm`` (n = 2048, or 1024 with
+      ``quick``), best of several runs after a warm-up.
+    * ``copy_bytes_per_s``: 2·N·4 / t for ``dst.copy_(src)`` of N float32 values (read plus
+      write bytes; N = 32 Mi = 128 MiB per buffer, 8 Mi with ``quick``), best of several.
+    * ``read_bytes_per_s``: N·4 / t for ``src.sum()`` (bytes read), best of several.
+    * ``bandwidth``: the larger of the two, used by the roofline.
+    """
+    effort = _QUICK if quick else _FULL
+    n = effort.gemm_size
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.empty(n, n)
+    gemm = _best(lambda: torch.mm(a, b, out=c), effort.probe_repeats)
+    src = torch.randn(effort.copy_values)
+    dst = torch.empty_like(src)
+    copy = _best(lambda: dst.copy_(src), effort.probe_repeats)
+    read = _best(src.sum, effort.probe_repeats)
+    nbytes = effort.copy_values * BYTES_PER_VALUE
+    copy_bw, read_bw = 2 * nbytes / copy, nbytes / read
+    return {"gemm_flops": 2 * n**3 / gemm, "gemm_size": n, "copy_bytes_per_s": copy_bw, "read_bytes_per_s": read_bw,
+            "bandwidth": max(copy_bw, read_bw), "probe_bytes": nbytes, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": _transformers_version(), "cpu": _cpu_name(),
+            "python": platform.python_version()}
+
+
+def roofline(*, tokens: int, hidden: int, intermediate: int, num_experts: int, top_k: int, experts_hit: int,
+             backward: bool, gemm_flops: float, bandwidth: float) -> dict:
+    """The roofline time of one SwiGLU MoE layer call (conventions in the module docstring).
+
+    Returns ``flops``, ``bytes``, ``compute_s`` = flops / gemm_flops, ``memory_s`` = bytes /
+    bandwidth, ``roofline_s`` (their maximum) and ``bound`` ("compute" or "memory").
+    """
+    per_expert = 3 * hidden * intermediate                      # gate, up, down weights
+    flops = 2 * tokens * top_k * per_expert + 2 * tokens * hidden * num_experts
+    nbytes = experts_hit * per_expert * BYTES_PER_VALUE
+    if backward:
+        flops, nbytes = 3 * flops, 3 * nbytes
+    compute_s, memory_s = flops / gemm_flops, nbytes / bandwidth
+    return {"flops": flops, "bytes": nbytes, "compute_s": compute_s, "memory_s": memory_s,
+            "roofline_s": max(compute_s, memory_s), "bound": "compute" if compute_s >= memory_s else "memory"}
+
+
+def case_count(*, quick: bool = False) -> int:
+    """How many (shape, tokens, pass) cases :func:`bench_moe` times by default."""
+    return len(SHAPES) * len(QUICK_TOKENS if quick else TOKENS) * len(PASSES)
+
+
+def bench_moe(*, quick: bool = False, shapes: tuple[MoeShape, ...] = SHAPES, tokens: tuple[int, ...] | None = None,
+              seed: int = 0, on_case: Callable[[str], None] | None = None) -> dict:
+    """Measure the machine, then time every (shape, tokens, pass); see the module docstring.
+
+    Returns ``{"machine": ..., "rows": [...]}``: the machine probed before and after the
+    timings (:func:`measure_machine`; the higher throughputs count), and one row per (shape, tokens,
+    pass) with the shape, ``experts_hit``, the :func:`roofline` fields, ``times_s`` (median
+    seconds per implementation), ``best_s`` (fastest run), ``repeats``, ``skipped``
+    (implementation -> reason), ``hf_grouped_mm_kernel``, ``max_abs_diff`` (moescope against
+    HF eager, forward) and the ratios ``moescope_vs_hf_eager``, ``moescope_vs_hf_grouped_mm``
+    and ``moescope_vs_roofline`` (None where a time is missing). ``on_case`` is called
+    with a label before each case (for progress bars).
+    """
+    tokens = tokens if tokens is not None else (QUICK_TOKENS if quick else TOKENS)
+    if not tokens or min(tokens) < 1:
+        raise ValueError(f"tokens must be positive integers; got tokens={tokens!r}")
+    effort = _QUICK if quick else _FULL
+    before = measure_machine(quick=quick)
+    rows = []
+    for shape in shapes:
+        block = _hf_block(shape, seed)
+        layer = from_hf(block).eval()
+        for t in tokens:
+            x = torch.randn(1, t, shape.hidden, generator=torch.Generator().manual_seed(seed + t))
+            with torch.no_grad():
+                out = layer(x)
+                block.experts.config._experts_implementation = "eager"
+                diff = float((out.hidden - block(x)).abs().max())
+            hit = int((out.routing.tokens_per_expert > 0).sum())
+            kernel = _grouped_mm_kernel(block, x)
+            for pass_ in PASSES:
+                if on_case is not None:
+                    on_case(f"{shape.name} T={t} {pass_}")
+                row = {**asdict(shape), "shape": shape.name, "tokens": t, "pass": pass_, "experts_hit": hit,
+                       "max_abs_diff": diff, "hf_grouped_mm_kernel": kernel}
+                del row["name"]
+                row.update(_time_case(block, layer, x, shape, pass_ != "forward", effort))
+                rows.append(row)
+    machine = _faster(before, measure_machine(quick=quick))
+    for row in rows:
+        row.update(roofline(tokens=row["tokens"], hidden=row["hidden"], intermediate=row["intermediate"],
+                            num_experts=row["num_experts"], top_k=row["top_k"], experts_hit=row["experts_hit"],
+                            backward=row["pass"] != "forward", gemm_flops=machine["gemm_flops"],
+                            bandwidth=machine["bandwidth"]))
+        _ratios(row)
+    return {"machine": machine, "rows": rows}
+
+
+def _faster(first: dict, second: dict) -> dict:
+    """The machine probed before and after the timings: the higher of each throughput (a
+    probe slowed by other processes would make the roofline too lenient), both probes kept."""
+    keys = ("gemm_flops", "copy_bytes_per_s", "read_bytes_per_s", "bandwidth")
+    return {**first, **{k: max(first[k], second[k]) for k in keys},
+            "probes": [{k: p[k] for k in keys} for p in (first, second)]}
+
+
+def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, backward: bool, effort: _Effort) -> dict:
+    runs: dict[str, Callable[[Tensor], Tensor]] = {}
+    for method in ("auto", *(m for m in METHODS if m not in ("auto", AUTO_METHOD, "reference"))):
+        if method == "bmm" and x.shape[1] * shape.top_k * 3 * shape.hidden * shape.intermediate * BYTES_PER_VALUE \
+                > BMM_MAX_COPY_BYTES:
+            continue
+        runs["moescope" if method == "auto" else f"moescope_{method}"] = _layer_call(layer, method)
+    for impl in ("eager", "grouped_mm"):
+        runs[f"hf_{impl}"] = _block_call(block, impl)
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    params = [*block.parameters(), *layer.parameters()]
+    steps, first, skipped = {}, {}, {}
+    for name, call in runs.items():
+        if backward:
+            xg = x.clone().requires_grad_(True)
+
+            def step(call=call, xg=xg):
+                for p in params:
+                    p.grad = None
+                xg.grad = None
+                call(xg).backward(grad_out)
+        else:
+            def step(call=call):
+                with torch.no_grad():
+                    call(x)
+        try:
+            first[name] = _warm(step, effort)
+        except Exception as err:  # a failing reference path is reported, not fatal
+            skipped[name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            continue
+        steps[name] = step
+    # Interleaved rounds (one run of each implementation per round): a burst of load from
+    # other processes slows every implementation of a round alike instead of one of them.
+    per_round = max(sum(first.values()), 1e-9)
+    rounds = min(effort.max_repeats, max(effort.min_repeats, int(effort.budget_s * len(steps) / per_round)))
+    samples = {name: [t] for name, t in first.items()}
+    for _ in range(rounds - 1):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            samples[name].append(time.perf_counter() - start)
+    layer.dispatch = "auto"
+    return {"times_s": {n: statistics.median(v) for n, v in samples.items()},
+            "best_s": {n: min(v) for n, v in samples.items()},
+            "repeats": {n: len(v) for n, v in samples.items()}, "skipped": skipped}
+
+
+def _ratios(row: dict) -> dict:
+    """moescope's time over HF eager's, HF grouped_mm's and the roofline: of the medians, and
+    (``*_best``) of the fastest runs, which other processes' load disturbs less."""
+    for suffix, times in (("", row["times_s"]), ("_best", row["best_s"])):
+        ms = times.get("moescope")
+        for name, other in (("hf_eager", times.get("hf_eager")), ("hf_grouped_mm", times.get("hf_grouped_mm")),
+                            ("roofline", row["roofline_s"])):
+            row[f"moescope_vs_{name}{suffix}"] = None if ms is None or other is None else ms / other
+    return row
+
+
+def _layer_call(layer: nn.Module, method: str) -> Callable[[Tensor], Tensor]:
+    def call(x: Tensor) -> Tensor:
+        layer.dispatch = method
+        return layer(x).hidden
+    return call
+
+
+def _block_call(block: nn.Module, impl: str) -> Callable[[Tensor], Tensor]:
+    def call(x: Tensor) -> Tensor:
+        block.experts.config._experts_implementation = impl
+        return block(x)
+    return call
+
+
+def _hf_block(shape: MoeShape, seed: int) -> nn.Module:
+    """A ``MixtralSparseMoeBlock`` from a real ``MixtralConfig``, weights N(0, 0.02²) (Mixtral's
+    ``initializer_range``), float32, eval mode."""
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    config = MixtralConfig(hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                           num_local_experts=shape.num_experts, num_experts_per_tok=shape.top_k)
+    config._experts_implementation = "eager"
+    block = MixtralSparseMoeBlock(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * config.initializer_range)
+    return block.float().eval()
+
+
+def _grouped_mm_kernel(block: nn.Module, x: Tensor) -> str:
+    """Which grouped GEMM transformers' ``grouped_mm`` experts really ran on ``x``: torch's
+    kernel (seen by wrapping ``torch.nn.functional.grouped_mm`` and ``torch._grouped_mm`` for
+    one forward) or transformers' own fallback, a loop of ``torch.mm``."""
+    block.experts.config._experts_implementation = "grouped_mm"
+    with ExitStack() as stack:
+        spies = {f"torch.{'nn.functional.' if owner is F else ''}{name}":
+                 stack.enter_context(mock.patch.object(owner, name, wraps=getattr(owner, name)))
+                 for owner, name in ((F, "grouped_mm"), (torch, "_grouped_mm")) if hasattr(owner, name)}
+        try:
+            with torch.no_grad():
+                block(x)
+        except Exception as err:  # the check must not stop the benchmark; the timing reports the failure
+            return f"failed: {type(err).__name__}"
+        finally:
+            block.experts.config._experts_implementation = "eager"
+    used = [name for name, spy in spies.items() if spy.called]
+    return used[0] if used else "transformers fallback (torch.mm per expert)"
+
+
+def _warm(step: Callable[[], None], effort: _Effort) -> float:
+    """``effort.warmup`` warm-up runs (fewer if they take over ``budget_s``), then one timed run."""
+    start = time.perf_counter()
+    for _ in range(effort.warmup):
+        step()
+        if time.perf_counter() - start > effort.budget_s:
+            break
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def _best(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def machine_lines(machine: dict) -> list[str]:
+    """The machine measurements as printable lines (for reproducibility)."""
+    probes = machine.get("probes", [machine])
+    gemm = " / ".join(f"{p['gemm_flops'] / 1e9:.0f}" for p in probes)
+    bw = " / ".join(f"{p['bandwidth'] / 1e9:.1f}" for p in probes)
+    return [f"CPU: {machine['cpu']}; torch {machine['torch']}, transformers {machine['transformers']}, "
+            f"python {machine['python']}; {machine['threads']} threads (torch.get_num_threads())",
+            f"GEMM: {machine['gemm_flops'] / 1e9:.0f} GFLOP/s (float32 {machine['gemm_size']}³ torch.mm, best run; "
+            f"probes before / after the timings: {gemm})",
+            f"Bandwidth: {machine['bandwidth'] / 1e9:.1f} GB/s (the higher of copy "
+            f"{machine['copy_bytes_per_s'] / 1e9:.1f} GB/s read+write and sum {machine['read_bytes_per_s'] / 1e9:.1f}"
+            f" GB/s read, "
+            f"{machine['probe_bytes'] / 2**20:.0f} MiB buffers; probes: {bw})"]
+
+
+def moe_table(result: dict, stat: str = "median"):
+    """A rich table of the rows: ms per implementation (``stat``: the ``median`` or the ``best``
+    run), then moescope (auto) divided by HF eager, by HF grouped_mm and by the roofline
+    (m/c after the roofline: memory- or compute-bound)."""
+    from rich.table import Table
+
+    if stat not in ("median", "best"):
+        raise ValueError(f"stat must be 'median' or 'best'; got stat={stat!r}")
+    key, suffix = ("times_s", "") if stat == "median" else ("best_s", "_best")
+    rows = result["rows"]
+    labels = {"moescope": "moescope", **{f"moescope_{m}": m for m in METHODS if m not in ("auto", "reference")},
+              "hf_eager": "HF eager", "hf_grouped_mm": "HF grouped"}
+    impls = [k for k in labels if any(k in r[key] for r in rows)]
+    table = Table(title=f"MoE layer forward / forward+backward: {stat} ms; ratios = moescope ÷ other")
+    for col in ("shape", "T", "pass", "hit", "roofline", *(labels[k] for k in impls), "÷eager", "÷grouped",
+                "÷roofline"):
+        table.add_column(col, justify="left" if col in ("shape", "pass") else "right")
+
+    def ms(v: float | None) -> str:
+        return "—" if v is None else f"{v * 1e3:.2f}"
+
+    def ratio(v: float | None) -> str:
+        return "—" if v is None else f"{v:.2f}"
+
+    for r in rows:
+        table.add_row(r["shape"], str(r["tokens"]), "fwd" if r["pass"] == "forward" else "fwd+bwd",
+                      f"{r['experts_hit']}/{r['num_experts']}", f"{ms(r['roofline_s'])} {r['bound'][0]}",
+                      *(ms(r[key].get(k)) for k in impls), ratio(r[f"moescope_vs_hf_eager{suffix}"]),
+                      ratio(r[f"moescope_vs_hf_grouped_mm{suffix}"]), ratio(r[f"moescope_vs_roofline{suffix}"]))
+    return table

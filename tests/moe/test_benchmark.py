@@ -1,0 +1,90 @@
+"""The MoE benchmark's arithmetic and the shape of its rows (never its timings)."""
+
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from moescope.cli import app
+from moescope.moe import benchmark
+from moescope.moe.benchmark import MoeShape, bench_moe, moe_table, roofline
+
+TINY = (MoeShape("tiny", hidden=16, intermediate=8, num_experts=4, top_k=2),)
+
+
+def test_roofline_hand_computed():
+    # T=4, H=8, I=16, E=4, k=2, 3 experts hit. One expert holds 3·8·16 = 384 weights.
+    # forward FLOPs: experts 2·4·2·384 = 6144, router 2·4·8·4 = 256 -> 6400
+    # forward bytes: 3 experts · 384 weights · 4 bytes = 4608
+    args = {"tokens": 4, "hidden": 8, "intermediate": 16, "num_experts": 4, "top_k": 2, "experts_hit": 3}
+    r = roofline(**args, backward=False, gemm_flops=1e9, bandwidth=1e6)
+    assert (r["flops"], r["bytes"]) == (6400, 4608)
+    assert r["compute_s"] == pytest.approx(6.4e-6) and r["memory_s"] == pytest.approx(4.608e-3)
+    assert r["roofline_s"] == pytest.approx(4.608e-3) and r["bound"] == "memory"
+    # forward+backward: both tripled (two GEMMs per forward GEMM; weights read again, gradients written)
+    r = roofline(**args, backward=True, gemm_flops=1e9, bandwidth=1e12)
+    assert (r["flops"], r["bytes"]) == (19200, 13824)
+    assert r["roofline_s"] == pytest.approx(1.92e-5) and r["bound"] == "compute"
+
+
+def test_bench_rows_structure():
+    result = bench_moe(quick=True, shapes=TINY, tokens=(3, 8))
+    machine, rows = result["machine"], result["rows"]
+    assert machine["gemm_flops"] > 0 and machine["bandwidth"] > 0 and machine["threads"] >= 1
+    assert machine["bandwidth"] == max(machine["copy_bytes_per_s"], machine["read_bytes_per_s"])
+    assert [(r["tokens"], r["pass"]) for r in rows] == [(3, "forward"), (3, "forward+backward"),
+                                                         (8, "forward"), (8, "forward+backward")]
+    for r in rows:
+        assert (r["shape"], r["hidden"], r["intermediate"], r["num_experts"], r["top_k"]) == ("tiny", 16, 8, 4, 2)
+        assert 1 <= r["experts_hit"] <= min(4, r["tokens"] * 2)
+        assert r["max_abs_diff"] < 1e-5                       # the same weights give the same output
+        assert {"moescope", "moescope_loop", "moescope_bmm", "hf_eager"} <= set(r["times_s"])
+        assert set(r["times_s"]) | set(r["skipped"]) >= {"hf_grouped_mm"}
+        assert "moescope_sorted" not in r["times_s"]          # auto runs sorted; not timed twice
+        for name, t in r["times_s"].items():
+            assert t > 0 and r["best_s"][name] <= t and r["repeats"][name] >= 2
+        expected = roofline(tokens=r["tokens"], hidden=16, intermediate=8, num_experts=4, top_k=2,
+                            experts_hit=r["experts_hit"], backward=r["pass"] != "forward",
+                            gemm_flops=machine["gemm_flops"], bandwidth=machine["bandwidth"])
+        assert {k: r[k] for k in expected} == expected
+        assert r["moescope_vs_roofline"] == pytest.approx(r["times_s"]["moescope"] / r["roofline_s"])
+        assert r["moescope_vs_hf_eager"] == pytest.approx(r["times_s"]["moescope"] / r["times_s"]["hf_eager"])
+        assert r["moescope_vs_roofline_best"] == pytest.approx(r["best_s"]["moescope"] / r["roofline_s"])
+    json.dumps(result, allow_nan=False)  # plain JSON
+    for stat in ("median", "best"):
+        console = Console(record=True, width=200)
+        console.print(moe_table(result, stat=stat))
+        text = console.export_text()
+        assert f"{stat} ms" in text and "tiny" in text
+    with pytest.raises(ValueError, match="stat must be"):
+        moe_table(result, stat="mean")
+
+
+def test_bench_rejects_bad_tokens():
+    with pytest.raises(ValueError, match="tokens must be positive"):
+        bench_moe(quick=True, shapes=TINY, tokens=(0,))
+
+
+runner = CliRunner()
+
+
+def test_cli_bench_moe_help():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "bench" in result.output
+    result = runner.invoke(app, ["bench", "moe", "--help"])
+    assert result.exit_code == 0
+    assert "--quick" in result.output and "--out" in result.output
+
+
+def test_cli_bench_moe_writes_json(tmp_path, monkeypatch):
+    real = benchmark.bench_moe
+    monkeypatch.setattr(benchmark, "bench_moe", lambda **kw: real(**kw, shapes=TINY, tokens=(5,)))
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "moe", "--quick", "--stat", "best", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 and data["machine"]["threads"] >= 1
+    assert "GFLOP/s" in result.output and "tiny" in result.output and "best ms" in result.output
+    result = runner.invoke(app, ["bench", "moe", "--stat", "mean"])
+    assert result.exit_code != 0 and "--stat must be" in result.output
