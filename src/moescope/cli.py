@@ -326,3 +326,44 @@ def bench_moe_command(
             stdout.print(f"skipped {name} at {row['shape']} T={row['tokens']} {row['pass']}: {reason}")
     if out is not None:
         console.print(f"Rows: {write_json_atomic(out, result)}")
+
+
+def _parse_world_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated process counts such as 1,2,4; got {text!r}") from None
+    if not sizes:
+        raise typer.BadParameter(f"expected comma-separated process counts such as 1,2,4; got {text!r}")
+    return sizes
+
+
+@bench.command("parallel")
+def bench_parallel_command(
+    world_sizes: Annotated[str, typer.Option(help="Comma-separated numbers of processes (each must divide the "
+                                                  "experts; 1 always runs as the baseline).")] = "1,2,4",
+    tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per rank (default 1024, or 256 with --quick).")]
+    = None,
+    quick: Annotated[bool, typer.Option(help="The coarse layer only, 256 tokens per rank, fewer repeats.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the machine and rows to this JSON file.")] = None,
+) -> None:
+    """Expert parallelism over 1, 2, 4 CPU processes: all-to-all bytes per token, time split, ratio to one process."""
+    from moescope._files import write_json_atomic
+    from moescope.moe.bench_parallel import bench_parallel, parallel_lines, parallel_table
+
+    sizes = _parse_world_sizes(world_sizes)
+    stdout = Console()
+    if not stdout.is_terminal:
+        stdout.width = 160  # a file or pipe gets the whole table, not 80 columns of it
+    with Progress(TextColumn("{task.description}"), BarColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("benchmark", total=None)
+        try:
+            result = bench_parallel(world_sizes=sizes, tokens=tokens, quick=quick,
+                                    on_case=lambda label: progress.update(task, description=f"timing {label}"))
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--world-sizes / --tokens") from None
+    for line in parallel_lines(result):
+        stdout.print(line)
+    stdout.print(parallel_table(result["rows"]))
+    if out is not None:
+        console.print(f"Rows: {write_json_atomic(out, result)}")
