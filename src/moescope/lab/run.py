@@ -5,6 +5,11 @@ claims into :class:`~moescope.lab.verdict.Verdict` s and returns one JSON-ready 
 the verdicts, the raw measurements the report draws its figures from, provenance and
 timings. Profiles: ``quick`` (the README's main command, a few minutes on 2 CPU cores) and
 ``full`` (longer training, more samples and seeds).
+
+With ``model`` (``moescope lab --model PATH``) the claims that need one trained MoE model
+(:data:`MODEL_CLAIMS`: 6, 10–14) are measured on that Hugging Face checkpoint instead of the
+lab's tiny model (experiment ``checkpoint``, :mod:`moescope.lab.external`); the claims that
+need the lab's own training runs (:data:`TRAINING_ONLY`) are refused; the others run as usual.
 """
 
 from __future__ import annotations
@@ -55,23 +60,66 @@ EVALUATORS = {
     15: lambda t: c15_quality_compute.evaluate(t["runs"], t["soft"]),
 }
 ALL_CLAIMS = tuple(sorted(NEEDS))
+# claims measurable on a user's checkpoint, and those that need the lab's own training runs
+MODEL_CLAIMS = (6, 10, 11, 12, 13, 14)
+TRAINING_ONLY = {7: "checkpoints over training", 8: "runs with and without the balance loss",
+                 9: "runs with and without the balance loss", 15: "Switch, top-2 and Soft MoE runs"}
+
+
+def _where(t: dict) -> str:
+    from moescope.lab.external import describe
+
+    return describe(t["model"])
+
+
+CHECKPOINT_EVALUATORS = {  # the same evaluators and thresholds, on the checkpoint's run
+    6: lambda t: c06_expert_subspaces.evaluate(t["runs"], t["baseline"], where=_where(t)),
+    10: lambda t: c10_shared_expert.evaluate(t["runs"], t["shared_run"], where=_where(t)),
+    11: lambda t: c11_angle_routing.evaluate(t["runs"], t["angle"], t["baseline"], cosine=None,
+                                             where=f"the router of {_where(t)}"),
+    12: lambda t: c12_heads_vs_experts.evaluate(t["subspaces_used"], t["top_k"], t["num_experts"], where=_where(t)),
+    13: lambda t: c13_domains.evaluate(t["runs"], t["baseline"],
+                                      where=f"the lab corpus routed through {_where(t)}"),
+    14: lambda t: c14_heatmaps.evaluate(t["runs"], t["baseline"], where=_where(t)),
+}
 
 
 @dataclass(frozen=True)
 class LabConfig:
-    """What one ``moescope lab`` run does."""
+    """What one ``moescope lab`` run does.
+
+    ``claims`` None means all claims, or :data:`MODEL_CLAIMS` with a ``model``.
+    """
 
     profile: str = "quick"
-    claims: tuple[int, ...] = ALL_CLAIMS
+    claims: tuple[int, ...] | None = None
     seed: int = 0
     workdir: Path = Path("out/lab")  # checkpoints, logs and the tokenizer of the training runs
+    model: Path | None = None        # a Hugging Face MoE checkpoint: claims 6, 10-14 measured on it
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got profile={self.profile!r}")
+        if self.claims is None:
+            object.__setattr__(self, "claims", ALL_CLAIMS if self.model is None else MODEL_CLAIMS)
         unknown = sorted(set(self.claims) - set(NEEDS))
         if unknown or not self.claims:
             raise ValueError(f"claims must be among {list(ALL_CLAIMS)}; got {list(self.claims)}")
+        if self.model is not None:
+            from moescope.lab.external import check_checkpoint
+
+            refused = sorted(set(self.claims) & set(TRAINING_ONLY))
+            if refused:
+                need = "; ".join(f"{c}: {TRAINING_ONLY[c]}" for c in refused)
+                raise ValueError(f"claims {refused} need the lab's own training runs ({need}) and cannot be measured "
+                                 f"on a given checkpoint; with --model choose among {list(MODEL_CLAIMS)} (and "
+                                 f"{sorted(set(ALL_CLAIMS) - set(MODEL_CLAIMS) - set(TRAINING_ONLY))}, which "
+                                 f"do not use a model)")
+            object.__setattr__(self, "model", check_checkpoint(self.model))
+
+    def needs(self, claim: int) -> str:
+        """The experiment ``claim`` reads: the checkpoint's measurements instead of training with a model."""
+        return "checkpoint" if self.model is not None and claim in MODEL_CLAIMS else NEEDS[claim]
 
 
 def _sphere(cfg: LabConfig) -> dict:
@@ -128,8 +176,16 @@ def _training(cfg: LabConfig) -> dict:
             "provenance": {"tokens": tokens.provenance(), "profile": p.to_dict()}}
 
 
+def _checkpoint(cfg: LabConfig) -> dict:
+    """Measure the user's checkpoint (``cfg.model``) for claims 6, 10-14; the same sizes for every profile."""
+    from moescope.lab.external import ExternalConfig, measure_checkpoint
+
+    return measure_checkpoint(cfg.model, ExternalConfig(seed=cfg.seed))
+
+
 EXPERIMENTS: dict[str, Callable[[LabConfig], dict]] = {
     "sphere": _sphere, "digits": _digits, "sparse": _sparse, "curvature": _curvature, "training": _training,
+    "checkpoint": _checkpoint,
 }
 
 
@@ -137,11 +193,15 @@ def run_lab(cfg: LabConfig = LabConfig(), on_stage: Callable[[str], None] | None
     """Run the experiments the selected claims need and evaluate them.
 
     Args:
-        cfg: profile, claims, seed.
+        cfg: profile, claims, seed, and optionally the checkpoint to measure.
         on_stage: called with each experiment's name before it starts (progress display).
+
+    Returns ``profile``, ``seed``, ``claims``, ``verdicts``, ``data`` (by experiment), ``timings``,
+    ``seconds``, ``machine``, and with a model ``provenance["checkpoint"]`` (path, model type,
+    layers, experts, token counts).
     """
     start = time.perf_counter()
-    needed = list(dict.fromkeys(NEEDS[c] for c in sorted(cfg.claims)))
+    needed = list(dict.fromkeys(cfg.needs(c) for c in sorted(cfg.claims)))
     data, timings = {}, {}
     for name in needed:
         if on_stage is not None:
@@ -149,10 +209,16 @@ def run_lab(cfg: LabConfig = LabConfig(), on_stage: Callable[[str], None] | None
         t0 = time.perf_counter()
         data[name] = EXPERIMENTS[name](cfg)
         timings[name] = time.perf_counter() - t0
-    verdicts = [EVALUATORS[c](data[NEEDS[c]]).to_dict() for c in sorted(cfg.claims)]
-    return {
+    verdicts = [(CHECKPOINT_EVALUATORS[c] if cfg.needs(c) == "checkpoint" else EVALUATORS[c])(data[cfg.needs(c)])
+                .to_dict() for c in sorted(cfg.claims)]
+    results = {
         "profile": cfg.profile, "seed": cfg.seed, "claims": sorted(cfg.claims),
         "verdicts": verdicts, "data": data, "timings": timings,
         "seconds": time.perf_counter() - start,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
+    if "checkpoint" in data:
+        ckpt = data["checkpoint"]["provenance"]
+        results["provenance"] = {"checkpoint": {**ckpt["checkpoint"], "tokens": ckpt["tokens"],
+                                                "tokens_total": ckpt["tokens_total"], "seq_len": ckpt["seq_len"]}}
+    return results

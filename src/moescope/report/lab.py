@@ -63,8 +63,9 @@ def lab_figures(results: dict) -> dict[str, bytes]:
         makers.update({name: ("digits", fn) for name, (_, fn) in attack.figures_for(data["digits"]).items()})
     if "curvature" in data:
         makers.update({name: ("curvature", fn) for name, (_, fn) in curvature.FIGURES.items()})
-    if "training" in data:
-        makers.update({name: ("training", fn) for name, fn in lab_training.FIGURES.items()})
+    for source in ("training", "checkpoint"):  # claims 6-15 on the lab's runs, or 6 and 10-14 on a checkpoint
+        if source in data:
+            makers.update({name: (source, fn) for name, fn in lab_training.FIGURES.items()})
     wanted = {f for v in results["verdicts"] for f in v["figures"]}
     return {name: fn(data[source]) for name, (source, fn) in makers.items() if name in wanted}
 

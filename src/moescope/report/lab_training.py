@@ -1,4 +1,9 @@
-"""Figures of the lab's training-based claims (6–15), drawn from the measured data only."""
+"""Figures of the lab's training-based claims (6–15), drawn from the measured data only.
+
+Each figure reads one experiment's data ``t``: the ``training`` experiment (the lab's runs) or
+the ``checkpoint`` experiment of ``moescope lab --model`` (one run, named by ``t["baseline"]``,
+that also holds the shared experts, ``t["shared_run"]``; its title names the checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,33 @@ import numpy as np
 from moescope.report.figures import new_figure, png_bytes
 
 
+def _base(t: dict) -> str:
+    """The run the single-model figures draw: the lab's top-2 run, or the checkpoint's."""
+    return t.get("baseline", "top2")
+
+
+def _label(t: dict, default: str) -> str:
+    model = t.get("model")
+    return f"{model['family']} checkpoint ({model['path']})" if model else default
+
+
 def _overlap(t: dict) -> bytes:
     fig, axes = new_figure()
     ax = axes[0, 0]
-    base = t["runs"]["top2"]["weights"]
-    ax.bar([f"top-2 L{g['index']}" for g in base], [g["experts"]["z"] for g in base], color="C0",
-           label="routed vs routed (top-2)")
-    fine = t["runs"].get("deepseek-moe", {}).get("weights", [])
-    ax.bar([f"fine L{g['index']}" for g in fine], [g["experts"]["z"] for g in fine], color="C1",
-           label="routed vs routed (fine-grained)")
+    base = t["runs"][_base(t)]["weights"]
+    short = "model" if "model" in t else "top-2"
+    ax.bar([f"{short} L{g['index']}" for g in base], [g["experts"]["z"] for g in base], color="C0",
+           label=f"routed vs routed ({short})")
+    shared_run = t.get("shared_run", "deepseek-moe")
+    fine = t["runs"].get(shared_run, {}).get("weights", [])
+    if shared_run != _base(t):
+        ax.bar([f"fine L{g['index']}" for g in fine], [g["experts"]["z"] for g in fine], color="C1",
+               label="routed vs routed (fine-grained)")
     ax.bar([f"shared L{g['index']}" for g in fine for _ in g["shared"]],
            [s["z"] for g in fine for s in g["shared"]], color="C2", label="shared vs routed")
     ax.axhspan(-3, 3, color="grey", alpha=0.2, label="random subspaces (|z| ≤ 3)")
     ax.set_ylabel("overlap z vs random-subspace null")
-    ax.set_title("Expert subspace overlap against random subspaces")
+    ax.set_title(f"Expert subspace overlap against random subspaces\n{_label(t, 'the lab runs')}", fontsize=9)
     ax.legend(fontsize=7)
     ax.tick_params(axis="x", labelrotation=30)
     return png_bytes(fig)
@@ -63,24 +81,38 @@ def _angle(t: dict) -> bytes:
     ax.bar([f"layer {j}" for j in range(len(lays))], [x["top1"] for x in lays], label="first choice kept")
     ax.axhline(lays[0]["chance_top1"], color="grey", ls="--", label="chance 1/E")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Routing by angle alone (cos) vs the trained dot-product router")
+    ax.set_title(f"Routing by angle alone (cos) vs the dot-product router\n{_label(t, 'trained top-2 run')}",
+                 fontsize=9)
     ax.legend(fontsize=7)
     return png_bytes(fig)
 
 
 def _heads(t: dict) -> bytes:
-    fig, axes = new_figure(width=4.5, height=3.4)
-    ax = axes[0, 0]
     u = t["subspaces_used"]
-    ax.bar(["attention heads", "experts"], [u["head_share"], u["expert_share"]], color=["C0", "C1"])
+    geo = u.get("geometry") or []
+    fig, axes = new_figure(1, 2 if geo else 1, width=9.0 if geo else 4.5, height=3.4)
+    ax = axes[0, 0]
+    head = u["head_share"]
+    ax.bar(["attention heads", "experts"], [0.0 if head is None else head, u["expert_share"]], color=["C0", "C1"])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share acting on each token")
-    ax.set_title("All heads at once vs the chosen experts")
+    ax.set_title("All heads at once vs the chosen experts" + ("" if head is not None else " (heads not measured)"),
+                 fontsize=9)
+    if geo:  # checkpoint: head read subspaces vs expert input subspaces, per MoE layer
+        ax = axes[0, 1]
+        x = np.arange(len(geo))
+        ax.bar(x - 0.2, [g["query"]["vs_experts_z"] for g in geo], width=0.4, label="query heads vs experts")
+        ax.bar(x + 0.2, [g["key_value"]["vs_experts_z"] for g in geo], width=0.4, label="key/value groups vs experts")
+        ax.axhspan(-3, 3, color="grey", alpha=0.2, label="random subspaces (|z| ≤ 3)")
+        ax.set_xticks(x, [f"L{g['index']}" for g in geo])
+        ax.set_ylabel("overlap z vs random-subspace null")
+        ax.set_title("Head subspaces vs expert subspaces", fontsize=9)
+        ax.legend(fontsize=7)
     return png_bytes(fig)
 
 
 def _domains(t: dict) -> bytes:
-    lays = t["runs"]["top2"]["routing"]["layers"]
+    lays = t["runs"][_base(t)]["routing"]["layers"]
     fig, axes = new_figure(1, len(lays), width=4.5 * len(lays), height=3.0)
     for j, ax in enumerate(axes[0]):
         d = lays[j]["domains"]
@@ -93,14 +125,30 @@ def _domains(t: dict) -> bytes:
 
 
 def _heatmaps(t: dict) -> bytes:
-    samples = t["runs"]["top2"]["routing"]["samples"]
-    fig, axes = new_figure(1, len(samples), width=3.6 * len(samples), height=4.2)
-    for ax, (domain, s) in zip(axes[0], samples.items(), strict=True):
+    routing = t["runs"][_base(t)]["routing"]
+    samples = routing["samples"]
+    n = len(samples) + 1
+    fig, axes = new_figure(1, n, width=3.6 * n, height=4.2)
+    for ax, (domain, s) in zip(axes[0], samples.items(), strict=False):
         w = np.array(s["weights"][0])
         ax.imshow(w, cmap="viridis", aspect="auto", vmin=0, vmax=1)
-        ax.set_title(f"{domain}: token × expert (layer 0)")
+        ax.set_title(f"{domain}: token × expert (MoE layer 0)", fontsize=9)
         ax.set_xlabel("expert")
         ax.set_ylabel("token position")
+    ax = axes[0, -1]  # layer x expert: each MoE layer's load over the whole text (layers may differ in E)
+    loads = routing["layers"]
+    width = max(len(lay["load"]) for lay in loads)
+    grid = np.full((len(loads), width), np.nan)
+    for j, lay in enumerate(loads):
+        grid[j, : len(lay["load"])] = lay["load"]
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0)
+    ax.set_yticks(range(len(loads)))
+    ax.set_title("layer × expert: load share", fontsize=9)
+    ax.set_xlabel("expert")
+    ax.set_ylabel("MoE layer")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if "model" in t:
+        fig.suptitle(_label(t, ""), fontsize=9)
     return png_bytes(fig)
 
 

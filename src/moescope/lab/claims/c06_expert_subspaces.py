@@ -12,7 +12,8 @@ LECTURE = "良いMoEの仮説: 各Expertが担当する部分空間は、互い�
 Z = 3.0
 
 
-def evaluate(runs: dict, baseline: str = "top2") -> Verdict:
+def evaluate(runs: dict, baseline: str = "top2", where: str = "the trained top-2 model") -> Verdict:
+    """``runs[baseline]["weights"]``: per MoE layer view_geometry; ``where`` names the model in the text."""
     geo = geometry(runs[baseline])
     zs = [g["experts"]["z"] for g in geo]
     ratio = mean(g["experts"]["ratio_to_null"] for g in geo)
@@ -28,7 +29,7 @@ def evaluate(runs: dict, baseline: str = "top2") -> Verdict:
         rule=f"supported if every layer's expert overlap is no larger than random subspaces' (z ≤ {Z}); not "
              f"supported if every layer's is larger (z > {Z}); inconclusive otherwise",
         key=KeyNumber("mean overlap / random-subspace null (layer mean)", ratio),
-        measured=(f"in the trained top-2 model, the mean Σcos² of principal angles between expert input subspaces "
+        measured=(f"in {where}, the mean Σcos² of principal angles between expert input subspaces "
                   f"(rank {g0['rank']} of H={geo[0]['hidden']}) is {ratio:.2f}× the random-subspace null; z per "
                   f"layer: {', '.join(f'{z:+.1f}' for z in zs)}."),
         baseline="Haar-random r-dimensional subspaces of R^H: E Σcos²θ = r²/H with its exact variance",

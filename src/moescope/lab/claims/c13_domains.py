@@ -13,7 +13,8 @@ LECTURE = "専門化: 各Expertが特定のタスク/ドメインに特化 (Expe
 STRONG, WEAK = 0.2, 0.1
 
 
-def evaluate(runs: dict, baseline: str = "top2") -> Verdict:
+def evaluate(runs: dict, baseline: str = "top2", where: str = "held-out text") -> Verdict:
+    """``runs[baseline]["routing"]["layers"]``: RoutingStats summaries by domain; ``where``: the text and model."""
     lays = layers(runs[baseline])
     names = lays[0]["domains"]["names"]
     best = {d: max(max(lay["domains"]["specialisation"][i]) for lay in lays) for i, d in enumerate(names)}
@@ -30,7 +31,7 @@ def evaluate(runs: dict, baseline: str = "top2") -> Verdict:
         rule=f"supported if at least two domains have an expert with chance-corrected specialisation ≥ {STRONG}; "
              f"not supported if none reaches {WEAK}; inconclusive otherwise",
         key=KeyNumber("largest chance-corrected specialisation", max(best.values())),
-        measured="best expert per domain on held-out text: " + ", ".join(
+        measured=f"best expert per domain on {where}: " + ", ".join(
             f"{d} {v:.2f}" for d, v in best.items()) + f" (chance = 0; k/E = {lays[0]['domains']['chance']:.2f}).",
         baseline="chance routing: every domain sends k/E of its tokens to each expert",
         numbers={"best": best},

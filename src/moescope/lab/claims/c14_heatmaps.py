@@ -14,7 +14,8 @@ REPEAT_FACTOR = 1.5
 MAX_ENTROPY = 0.9
 
 
-def evaluate(runs: dict, baseline: str = "top2") -> Verdict:
+def evaluate(runs: dict, baseline: str = "top2", where: str = "") -> Verdict:
+    """``runs[baseline]["routing"]["layers"]``: RoutingStats summaries; ``where`` names the model."""
     lays = layers(runs[baseline])
     rep = mean(x["repetition"]["first"] / x["repetition"]["uniform_first"] for x in lays)
     ent = mean(x["router_entropy"] for x in lays)
@@ -26,7 +27,8 @@ def evaluate(runs: dict, baseline: str = "top2") -> Verdict:
         claim_id=14, claim=CLAIM, lecture=LECTURE, verdict=verdict,
         rule="supported if both: " + "; ".join(conditions),
         key=KeyNumber("first-choice repetition / uniform", rep),
-        measured=(f"consecutive tokens share their first expert {rep:.2f}× as often as uniform routing would; the "
+        measured=(f"{where and 'in ' + where + ', '}consecutive tokens share their first expert {rep:.2f}× as often "
+                  f"as uniform routing would; the "
                   f"per-token router entropy is {ent:.2f} of its maximum (layer means)."),
         baseline="a uniform router: repetition 1/E, entropy log E (Mixtral paper, Table 5)",
         numbers={"conditions": conditions, "repetition_over_uniform": rep, "router_entropy": ent},
