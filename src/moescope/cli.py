@@ -286,6 +286,36 @@ def lab(
                   f"in {time.perf_counter() - start:.1f} s")
 
 
+@app.command()
+def train(
+    profile: Annotated[str, typer.Option(help="quick or full: the lab profile whose runs to train.")] = "quick",
+    runs: Annotated[str | None, typer.Option(help="Comma-separated run names, e.g. top2,top2-alpha0 "
+                                                  "(default: all of the profile's).")] = None,
+    seed: Annotated[int, typer.Option(help="The seed `moescope lab --seed` will use.")] = 0,
+    out: Annotated[Path, typer.Option(help="The lab's folder: runs go to OUT/training/runs/, where "
+                                           "`moescope lab --out OUT` finds them finished.")] = Path("out/lab"),
+) -> None:
+    """Train the lab's runs ahead of `moescope lab`; data-parallel under `torchrun --nproc_per_node N -m moescope`."""
+    import os
+
+    from moescope.lab.runs import lab_profile, select_runs, train_lab_runs
+
+    try:
+        p = lab_profile(profile, seed)
+        only = None if runs is None else tuple(r.strip() for r in runs.split(",") if r.strip())
+        select_runs(p, only)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    start = time.perf_counter()
+    results = train_lab_runs(p, out, only=only)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 reports
+        return
+    for name, r in results.items():
+        console.print(f"{name}: val loss {r.val_loss:.3f}  ({r.run_dir})")
+    console.print(f"Trained {len(results)} runs in {out / 'training'} in {time.perf_counter() - start:.1f} s; "
+                  f"next: moescope lab --profile {profile} --seed {seed} --out {out}")
+
+
 bench = typer.Typer(help="Benchmarks: commands that print measurements (never tests).", no_args_is_help=True)
 app.add_typer(bench, name="bench")
 

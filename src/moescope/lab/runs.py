@@ -40,6 +40,11 @@ Profiles (2-core VM, one thread per run, two runs at once):
   300k characters per domain, 3 seeds of the baseline and of α = 0: 15 runs; estimated
   ~3300 CPU-seconds from the measured cost of a step of each run (0.3–0.7 s), i.e. about
   28 minutes of wall time.
+
+Data parallel. Under ``torchrun --nproc_per_node N`` (see :func:`train_lab_runs`, the
+``moescope train`` command) :func:`run_profile` trains the runs one after another, each on all N
+ranks (:func:`~moescope.lab.train.train_run`'s data parallelism), in the directories
+``moescope lab`` reads, which then finds them finished and only re-evaluates them.
 """
 
 from __future__ import annotations
@@ -63,13 +68,14 @@ from moescope.lab._worker import save_tokens
 from moescope.lab.corpus import Corpus, CorpusConfig, build_corpus
 from moescope.lab.model import LMConfig, MoESpec, active_params_per_token, dense_equivalent, total_params
 from moescope.lab.tokenizer import CorpusTokens, load_or_train_tokenizer, tokenize_corpus
-from moescope.lab.train import RESULT_FILE, RunResult, RunSpec, TrainConfig, train_run
+from moescope.lab.train import RESULT_FILE, RunResult, RunSpec, TrainConfig, data_parallel_world, distributed, train_run
 
 PROFILES = ("quick", "full")
 BASELINE, NO_BALANCE, SWITCH, FINE_GRAINED = "top2", "top2-alpha0", "switch-top1", "deepseek-moe"
 AUX_FREE, COSINE, DENSE_ACTIVE, DENSE_TOTAL = "deepseek-v3-auxfree", "cosine-top2", "dense-active", "dense-total"
 SOFT, EXPERT_CHOICE, DENSE_MASKED = "soft-moe", "expert-choice", "dense-masked"
 SUMMARY_FILE = "training.json"
+LAB_TRAINING_DIR = "training"  # moescope lab --out DIR trains (and finds) its runs in DIR/training (lab/run.py)
 
 
 @dataclass(frozen=True)
@@ -167,35 +173,77 @@ def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True,
     ``jobs``; with ``jobs=1`` every run trains in this process. ``only`` restricts to named runs.
     Writes ``out_dir/training.json`` (profile, corpus and tokenizer provenance, results) and
     returns the results by run name, in :func:`standard_runs` order.
+
+    Data parallel (torch.distributed initialised with W > 1 ranks, every rank calling this):
+    ``jobs`` is ignored, each run trains on all ranks in turn, rank 0 writes the files and
+    every rank returns the results.
     """
     p = profile(p) if isinstance(p, str) else p
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    corpus, tokens = prepare(p, out_dir)
-    specs = standard_runs(p)
-    if only is not None:
-        unknown = set(only) - {s.name for s in specs}
-        if unknown:
-            raise ValueError(f"unknown run names {sorted(unknown)}; known: {', '.join(s.name for s in specs)}")
-        specs = [s for s in specs if s.name in only]
+    specs = select_runs(p, only)
+    rank, world = data_parallel_world()
+    if world > 1:  # rank 0 trains and caches the tokenizer, then the others read it
+        import torch.distributed as dist
+
+        if rank == 0:
+            corpus, tokens = prepare(p, out_dir)
+        dist.barrier()
+        if rank != 0:
+            corpus, tokens = prepare(p, out_dir)
+    else:
+        corpus, tokens = prepare(p, out_dir)
     prep_time = time.perf_counter() - t0
     jobs = jobs if jobs is not None else p.jobs if p.jobs is not None else min(2, os.cpu_count() or 1)
     results: dict[str, RunResult] = {}
     runs_dir = out_dir / "runs"
-    if jobs <= 1:
+    if world > 1 or jobs <= 1:  # data parallel: every rank trains every run, one run after another
         for spec in specs:
-            results[spec.name] = train_run(spec, tokens, runs_dir, progress=progress)
+            results[spec.name] = train_run(spec, tokens, runs_dir, progress=progress and rank == 0)
     else:
         results = _run_parallel(specs, tokens, runs_dir, jobs, progress)
     results = {s.name: results[s.name] for s in specs}
     total = time.perf_counter() - t0
-    write_json_atomic(out_dir / SUMMARY_FILE, json.loads(json.dumps({
-        "profile": p.to_dict(), "corpus": corpus.provenance(), "tokens": tokens.provenance(),
-        "runs": {name: r.to_dict() for name, r in results.items()},
-        "specs": {s.name: s.to_dict() for s in specs},
-        "wall_time": {"prepare": prep_time, "total": total, "jobs": jobs,
-                      "runs_cpu": sum(r.cpu_time for r in results.values())}}, default=str)))
+    if rank == 0:
+        wall = {"prepare": prep_time, "total": total, "jobs": jobs,
+                "runs_cpu": sum(r.cpu_time for r in results.values())}
+        if world > 1:
+            wall.update(jobs=1, data_parallel_ranks=world)  # runs_cpu: rank 0's share
+        write_json_atomic(out_dir / SUMMARY_FILE, json.loads(json.dumps({
+            "profile": p.to_dict(), "corpus": corpus.provenance(), "tokens": tokens.provenance(),
+            "runs": {name: r.to_dict() for name, r in results.items()},
+            "specs": {s.name: s.to_dict() for s in specs},
+            "wall_time": wall}, default=str)))
     return results
+
+
+def select_runs(p: Profile, only: tuple[str, ...] | None = None) -> list[RunSpec]:
+    """The runs of ``p`` named in ``only`` (all when None), in :func:`standard_runs` order."""
+    specs = standard_runs(p)
+    if only is None:
+        return specs
+    unknown = set(only) - {s.name for s in specs}
+    if unknown:
+        raise ValueError(f"unknown run names {sorted(unknown)}; known: {', '.join(s.name for s in specs)}")
+    return [s for s in specs if s.name in only]
+
+
+def lab_profile(name: str = "quick", seed: int = 0) -> Profile:
+    """The profile ``moescope lab --profile NAME --seed SEED`` trains (lab/run.py's ``_training``)."""
+    p = profile(name)
+    return replace(p, train=replace(p.train, seed=seed))
+
+
+def train_lab_runs(p: Profile, lab_dir: str | Path, *, only: tuple[str, ...] | None = None,
+                   progress: bool = True) -> dict[str, RunResult]:
+    """Train the runs of ``p`` where ``moescope lab --out LAB_DIR`` looks for them (``LAB_DIR/training``).
+
+    Under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1) the process group is created here
+    (:func:`~moescope.lab.train.distributed`) and each run trains data-parallel on the N ranks;
+    otherwise as :func:`run_profile` (worker processes). Every rank returns the results.
+    """
+    with distributed():
+        return run_profile(p, Path(lab_dir) / LAB_TRAINING_DIR, progress=progress, only=only)
 
 
 def _cost(spec: RunSpec) -> float:

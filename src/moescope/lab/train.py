@@ -18,29 +18,55 @@ performs exactly the steps an uninterrupted run would have: the final weights ar
 Checkpoints are written every ``checkpoint_every`` steps; those at ``keep_fractions`` of the
 run (step 0 = the initialisation included) stay, the others are deleted once a newer one is
 committed. Re-running a finished run only re-evaluates the final checkpoint.
+
+Data parallelism. When torch.distributed is initialised with W > 1 ranks (``torchrun
+--nproc_per_node W``; see :func:`distributed`), ``train_run`` trains with
+``DistributedDataParallel`` (gloo on CPU, NCCL with the ranks' CUDA devices) and reproduces
+the single-process run to floating-point rounding:
+
+* every rank draws the whole global batch of ``batch_size`` windows from the same seeded
+  sampler (offsets and masks cost nothing next to a step) and keeps rows
+  ``[r·B/W, (r+1)·B/W)``, so the ranks' shards concatenate to the one-process batch and the
+  sampler state stays the same on every rank (checkpoints are interchangeable with W = 1);
+* the routers' balance statistics (f_i, P_i, the z-loss and the DeepSeek-V3 sequence loss)
+  are all-reduced inside the loss (:func:`moescope.moe.losses.global_token_sums`), the cross
+  entropy is weighted so that DDP's gradient average is the gradient of the global mean,
+  and DeepSeek-V3's bias update reads the all-reduced token counts, so every rank's bias stays
+  identical;
+* the logged loss, auxiliary losses and load CV are the global batch's, and evaluation splits
+  its batches over the ranks and all-reduces the sums;
+* rank 0 alone writes checkpoints, the log and ``result.json``; on resume every rank loads the
+  checkpoint rank 0 chose (the output directory must be one all ranks see).
+
+Expert Choice picks tokens among the tokens of the batch it is given, here each rank's shard,
+so that run (and only it) differs from the one-process run under data parallelism.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from moescope._files import write_json_atomic
 from moescope.lab import checkpoint as ckpt
 from moescope.lab.corpus import DOMAINS
-from moescope.lab.model import LMConfig, TinyLM, active_params_per_token, mask_tokens, total_params
+from moescope.lab.model import IGNORE_INDEX, LMConfig, TinyLM, active_params_per_token, mask_tokens, total_params
 from moescope.lab.tokenizer import CorpusTokens
 from moescope.moe import DeepSeekV3Router
+from moescope.moe.losses import global_token_sums
 
 OBJECTIVES = ("causal", "masked")
 AUX_LOSSES = ("load_balance", "z_loss", "seq_balance")  # the names moescope routers report
@@ -186,17 +212,21 @@ class RunResult:
 
 # -- pieces --------------------------------------------------------------------------------------
 @contextmanager
-def deterministic(num_threads: int) -> Iterator[None]:
-    """Fixed thread count and deterministic algorithms inside, previous settings restored after."""
+def deterministic(num_threads: int, *, warn_only: bool = False) -> Iterator[None]:
+    """Fixed thread count and deterministic algorithms inside, previous settings restored after.
+
+    ``warn_only``: warn instead of raising on an op without a deterministic implementation (on
+    CUDA, where e.g. ``bincount`` and ``scatter_add_`` have none).
+    """
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(num_threads)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        torch.use_deterministic_algorithms(det, warn_only=was_warn_only)
 
 
 class BatchSampler:
@@ -260,29 +290,39 @@ def _windows(stream: Tensor, length: int, count: int) -> Tensor:
 
 @torch.no_grad()
 def evaluate(model: TinyLM, stream: Tensor, *, objective: str, mask_id: int, mask_rate: float, windows: int,
-             batch_size: int) -> float:
+             batch_size: int, data_parallel: bool = False) -> float:
     """Mean cross entropy per predicted token over fixed windows of ``stream``.
 
     Windows are evenly spaced and masks come from a generator seeded 0, so every run of one
-    objective and ``seq_len`` is scored on the same tokens.
+    objective and ``seq_len`` is scored on the same tokens. ``data_parallel`` (every rank of
+    the default process group calls it): rank r scores batches r, r + W, ... (the same batches
+    as one process; every rank draws every batch's masks) and the sums are all-reduced.
     """
+    rank, world = data_parallel_world() if data_parallel else (0, 1)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     T = model.cfg.seq_len
     data = _windows(stream, T + 1, windows)
     gen = torch.Generator().manual_seed(0)
     total, count = 0.0, 0
-    for i in range(0, data.shape[0], batch_size):
+    for b, i in enumerate(range(0, data.shape[0], batch_size)):
         w = data[i: i + batch_size]
         if objective == "causal":
             x, y = w[:, :-1], w[:, 1:]
         else:
             x, y = mask_tokens(w[:, :-1], mask_id=mask_id, rate=mask_rate, generator=gen)
-        out = model(x, targets=y)
+        if b % world != rank:
+            continue
+        out = model(x.to(device), targets=y.to(device))
         n = int((y != -100).sum())
         total += float(out.loss) * n
         count += n
     model.train(was_training)
+    if world > 1:
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        total, count = float(sums[0]), float(sums[1])
     return total / count
 
 
@@ -294,6 +334,60 @@ def load_model(checkpoint: str | Path) -> TinyLM:
     model = TinyLM(LMConfig.from_dict(state["config"]["run"]["lm"]))
     ckpt.load_weights(checkpoint, model)
     return model.eval()
+
+
+# -- data parallel -------------------------------------------------------------------------------
+def data_parallel_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextmanager
+def distributed() -> Iterator[tuple[int, int]]:
+    """Under ``torchrun`` (WORLD_SIZE > 1) create the default process group if none exists yet —
+    NCCL on the LOCAL_RANK-th CUDA device when CUDA is available, gloo otherwise — and destroy it
+    on exit; yields (rank, world size). Without torchrun: (0, 1), nothing created."""
+    created = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+        created = True
+    try:
+        yield data_parallel_world()
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _rank_device() -> torch.device:
+    """The device a rank's tensors live on: its CUDA device under NCCL, else the CPU."""
+    if "nccl" in str(dist.get_backend()).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class _DataParallel:
+    """This process's share of a data-parallel run (world > 1)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    ddp: torch.nn.Module       # the DistributedDataParallel wrapper: forward and backward go through it
+    model: TinyLM              # the wrapped model (parameters, routers)
+    shard: slice               # this rank's rows of the global batch: [rank·B/W, (rank+1)·B/W)
+
+
+def _all_ranks_ok(ok: bool, device: torch.device) -> bool:
+    """True when ``ok`` holds on every rank (so that a failure raises on all of them, none hangs)."""
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -319,34 +413,71 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
         raise ValueError(f"the tokenizer has {corpus_tokens.vocab_size} tokens but the model's vocab_size is "
                          f"{spec.lm.vocab_size}")
     cfg, run_dir = spec.train, Path(out_dir) / spec.name
+    rank, world = data_parallel_world()
+    if cfg.batch_size % world:
+        raise ValueError(f"run {spec.name!r}: batch_size={cfg.batch_size} does not split evenly over {world} "
+                         f"data-parallel ranks; use a batch size divisible by {world} or another number of ranks")
+    lead, device = rank == 0, _rank_device() if world > 1 else torch.device("cpu")
     ck_dir, log_path = run_dir / CHECKPOINT_DIR, run_dir / LOG_FILE
     keyed = _keyed_config(spec, corpus_tokens)
     cpu0 = time.process_time()
-    with deterministic(cfg.num_threads):
-        ckpt.clean_partial(ck_dir)
+    with deterministic(cfg.num_threads, warn_only=device.type != "cpu"):
+        if lead:
+            ckpt.clean_partial(ck_dir)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         model = TinyLM(spec.lm)
+        if world > 1:
+            model.to(device)
         optimizer = make_optimizer(model, cfg)
         sampler = BatchSampler(corpus_tokens.train, seq_len=spec.lm.seq_len, batch_size=cfg.batch_size,
                                objective=spec.objective, mask_id=corpus_tokens.mask_id, mask_rate=cfg.mask_rate,
                                seed=cfg.seed)
-        found = ckpt.latest_checkpoint(ck_dir)
+        found = ckpt.latest_checkpoint(ck_dir) if lead else None
+        if world > 1:  # every rank resumes from the checkpoint rank 0 chose
+            box = [found]
+            dist.broadcast_object_list(box, src=0, device=device)
+            found = box[0]
         if found is not None:
             path, state = found
             if state.get("config") != keyed:
                 raise ValueError(f"{run_dir} holds checkpoints of a different run configuration or corpus; "
                                  "use another output directory or delete it")
-            ckpt.load_weights(path, model)
-            ckpt.load_optimizer(path, optimizer)
+            error = None
+            try:
+                ckpt.load_weights(path, model)
+                ckpt.load_optimizer(path, optimizer)
+            except (OSError, RuntimeError, ValueError) as err:
+                error = err
+            if world > 1 and not _all_ranks_ok(error is None, device):
+                raise RuntimeError(f"a rank could not load checkpoint {path} (rank {rank}: {error or 'loaded'}); "
+                                   "every rank must see the run's output directory (a shared file system)")
+            if error is not None:
+                raise error
             ckpt.set_rng_state(state["rng"], sampler.generator)
             start, elapsed = state["step"], state["elapsed"]
-            ckpt.truncate_log(log_path, start)
+            if lead:
+                ckpt.truncate_log(log_path, start)
         else:
             start, elapsed = 0, 0.0
-            ckpt.truncate_log(log_path, -1)
+            if lead:
+                ckpt.truncate_log(log_path, -1)
+        dp = None
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-        def save(step: int, log: ckpt.MetricsLog) -> None:
+            # buffers are synced at the start only: DeepSeek-V3's bias then stays equal on every rank by itself
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                       inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
+            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          **no_sync)
+            per_rank = cfg.batch_size // world
+            dp = _DataParallel(rank=rank, world=world, device=device, ddp=ddp, model=model,
+                               shard=slice(rank * per_rank, (rank + 1) * per_rank))
+
+        def save(step: int, log: ckpt.MetricsLog | None) -> None:
+            if log is None:  # ranks other than 0 write nothing
+                return
             log.sync()  # every record up to `step` is on disk before the checkpoint names it
             ckpt.save_checkpoint(ck_dir, step, model, optimizer,
                                  {"config": keyed, "elapsed": elapsed + time.perf_counter() - t0,
@@ -355,13 +486,18 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
 
         t0 = time.perf_counter()
         model.train()
-        with ckpt.MetricsLog(log_path) as log, _progress(progress, spec.name, cfg.steps, start) as bar:
+        with (ckpt.MetricsLog(log_path) if lead else nullcontext()) as log, \
+                _progress(progress and lead, spec.name, cfg.steps, start) as bar:
             if found is None:
                 save(0, log)
             for step in range(start, cfg.steps):
-                record = _train_step(model, optimizer, sampler, cfg, step)
+                if dp is None:
+                    record = _train_step(model, optimizer, sampler, cfg, step)
+                else:
+                    record = _data_parallel_step(dp, optimizer, sampler, cfg, step)
                 record["time"] = elapsed + time.perf_counter() - t0
-                log.append(record)
+                if log is not None:
+                    log.append(record)
                 done = step + 1
                 if done % cfg.checkpoint_every == 0 or done in cfg.kept_steps():
                     save(done, log)
@@ -372,15 +508,17 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
 
         t1 = time.perf_counter()
         evaluate_kw = dict(objective=spec.objective, mask_id=corpus_tokens.mask_id, mask_rate=cfg.mask_rate,
-                           windows=cfg.eval_windows, batch_size=cfg.batch_size)
+                           windows=cfg.eval_windows, batch_size=cfg.batch_size, data_parallel=world > 1)
         val = {d: evaluate(model, corpus_tokens.val[d], **evaluate_kw) for d in DOMAINS}
         train_by = {d: evaluate(model, corpus_tokens.train_by_domain[d], **evaluate_kw) for d in DOMAINS}
+    # (data parallel: the evaluation's all-reduces come after rank 0's last checkpoint, so every rank lists it)
     result = RunResult(
         name=spec.name, objective=spec.objective, train_loss=sum(train_by.values()) / len(train_by),
         val_loss=sum(val.values()) / len(val), val_loss_by_domain=val, checkpoints=ckpt.list_checkpoints(ck_dir),
         log_path=log_path, wall_time=train_time + time.perf_counter() - t1, cpu_time=time.process_time() - cpu0,
         params_active=active_params_per_token(spec.lm), params_total=total_params(spec.lm), run_dir=run_dir)
-    write_json_atomic(run_dir / RESULT_FILE, {**result.to_dict(), "spec": spec.to_dict()})
+    if lead:
+        write_json_atomic(run_dir / RESULT_FILE, {**result.to_dict(), "spec": spec.to_dict()})
     return result
 
 
@@ -405,6 +543,50 @@ def _train_step(model: TinyLM, optimizer: torch.optim.Optimizer, sampler: BatchS
     return {"step": step + 1, "loss": float(out.loss.detach()), "total_loss": float(loss.detach()), "lr": lr,
             "grad_norm": float(grad_norm), "aux": {k: float(v.detach()) for k, v in sorted(out.aux_losses.items())},
             "load_cv": [load_cv(r.tokens_per_expert) for r in routing]}
+
+
+def _data_parallel_step(dp: _DataParallel, optimizer: torch.optim.Optimizer, sampler: BatchSampler,
+                        cfg: TrainConfig, step: int) -> dict:
+    """:func:`_train_step` on this rank's shard of the global batch, with global statistics.
+
+    The loss each rank backpropagates is W · (n_r / n) · CE_r + Σ coef · aux, with CE_r the mean
+    over the rank's n_r predicted tokens (n over all ranks) and aux the global auxiliary losses
+    (:func:`~moescope.moe.losses.global_token_sums`). DDP averages the ranks' gradients:
+    (1/W) Σ_r W n_r/n ∇CE_r = ∇ of the global mean cross entropy, and the all-reduce inside
+    the auxiliary losses turns their average into the global ∇aux. The weight W n_r / n is
+    exactly 1 for both objectives (every row predicts the same number of tokens).
+    """
+    lr = cfg.lr_at(step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = sampler.next()                                             # (B, T): the whole global batch
+    x, y = x[dp.shard].to(dp.device), y[dp.shard].to(dp.device)       # (B/W, T): this rank's rows
+    with global_token_sums():
+        out = dp.ddp(x, targets=y)
+    n = (y != IGNORE_INDEX).sum()
+    ce = torch.stack([out.loss.detach().double() * n, n.double()])   # [Σ token losses, tokens] over ranks
+    dist.all_reduce(ce)
+    loss = training_loss(replace(out, loss=out.loss * (dp.world * n / ce[1]).to(out.loss.dtype)), cfg.aux)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(dp.model.parameters(), cfg.grad_clip)  # of the averaged gradient
+    optimizer.step()
+    routing = out.routing or []
+    loads = []
+    if routing:  # the global batch's tokens per expert, every layer in one all-reduce
+        local = [r.tokens_per_expert for r in routing]
+        flat = torch.cat(local)
+        dist.all_reduce(flat)
+        loads = list(flat.split([t.numel() for t in local]))
+    for layer, load in zip(dp.model.moe_layers(), loads, strict=True):
+        router = getattr(layer, "router", None)
+        if isinstance(router, DeepSeekV3Router):
+            router.update_bias(load)  # the same global load on every rank: the biases stay equal
+    aux = {k: float(v.detach()) for k, v in sorted(out.aux_losses.items())}
+    ce_global = float(ce[0] / ce[1])
+    total = ce_global + sum(coef * aux[name] for name, coef in cfg.aux.items() if coef and name in aux)
+    return {"step": step + 1, "loss": ce_global, "total_loss": total, "lr": lr, "grad_norm": float(grad_norm),
+            "aux": aux, "load_cv": [load_cv(t) for t in loads]}
 
 
 @contextmanager

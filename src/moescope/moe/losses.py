@@ -25,17 +25,73 @@ convention       definition                                              at bala
 P_i always comes from the router's *full* score distribution (all E experts), never from
 the top-k combine weights — taking it from the renormalised top-k weights is a common bug
 that makes the loss blind to probability mass on unchosen experts.
+
+Data parallelism. Inside :func:`global_token_sums` every sum over tokens these losses take
+(expert counts, probability sums, token and sequence counts, the z-loss's sum of squares) is
+all-reduced over the ranks, so each rank computes the loss of the *global* batch, as one
+process would on all of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 CONVENTIONS = ("switch", "gshard", "hf", "megablocks", "deepseek_seq")
 BALANCED_VALUE = {"switch": "1", "gshard": "1", "hf": "k", "megablocks": "1", "deepseek_seq": "1"}
+
+
+_GROUPS: list = []  # process groups of the enclosing global_token_sums blocks (innermost last; None = world)
+
+
+@contextmanager
+def global_token_sums(group=None) -> Iterator[None]:
+    r"""Inside, the losses of this module are those of the batch summed over ``group``'s ranks.
+
+    Each token sum S is replaced by :math:`\sum_r S_r` (a differentiable all-reduce), so every
+    rank gets the same, global f_i, P_i and loss value. Gradient scaling: with every rank
+    computing the same loss L, the all-reduce's backward sums the ranks' upstream gradients, so
+    rank r receives W · ∂L/∂S_r; DistributedDataParallel then averages the W ranks' gradients,
+    which gives exactly ∂L/∂θ of the global loss (tests/lab/test_train_ddp.py checks both
+    against one process). Every rank must compute the same losses in the same order.
+    """
+    _GROUPS.append(group)
+    try:
+        yield
+    finally:
+        _GROUPS.pop()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = Σ_r x_r on every rank; backward: ∂/∂x_r = Σ_r' ∂L_r'/∂y (the ranks' gradients summed)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
+def _global(*sums: Tensor) -> tuple[Tensor, ...]:
+    """The sums unchanged, or inside :func:`global_token_sums` each summed over the ranks (one collective)."""
+    if not _GROUPS:
+        return sums
+    dtype = sums[0].dtype
+    for t in sums[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    flat = _AllReduceSum.apply(torch.cat([t.reshape(-1).to(dtype) for t in sums]), _GROUPS[-1])
+    parts = flat.split([t.numel() for t in sums])
+    return tuple(p.view(t.shape).to(t.dtype) for p, t in zip(parts, sums, strict=True))
 
 
 def _as_layers(x: Tensor | Sequence[Tensor], name: str) -> list[Tensor]:
@@ -101,20 +157,21 @@ def load_balancing_loss(
     if convention == "hf":  # pooled over layers, all k choices, not divided by k
         counts = sum(_counts(i, num_experts, mask) for i in index_layers)
         probs = sum((s.float() * mask.unsqueeze(-1)).sum(0) for s in score_layers)
-        rows = mask.sum() * len(score_layers)
+        counts, probs, rows = _global(counts, probs, mask.sum() * len(score_layers))
         return num_experts * torch.sum((counts / rows) * (probs / rows))
 
     per_layer = []
     for s, i in zip(score_layers, index_layers, strict=True):
         s = s.float()
         if convention in ("switch", "gshard"):
-            f = _counts(i[:, :1], num_experts, mask) / mask.sum()
-            p = (s * mask.unsqueeze(-1)).sum(0) / mask.sum()
+            counts, probs, rows = _global(_counts(i[:, :1], num_experts, mask), (s * mask.unsqueeze(-1)).sum(0),
+                                          mask.sum())
+            f, p = counts / rows, probs / rows
             per_layer.append(num_experts * torch.sum(f * p))
         elif convention == "megablocks":
             k = i.shape[-1]
-            f = _counts(i, num_experts, mask) / (mask.sum() * k)
-            p = (s * mask.unsqueeze(-1)).sum(0) / mask.sum()
+            counts, probs, rows = _global(_counts(i, num_experts, mask), (s * mask.unsqueeze(-1)).sum(0), mask.sum())
+            f, p = counts / (rows * k), probs / rows
             per_layer.append(num_experts * torch.sum(f * p))
         else:  # deepseek_seq
             per_layer.append(_deepseek_sequence_loss(s, i, mask, sequence_length))
@@ -136,11 +193,15 @@ def _deepseek_sequence_loss(scores: Tensor, indices: Tensor, mask: Tensor, seq_l
     n_real = m.sum(1).clamp_min(1.0)                                         # (n_seq, 1)
     f = num_experts / (k * n_real) * (onehot.view(n_seq, seq_len, -1) * m).sum(1)
     p = (normed.view(n_seq, seq_len, -1) * m).sum(1) / n_real
-    return (f * p).sum(-1).mean()
+    if not _GROUPS:
+        return (f * p).sum(-1).mean()
+    total, count = _global((f * p).sum(), torch.tensor(float(n_seq), device=scores.device))  # mean over all sequences
+    return total / count
 
 
 def router_z_loss(logits: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): mean_t (logsumexp_e logits_{t,e})²."""
     z = torch.logsumexp(logits.float(), dim=-1).square()
     mask = _mask(attention_mask, z.shape[0], z.device)
-    return (z * mask).sum() / mask.sum()
+    total, rows = _global((z * mask).sum(), mask.sum())
+    return total / rows
