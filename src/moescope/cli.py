@@ -258,6 +258,9 @@ def lab(
         "--model", help="A local Hugging Face MoE checkpoint folder (config.json, safetensors, tokenizer): claims "
                         "6, 10-14 are measured on it instead of the lab's tiny model (default claims: those; "
                         "7, 8, 9, 15 need the lab's own training and are refused).")] = None,
+    tensorboard: Annotated[bool, typer.Option(help="Also write each training run's curves as TensorBoard events "
+                                                   "(OUT/training/runs/*/tensorboard; needs "
+                                                   "pip install 'moescope[tensorboard]').")] = False,
 ) -> None:
     """Every claim of the lecture, tested on data and models built here, in one report."""
     from moescope.lab.external import ModelInputError
@@ -270,7 +273,7 @@ def lab(
         raise typer.BadParameter(f"expected comma-separated claim numbers such as 6,13; got {claims!r}",
                                  param_hint="--claims") from None
     try:
-        cfg = LabConfig(profile=profile, claims=chosen, seed=seed, workdir=out, model=model)
+        cfg = LabConfig(profile=profile, claims=chosen, seed=seed, workdir=out, model=model, tensorboard=tensorboard)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--model" if isinstance(err, ModelInputError) else None) from None
     start = time.perf_counter()
@@ -294,20 +297,26 @@ def train(
     seed: Annotated[int, typer.Option(help="The seed `moescope lab --seed` will use.")] = 0,
     out: Annotated[Path, typer.Option(help="The lab's folder: runs go to OUT/training/runs/, where "
                                            "`moescope lab --out OUT` finds them finished.")] = Path("out/lab"),
+    tensorboard: Annotated[bool, typer.Option(help="Also write each training run's curves as TensorBoard events "
+                                                   "(OUT/training/runs/*/tensorboard; needs "
+                                                   "pip install 'moescope[tensorboard]').")] = False,
 ) -> None:
     """Train the lab's runs ahead of `moescope lab`; data-parallel under `torchrun --nproc_per_node N -m moescope`."""
     import os
 
     from moescope.lab.runs import lab_profile, select_runs, train_lab_runs
+    from moescope.lab.tensorboard import require as require_tensorboard
 
     try:
         p = lab_profile(profile, seed)
         only = None if runs is None else tuple(r.strip() for r in runs.split(",") if r.strip())
         select_runs(p, only)
+        if tensorboard:
+            require_tensorboard()
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
-    results = train_lab_runs(p, out, only=only)
+    results = train_lab_runs(p, out, only=only, tensorboard=tensorboard)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 reports
         return
     for name, r in results.items():

@@ -1,4 +1,4 @@
-"""A training worker: ``python -m moescope.lab._worker TOKENS.pt OUT_DIR``.
+"""A training worker: ``python -m moescope.lab._worker TOKENS.pt OUT_DIR [--tensorboard]``.
 
 :func:`moescope.lab.runs.run_profile` starts ``jobs`` of these when it trains several runs at
 once. The worker reads one path to a run's ``spec.json`` per line on stdin, trains that run
@@ -27,14 +27,15 @@ def save_tokens(tokens: CorpusTokens) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    tokens_path, out_dir = argv
+    tensorboard = "--tensorboard" in argv
+    tokens_path, out_dir = [a for a in argv if a != "--tensorboard"]
     tokens = CorpusTokens(**torch.load(tokens_path, weights_only=True))
     for line in sys.stdin:
         if not line.strip():
             continue
         with open(line.strip(), encoding="utf-8") as f:
             spec = RunSpec.from_dict(json.load(f))
-        train_run(spec, tokens, out_dir, progress=False)
+        train_run(spec, tokens, out_dir, progress=False, tensorboard=tensorboard)
         print(f"done {spec.name}", flush=True)
 
 

@@ -96,6 +96,7 @@ class LabConfig:
     seed: int = 0
     workdir: Path = Path("out/lab")  # checkpoints, logs and the tokenizer of the training runs
     model: Path | None = None        # a Hugging Face MoE checkpoint: claims 6, 10-14 measured on it
+    tensorboard: bool = False        # also write the training curves as TensorBoard events
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -105,6 +106,10 @@ class LabConfig:
         unknown = sorted(set(self.claims) - set(NEEDS))
         if unknown or not self.claims:
             raise ValueError(f"claims must be among {list(ALL_CLAIMS)}; got {list(self.claims)}")
+        if self.tensorboard:
+            from moescope.lab.tensorboard import require
+
+            require()
         if self.model is not None:
             from moescope.lab.external import check_checkpoint
 
@@ -162,7 +167,7 @@ def _training(cfg: LabConfig) -> dict:
     p = profile(cfg.profile)
     p = replace(p, train=replace(p.train, seed=cfg.seed))
     workdir = Path(cfg.workdir) / "training"
-    results = run_profile(p, workdir, progress=False)
+    results = run_profile(p, workdir, progress=False, tensorboard=cfg.tensorboard)
     _, tokens = prepare(p, workdir)
     specs = {s.name: s for s in standard_runs(p)}
     runs = {name: trained.measure_run(specs[name], r, tokens.val, dynamics=(name == "top2"))

@@ -67,6 +67,7 @@ from moescope._files import write_bytes_atomic, write_json_atomic
 from moescope.lab._worker import save_tokens
 from moescope.lab.corpus import Corpus, CorpusConfig, build_corpus
 from moescope.lab.model import LMConfig, MoESpec, active_params_per_token, dense_equivalent, total_params
+from moescope.lab.tensorboard import require as require_tensorboard
 from moescope.lab.tokenizer import CorpusTokens, load_or_train_tokenizer, tokenize_corpus
 from moescope.lab.train import RESULT_FILE, RunResult, RunSpec, TrainConfig, data_parallel_world, distributed, train_run
 
@@ -165,12 +166,13 @@ def prepare(p: Profile, out_dir: str | Path) -> tuple[Corpus, CorpusTokens]:
 
 
 def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True, jobs: int | None = None,
-                only: tuple[str, ...] | None = None) -> dict[str, RunResult]:
+                only: tuple[str, ...] | None = None, tensorboard: bool = False) -> dict[str, RunResult]:
     """Train every run of ``p`` (resuming any that were interrupted) under ``out_dir/runs/``.
 
     ``jobs`` (default ``p.jobs``) runs train at once, on worker processes
     (``python -m moescope.lab._worker``) of one thread each, so results do not depend on
     ``jobs``; with ``jobs=1`` every run trains in this process. ``only`` restricts to named runs.
+    ``tensorboard`` also writes each run's curves as TensorBoard events (``<run>/tensorboard``).
     Writes ``out_dir/training.json`` (profile, corpus and tokenizer provenance, results) and
     returns the results by run name, in :func:`standard_runs` order.
 
@@ -180,6 +182,8 @@ def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True,
     """
     p = profile(p) if isinstance(p, str) else p
     out_dir = Path(out_dir)
+    if tensorboard:
+        require_tensorboard()
     t0 = time.perf_counter()
     specs = select_runs(p, only)
     rank, world = data_parallel_world()
@@ -199,9 +203,10 @@ def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True,
     runs_dir = out_dir / "runs"
     if world > 1 or jobs <= 1:  # data parallel: every rank trains every run, one run after another
         for spec in specs:
-            results[spec.name] = train_run(spec, tokens, runs_dir, progress=progress and rank == 0)
+            results[spec.name] = train_run(spec, tokens, runs_dir, progress=progress and rank == 0,
+                                           tensorboard=tensorboard)
     else:
-        results = _run_parallel(specs, tokens, runs_dir, jobs, progress)
+        results = _run_parallel(specs, tokens, runs_dir, jobs, progress, tensorboard)
     results = {s.name: results[s.name] for s in specs}
     total = time.perf_counter() - t0
     if rank == 0:
@@ -235,7 +240,7 @@ def lab_profile(name: str = "quick", seed: int = 0) -> Profile:
 
 
 def train_lab_runs(p: Profile, lab_dir: str | Path, *, only: tuple[str, ...] | None = None,
-                   progress: bool = True) -> dict[str, RunResult]:
+                   progress: bool = True, tensorboard: bool = False) -> dict[str, RunResult]:
     """Train the runs of ``p`` where ``moescope lab --out LAB_DIR`` looks for them (``LAB_DIR/training``).
 
     Under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1) the process group is created here
@@ -243,7 +248,8 @@ def train_lab_runs(p: Profile, lab_dir: str | Path, *, only: tuple[str, ...] | N
     otherwise as :func:`run_profile` (worker processes). Every rank returns the results.
     """
     with distributed():
-        return run_profile(p, Path(lab_dir) / LAB_TRAINING_DIR, progress=progress, only=only)
+        return run_profile(p, Path(lab_dir) / LAB_TRAINING_DIR, progress=progress, only=only,
+                           tensorboard=tensorboard)
 
 
 def _cost(spec: RunSpec) -> float:
@@ -253,7 +259,7 @@ def _cost(spec: RunSpec) -> float:
 
 
 def _run_parallel(specs: list[RunSpec], tokens: CorpusTokens, runs_dir: Path, jobs: int,
-                  progress: bool) -> dict[str, RunResult]:
+                  progress: bool, tensorboard: bool = False) -> dict[str, RunResult]:
     """Train ``specs`` on ``jobs`` long-lived workers (``moescope.lab._worker``), longest first.
 
     Each idle worker gets the next run; its stderr goes to ``runs_dir/worker-<i>.log``. A
@@ -272,7 +278,8 @@ def _run_parallel(specs: list[RunSpec], tokens: CorpusTokens, runs_dir: Path, jo
         for i in range(min(jobs, len(specs))):
             logs.append(open(runs_dir / f"worker-{i}.log", "wb"))  # closed in the finally below
             workers.append(subprocess.Popen(
-                [sys.executable, "-m", "moescope.lab._worker", str(tokens_path), str(runs_dir)],
+                [sys.executable, "-m", "moescope.lab._worker", str(tokens_path), str(runs_dir),
+                 *(["--tensorboard"] if tensorboard else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[-1], text=True, bufsize=1))
         with _runs_bar(progress, len(specs)) as advance:
             while pending or busy:

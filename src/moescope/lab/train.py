@@ -64,6 +64,8 @@ from moescope._files import write_json_atomic
 from moescope.lab import checkpoint as ckpt
 from moescope.lab.corpus import DOMAINS
 from moescope.lab.model import IGNORE_INDEX, LMConfig, TinyLM, active_params_per_token, mask_tokens, total_params
+from moescope.lab.tensorboard import CurveWriter
+from moescope.lab.tensorboard import require as require_tensorboard
 from moescope.lab.tokenizer import CorpusTokens
 from moescope.moe import DeepSeekV3Router
 from moescope.moe.losses import global_token_sums
@@ -397,7 +399,7 @@ def _keyed_config(spec: RunSpec, tokens: CorpusTokens) -> dict:
 
 
 def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *, progress: bool = True,
-              on_step: Callable[[int, dict], None] | None = None) -> RunResult:
+              on_step: Callable[[int, dict], None] | None = None, tensorboard: bool = False) -> RunResult:
     """Train (or resume, or re-evaluate) ``spec`` in ``out_dir/spec.name``; see the module docstring.
 
     Args:
@@ -408,7 +410,11 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
         progress: show a rich progress bar.
         on_step: called as ``on_step(step, record)`` after each optimiser step (and its
             checkpoint, if any); an exception it raises interrupts the run (tests use this).
+        tensorboard: also write the curves as TensorBoard events in ``<name>/tensorboard/``
+            (:mod:`moescope.lab.tensorboard`; needs the ``tensorboard`` package).
     """
+    if tensorboard:
+        require_tensorboard()  # before any work: a missing package must not cost a run
     if corpus_tokens.vocab_size > spec.lm.vocab_size:
         raise ValueError(f"the tokenizer has {corpus_tokens.vocab_size} tokens but the model's vocab_size is "
                          f"{spec.lm.vocab_size}")
@@ -479,38 +485,49 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
             if log is None:  # ranks other than 0 write nothing
                 return
             log.sync()  # every record up to `step` is on disk before the checkpoint names it
+            if curves is not None:
+                curves.flush()
             ckpt.save_checkpoint(ck_dir, step, model, optimizer,
                                  {"config": keyed, "elapsed": elapsed + time.perf_counter() - t0,
                                   "rng": ckpt.rng_state(sampler.generator)})
             ckpt.prune(ck_dir, cfg.kept_steps(), step)
 
-        t0 = time.perf_counter()
-        model.train()
-        with (ckpt.MetricsLog(log_path) if lead else nullcontext()) as log, \
-                _progress(progress and lead, spec.name, cfg.steps, start) as bar:
-            if found is None:
-                save(0, log)
-            for step in range(start, cfg.steps):
-                if dp is None:
-                    record = _train_step(model, optimizer, sampler, cfg, step)
-                else:
-                    record = _data_parallel_step(dp, optimizer, sampler, cfg, step)
-                record["time"] = elapsed + time.perf_counter() - t0
-                if log is not None:
-                    log.append(record)
-                done = step + 1
-                if done % cfg.checkpoint_every == 0 or done in cfg.kept_steps():
-                    save(done, log)
-                bar(record)
-                if on_step is not None:
-                    on_step(done, record)
-        train_time = elapsed + time.perf_counter() - t0
+        curves = CurveWriter(run_dir, start) if tensorboard and lead else None
+        try:
+            t0 = time.perf_counter()
+            model.train()
+            with (ckpt.MetricsLog(log_path) if lead else nullcontext()) as log, \
+                    _progress(progress and lead, spec.name, cfg.steps, start) as bar:
+                if found is None:
+                    save(0, log)
+                for step in range(start, cfg.steps):
+                    if dp is None:
+                        record = _train_step(model, optimizer, sampler, cfg, step)
+                    else:
+                        record = _data_parallel_step(dp, optimizer, sampler, cfg, step)
+                    record["time"] = elapsed + time.perf_counter() - t0
+                    if log is not None:
+                        log.append(record)
+                    if curves is not None:
+                        curves.add_record(record)
+                    done = step + 1
+                    if done % cfg.checkpoint_every == 0 or done in cfg.kept_steps():
+                        save(done, log)
+                    bar(record)
+                    if on_step is not None:
+                        on_step(done, record)
+            train_time = elapsed + time.perf_counter() - t0
 
-        t1 = time.perf_counter()
-        evaluate_kw = dict(objective=spec.objective, mask_id=corpus_tokens.mask_id, mask_rate=cfg.mask_rate,
-                           windows=cfg.eval_windows, batch_size=cfg.batch_size, data_parallel=world > 1)
-        val = {d: evaluate(model, corpus_tokens.val[d], **evaluate_kw) for d in DOMAINS}
-        train_by = {d: evaluate(model, corpus_tokens.train_by_domain[d], **evaluate_kw) for d in DOMAINS}
+            t1 = time.perf_counter()
+            evaluate_kw = dict(objective=spec.objective, mask_id=corpus_tokens.mask_id, mask_rate=cfg.mask_rate,
+                               windows=cfg.eval_windows, batch_size=cfg.batch_size, data_parallel=world > 1)
+            val = {d: evaluate(model, corpus_tokens.val[d], **evaluate_kw) for d in DOMAINS}
+            train_by = {d: evaluate(model, corpus_tokens.train_by_domain[d], **evaluate_kw) for d in DOMAINS}
+            if curves is not None:
+                curves.add_final(cfg.steps, val, train_by)
+        finally:
+            if curves is not None:
+                curves.close()
     # (data parallel: the evaluation's all-reduces come after rank 0's last checkpoint, so every rank lists it)
     result = RunResult(
         name=spec.name, objective=spec.objective, train_loss=sum(train_by.values()) / len(train_by),
