@@ -84,6 +84,21 @@ def test_claim13():
     assert c13_domains.evaluate({"top2": _run(spec=0.0)}).verdict == "not supported"
 
 
+def test_claim13_is_held_against_the_untrained_router():
+    def with_null(spec, null_spec):
+        run = _run(spec=spec)
+        run["routing_null"] = {"layers": [_layer(spec=null_spec)], "kind": "step-0 checkpoint"}
+        return {"top2": run}
+
+    v = c13_domains.evaluate(with_null(0.5, 0.05))
+    assert v.verdict == "supported" and v.numbers["excess"]["code"] == pytest.approx(0.45)
+    assert "untrained router (step-0 checkpoint)" in v.baseline
+    # as specialised as before training: token statistics, not learning
+    assert c13_domains.evaluate(with_null(0.5, 0.5)).verdict == "not supported"
+    assert c13_domains.evaluate(with_null(0.5, 0.43)).verdict == "inconclusive"   # 0.07 above: weak only
+    assert "chance only" in c13_domains.evaluate({"top2": _run(spec=0.5)}).baseline
+
+
 def test_claim14():
     assert c14_heatmaps.evaluate({"top2": _run(rep=0.4, router_entropy=0.6)}).verdict == "supported"
     assert c14_heatmaps.evaluate({"top2": _run(rep=0.125, router_entropy=0.99)}).verdict == "not supported"

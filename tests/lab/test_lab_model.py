@@ -183,3 +183,28 @@ def test_cli_lab_model_errors(ckpt, tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
     result = runner.invoke(app, ["lab", "--model", str(ckpt("mixtral")), "--claims", "8", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "training runs" in result.output
+
+
+@pytest.mark.parametrize("family", sorted(tiny_checkpoints.BUILDERS))
+def test_untrained_router_null_swaps_every_router_and_restores_it(family, tmp_path):
+    from moescope.lab.external import _untrained_router
+    from moescope.models import load_moe_model
+
+    model, _, views = load_moe_model(tiny_checkpoints.save(family, tmp_path / family, seed=2, tokenizer=False))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    vocab = model.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(0)
+    ids = {d: torch.randint(vocab, (256,), generator=g).tolist() for d in ("code", "language", "math")}
+    null = _untrained_router(model, views, ids, SMALL, 32)
+    assert null is not None, "the view's router matrix is not the model's parameter: the null could not be built"
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())   # restored exactly
+    assert len(null["layers"]) == len(views) and "random direction" in null["kind"]
+
+
+def test_claim13_on_a_checkpoint_is_held_against_its_untrained_router(ckpt):
+    res = run_lab(LabConfig(model=ckpt("mixtral"), claims=(13,)))
+    (v,) = res["verdicts"]
+    run = res["data"]["checkpoint"]["runs"]["checkpoint"]
+    assert run["routing_null"]["layers"] and v["numbers"]["untrained_best"] is not None
+    assert "random direction of the same norm" in v["baseline"]
+    assert v["numbers"]["untrained_best"] != v["numbers"]["best"]

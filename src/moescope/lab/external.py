@@ -329,11 +329,50 @@ def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]
             {"windows_per_domain": {d: int(_windows(i, seq_len).shape[0]) for d, i in ids.items()}})
 
 
+def _untrained_router(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]], cfg: ExternalConfig,
+                      seq_len: int) -> dict | None:
+    """Routing statistics by domain with every router row replaced by a random direction of the same norm.
+
+    The null of claim 13: the model's own hidden states (which carry the tokens' identity, so
+    domains with different tokens still route differently) through a router that learned
+    nothing. The trained router rows are restored afterwards, also on error. None when a
+    view's router matrix is not the model's own parameter (it could not be swapped).
+    """
+    live = {p.data_ptr() for p in model.parameters()}
+    if any(v.router_weight.data_ptr() not in live for v in views):  # a copy: changing it would change nothing
+        return None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    saved = [v.router_weight.clone() for v in views]
+    stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], domains=DOMAINS)
+    try:
+        with torch.no_grad():
+            for v in views:  # router_weight is the live parameter's storage (a detached view)
+                w = v.router_weight
+                direction = F.normalize(torch.randn(w.shape, generator=gen, dtype=torch.float32), dim=-1)
+                w.copy_((direction * w.float().norm(dim=-1, keepdim=True)).to(w.dtype))
+        with RoutingRecorder(model, views) as rec, torch.no_grad():
+            for domain, domain_ids in ids.items():
+                wins = _windows(domain_ids, seq_len)
+                for start in range(0, wins.shape[0], cfg.batch_size):
+                    batch = wins[start : start + cfg.batch_size]
+                    rec.set_batch(batch, torch.ones_like(batch))
+                    model(input_ids=batch, attention_mask=torch.ones_like(batch))
+                    for r in rec.pop():
+                        stats.update(r, domain)
+    finally:
+        with torch.no_grad():
+            for v, w in zip(views, saved, strict=True):
+                v.router_weight.copy_(w)
+    return {"layers": stats.summaries(),
+            "kind": f"every router row replaced by a random direction of the same norm (seed {cfg.seed})"}
+
+
 def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig()) -> dict:
     """Everything claims 6 and 10–14 read, measured on the checkpoint in ``path``.
 
     Returns:
-        JSON-ready dict: ``runs`` ({RUN: {"name", "moe", "routing", "weights"}}), ``angle``,
+        JSON-ready dict: ``runs`` ({RUN: {"name", "moe", "routing", "routing_null" (the same with an
+        untrained router, claim 13's null), "weights"}}), ``angle``,
         ``subspaces_used`` (with ``geometry``: per MoE layer :func:`head_expert_geometry`, or
         ``geometry_skipped``: why), ``top_k`` and ``num_experts`` (of the first MoE layer),
         ``baseline`` and ``shared_run`` (both RUN: the run the figures draw), ``model``
@@ -358,6 +397,7 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
                                        seed=cfg.seed))
     ids = _token_ids(tokenizer, corpus, cfg.max_tokens, model.get_input_embeddings().num_embeddings, path)
     routing, angle, used, windows = _route(model, views, ids, cfg, seq_len, tokenizer)
+    routing_null = _untrained_router(model, views, ids, cfg, seq_len)
     weights = [view_geometry(v, seed=cfg.seed) for v in views]
     geometry, skipped = [], None
     for v, geo in zip(views, weights, strict=True):
@@ -381,7 +421,8 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
     tokens = {d: len(i) for d, i in ids.items()}
     del model
     return {
-        "runs": {RUN: {"name": RUN, "moe": True, "routing": routing, "weights": weights}},
+        "runs": {RUN: {"name": RUN, "moe": True, "routing": routing, "routing_null": routing_null,
+                       "weights": weights}},
         "angle": angle, "subspaces_used": used, "top_k": first.top_k, "num_experts": first.num_experts,
         "baseline": RUN, "shared_run": RUN, "model": info,
         "provenance": {"checkpoint": info, "tokens": tokens, "tokens_total": sum(tokens.values()),

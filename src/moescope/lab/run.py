@@ -170,7 +170,8 @@ def _training(cfg: LabConfig) -> dict:
     results = run_profile(p, workdir, progress=False, tensorboard=cfg.tensorboard)
     _, tokens = prepare(p, workdir)
     specs = {s.name: s for s in standard_runs(p)}
-    runs = {name: trained.measure_run(specs[name], r, tokens.val, dynamics=(name == "top2"))
+    runs = {name: trained.measure_run(specs[name], r, tokens.val, dynamics=(name == "top2"),
+                                     null=(name == "top2"))
             for name, r in results.items()}
     base = trained.load_run(specs["top2"], results["top2"].checkpoints[max(results["top2"].checkpoints)])
     soft = trained.load_run(specs["soft-moe"], results["soft-moe"].checkpoints[max(results["soft-moe"].checkpoints)])

@@ -134,8 +134,13 @@ def subspaces_used(model: TinyLM, val: dict[str, torch.Tensor]) -> dict:
             "expert_share": sum(expert_shares) / max(len(expert_shares), 1), "n_head": nh}
 
 
-def measure_run(spec: RunSpec, result: RunResult, val: dict[str, torch.Tensor], *, dynamics: bool = False) -> dict:
-    """Everything the claims read from one run: final model routing + geometry, and per checkpoint."""
+def measure_run(spec: RunSpec, result: RunResult, val: dict[str, torch.Tensor], *, dynamics: bool = False,
+                null: bool = False) -> dict:
+    """Everything the claims read from one run: final model routing + geometry, and per checkpoint.
+
+    ``dynamics``: the weight geometry of every kept checkpoint (claim 7). ``null``: the routing
+    statistics of the step-0 checkpoint, the untrained router claim 13 is held against.
+    """
     steps = sorted(result.checkpoints)
     final = load_run(spec, result.checkpoints[steps[-1]])
     out = {"name": spec.name, "objective": spec.objective, "val_loss": result.val_loss,
@@ -145,6 +150,10 @@ def measure_run(spec: RunSpec, result: RunResult, val: dict[str, torch.Tensor], 
         return out
     out["routing"] = routing_measurements(final, val)
     out["weights"] = weight_measurements(final)
+    if null:
+        init = load_run(spec, result.checkpoints[steps[0]])
+        out["routing_null"] = {"layers": routing_measurements(init, val)["layers"],
+                               "kind": f"the run's step-{steps[0]} checkpoint, before any training"}
     if dynamics:
         out["dynamics"] = [{"step": s, "weights": weight_measurements(load_run(spec, result.checkpoints[s]))}
                            for s in steps]
