@@ -111,16 +111,26 @@ def _heads(t: dict) -> bytes:
     return png_bytes(fig)
 
 
+def _spread(n: int, at_most: int = 4) -> list[int]:
+    """Up to ``at_most`` layer indices evenly spread over ``n`` (all when n ≤ at_most)."""
+    return list(range(n)) if n <= at_most else sorted({round(i * (n - 1) / (at_most - 1)) for i in range(at_most)})
+
+
 def _domains(t: dict) -> bytes:
-    lays = t["runs"][_base(t)]["routing"]["layers"]
-    fig, axes = new_figure(1, len(lays), width=4.5 * len(lays), height=3.0)
-    for j, ax in enumerate(axes[0]):
-        d = lays[j]["domains"]
-        im = ax.imshow(d["specialisation"], cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-        ax.set_yticks(range(len(d["names"])), d["names"])
-        ax.set_xlabel("expert")
-        ax.set_title(f"layer {j}: (p − k/E)/(1 − k/E)")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    run = t["runs"][_base(t)]
+    rows = [("trained router", run["routing"]["layers"])]
+    if run.get("routing_null"):
+        rows.append(("untrained router (the null)", run["routing_null"]["layers"]))
+    shown = _spread(len(rows[0][1]))
+    fig, axes = new_figure(len(rows), len(shown), width=4.5 * len(shown), height=2.6 * len(rows))
+    for r, (label, lays) in enumerate(rows):
+        for ax, j in zip(axes[r], shown, strict=True):
+            d = lays[j]["domains"]
+            im = ax.imshow(d["specialisation"], cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+            ax.set_yticks(range(len(d["names"])), d["names"])
+            ax.set_xlabel("expert")
+            ax.set_title(f"{label}, MoE layer {j}: (p − k/E)/(1 − k/E)", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     return png_bytes(fig)
 
 
