@@ -100,6 +100,36 @@ def test_gradcheck_float64():
                                     (xs, w, experts.gate_up_proj, experts.down_proj))
 
 
+def test_gradcheck_float64_bmm():
+    """The padded-bmm path's hand-written backward, for every input, both weightings, with biases."""
+    idx = torch.tensor([[0, 2], [1, -1], [2, 0], [5, 2]])
+    for gate, weight_input in (("swiglu", False), ("swiglu", True), ("gpt_oss", False), ("gpt_oss", True)):
+        torch.manual_seed(0)
+        experts = Experts(E, H, I, **GATES[gate]).double()
+        with torch.no_grad():
+            if experts.gate_up_bias is not None:
+                experts.gate_up_bias.normal_()
+                experts.down_bias.normal_()
+        w = torch.rand(4, 2, dtype=torch.float64, requires_grad=True)
+        xs = torch.randn(4, H, dtype=torch.float64, requires_grad=True)
+        params = list(experts.parameters())
+
+        def f(a, b, *_, experts=experts, weight_input=weight_input):
+            return dispatch(a, idx, b, experts, weight_input=weight_input, method="bmm")
+
+        assert torch.autograd.gradcheck(f, (xs, w, *params))
+
+
+def test_padded_layout_hand_derived():
+    from moescope.moe.dispatch import _padded_layout
+
+    # flat routing [0, 2, 1, -1, 2, 0] (T=3, k=2): expert 0 gets slots 0 and 5, expert 1 slot 2,
+    # expert 2 slots 1 and 4; m = 2 rows per expert, so expert 1's second row is padding (slot 6 = T·k).
+    slot, dest, order = _padded_layout(torch.tensor([[0, 2], [1, -1], [2, 0]]), 3)
+    assert slot.tolist() == [0, 5, 2, 6, 1, 4]
+    assert dest.tolist() == [0, 1, 2, 4, 5] and order.tolist() == [0, 5, 2, 1, 4]
+
+
 def test_empty_slots_and_no_tokens():
     experts = Experts(E, H, I).double()
     x = torch.randn(3, H, dtype=torch.float64)
@@ -111,6 +141,17 @@ def test_empty_slots_and_no_tokens():
     torch.testing.assert_close(dispatch(x, torch.tensor([[1, -1]] * 3), torch.ones(3, 2, dtype=torch.float64),
                                         experts), reference_dispatch(x, torch.tensor([[1, -1]] * 3),
                                                                      torch.ones(3, 2, dtype=torch.float64), experts))
+
+
+@pytest.mark.parametrize("method", ["sorted", "bmm"])
+def test_backward_without_pairs(method):
+    """No valid slot: the output is zero yet still part of the graph, every gradient zero."""
+    experts = Experts(E, H, I).double()
+    x = torch.randn(3, H, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, 2, dtype=torch.float64, requires_grad=True)
+    dispatch(x, torch.full((3, 2), -1), w, experts, method=method).sum().backward()
+    for t in (x, w, experts.gate_up_proj, experts.down_proj):
+        assert torch.equal(t.grad, torch.zeros_like(t))
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moescope.moe.benchmark import SHAPES, MoeShape, _cpu_name
+from moescope.moe.benchmark import SHAPES, MoeShape, cpu_name
 from moescope.moe.experts import Experts
 from moescope.moe.layer import MoELayer
 from moescope.moe.parallel import ExpertParallelMoE
@@ -137,7 +137,7 @@ def bench_parallel(*, world_sizes: tuple[int, ...] = WORLD_SIZES, tokens: int | 
             runs[n] = [json.loads(Path(folder, f"world{n}-rank{r}.json").read_text()) for r in range(n)]
     rows = [_row(shape, pass_, n, runs[n], runs[1], tokens)
             for shape in shapes for pass_ in PASSES for n in sorted(set(world_sizes))]
-    machine = {"cpu": _cpu_name(), "cores": cores(), "threads_per_process": 1, "torch": torch.__version__,
+    machine = {"cpu": cpu_name(), "cores": cores(), "threads_per_process": 1, "torch": torch.__version__,
                "python": platform.python_version(), "backend": "gloo", "tokens_per_rank": tokens,
                "warmup": effort.warmup, "repeats": effort.repeats}
     return {"machine": machine, "rows": rows}

@@ -5,11 +5,15 @@ shape and token count build a transformers ``MixtralSparseMoeBlock`` from a real
 ``MixtralConfig`` with random float32 weights, lift it with :func:`moescope.moe.from_hf`
 (same weights) and time, forward and forward+backward,
 
-* moescope's layer with ``dispatch="auto"``, and each other dispatch path that is cheap
-  enough (``bmm`` copies every pair's expert weights, so it runs only for small batches);
+* moescope's layer with ``dispatch="auto"``, and each other dispatch path but ``reference``;
 * transformers' ``eager`` experts (a loop over the experts that received tokens);
 * transformers' ``grouped_mm`` experts (``torch.nn.functional.grouped_mm``; skipped, with
-  the reason, where it fails; the kernel that actually ran is recorded).
+  the reason, where it fails; the kernel that actually ran is recorded);
+* the dense GEMMs of the same shapes: the router GEMM and one GEMM per projection per expert
+  hit, with that expert's token count as rows (and, for forward+backward, each one's input-
+  and weight-gradient GEMM), on contiguous operands and nothing else. It shows what this
+  machine's BLAS makes of the case's GEMM shapes, which the roofline's single large GEMM rate
+  does not: at small T the per-expert GEMMs have few rows and run far below that rate.
 
 Each time is the median of several runs after warm-up runs; the implementations of a case
 run in interleaved rounds, so load from other processes slows them alike. The roofline of a
@@ -65,9 +69,6 @@ SHAPES = (
 TOKENS = (16, 64, 1024, 4096)   # decode-like batches (weight-bound) to prefill-like (GEMM-bound)
 QUICK_TOKENS = (16, 1024)
 PASSES = ("forward", "forward+backward")
-# bmm gathers one copy of the expert weights per (token, expert) pair; beyond this many bytes
-# of copies it is slow enough to dominate the benchmark's run time, so it is left out.
-BMM_MAX_COPY_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class _Effort:
 
 _FULL = _Effort(gemm_size=2048, copy_values=32 * 2**20, probe_repeats=7, warmup=2, min_repeats=3, max_repeats=25,
               budget_s=1.5)
-_QUICK = _Effort(gemm_size=1024, copy_values=8 * 2**20, probe_repeats=3, warmup=1, min_repeats=2, max_repeats=3,
+_QUICK = _Effort(gemm_size=1024, copy_values=8 * 2**20, probe_repeats=5, warmup=1, min_repeats=2, max_repeats=3,
                budget_s=0.05)
 
 
@@ -110,7 +111,7 @@ def measure_machine(*, quick: bool = False) -> dict:
     copy_bw, read_bw = 2 * nbytes / copy, nbytes / read
     return {"gemm_flops": 2 * n**3 / gemm, "gemm_size": n, "copy_bytes_per_s": copy_bw, "read_bytes_per_s": read_bw,
             "bandwidth": max(copy_bw, read_bw), "probe_bytes": nbytes, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": _transformers_version(), "cpu": _cpu_name(),
+            "torch": torch.__version__, "transformers": _transformers_version(), "cpu": cpu_name(),
             "python": platform.python_version()}
 
 
@@ -145,9 +146,10 @@ def bench_moe(*, quick: bool = False, shapes: tuple[MoeShape, ...] = SHAPES, tok
     pass) with the shape, ``experts_hit``, the :func:`roofline` fields, ``times_s`` (median
     seconds per implementation), ``best_s`` (fastest run), ``repeats``, ``skipped``
     (implementation -> reason), ``hf_grouped_mm_kernel``, ``max_abs_diff`` (moescope against
-    HF eager, forward) and the ratios ``moescope_vs_hf_eager``, ``moescope_vs_hf_grouped_mm``
-    and ``moescope_vs_roofline`` (None where a time is missing). ``on_case`` is called
-    with a label before each case (for progress bars).
+    HF eager, forward) and the ratios ``moescope_vs_hf_eager``, ``moescope_vs_hf_grouped_mm``,
+    ``moescope_vs_roofline``, ``moescope_vs_dense_gemms`` and ``dense_gemms_vs_roofline`` (None
+    where a time is missing); ``dense_gemms`` in the times is the dense GEMMs of the same
+    shapes. ``on_case`` is called with a label before each case (for progress bars).
     """
     tokens = tokens if tokens is not None else (QUICK_TOKENS if quick else TOKENS)
     if not tokens or min(tokens) < 1:
@@ -164,7 +166,8 @@ def bench_moe(*, quick: bool = False, shapes: tuple[MoeShape, ...] = SHAPES, tok
                 out = layer(x)
                 block.experts.config._experts_implementation = "eager"
                 diff = float((out.hidden - block(x)).abs().max())
-            hit = int((out.routing.tokens_per_expert > 0).sum())
+            counts = out.routing.tokens_per_expert.tolist()
+            hit = sum(n > 0 for n in counts)
             kernel = _grouped_mm_kernel(block, x)
             for pass_ in PASSES:
                 if on_case is not None:
@@ -172,7 +175,7 @@ def bench_moe(*, quick: bool = False, shapes: tuple[MoeShape, ...] = SHAPES, tok
                 row = {**asdict(shape), "shape": shape.name, "tokens": t, "pass": pass_, "experts_hit": hit,
                        "max_abs_diff": diff, "hf_grouped_mm_kernel": kernel}
                 del row["name"]
-                row.update(_time_case(block, layer, x, shape, pass_ != "forward", effort))
+                row.update(_time_case(block, layer, x, shape, counts, pass_ != "forward", effort))
                 rows.append(row)
     machine = _faster(before, measure_machine(quick=quick))
     for row in rows:
@@ -192,12 +195,10 @@ def _faster(first: dict, second: dict) -> dict:
             "probes": [{k: p[k] for k in keys} for p in (first, second)]}
 
 
-def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, backward: bool, effort: _Effort) -> dict:
+def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, counts: list[int], backward: bool,
+               effort: _Effort) -> dict:
     runs: dict[str, Callable[[Tensor], Tensor]] = {}
     for method in ("auto", *(m for m in METHODS if m not in ("auto", AUTO_METHOD, "reference"))):
-        if method == "bmm" and x.shape[1] * shape.top_k * 3 * shape.hidden * shape.intermediate * BYTES_PER_VALUE \
-                > BMM_MAX_COPY_BYTES:
-            continue
         runs["moescope" if method == "auto" else f"moescope_{method}"] = _layer_call(layer, method)
     for impl in ("eager", "grouped_mm"):
         runs[f"hf_{impl}"] = _block_call(block, impl)
@@ -223,6 +224,8 @@ def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, b
             skipped[name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
             continue
         steps[name] = step
+    steps["dense_gemms"] = _dense_gemms(shape, counts, x.shape[1], backward)
+    first["dense_gemms"] = _warm(steps["dense_gemms"], effort)
     # Interleaved rounds (one run of each implementation per round): a burst of load from
     # other processes slows every implementation of a round alike instead of one of them.
     per_round = max(sum(first.values()), 1e-9)
@@ -239,14 +242,41 @@ def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, b
             "repeats": {n: len(v) for n, v in samples.items()}, "skipped": skipped}
 
 
+def _dense_gemms(shape: MoeShape, counts: list[int], tokens: int, backward: bool) -> Callable[[], None]:
+    """The layer's GEMMs alone, on dense contiguous operands into preallocated outputs: the router's
+    (T, H)·(H, E) and, per expert with n > 0 tokens, (n, H)·(H, 2I) and (n, I)·(I, H); with ``backward``
+    also each one's input gradient (e.g. (n, 2I)·(2I, H)) and weight gradient (e.g. (2I, n)·(n, H)). No
+    gather, activation or scatter, and no fresh (page-faulting) gradient buffers: what MKL makes of
+    these shapes on this machine, a floor for any implementation that runs one GEMM per expert."""
+    h, i, e = shape.hidden, shape.intermediate, shape.num_experts
+    dims = [(tokens, h, e)] + [d for n in counts if n > 0 for d in ((n, h, 2 * i), (n, i, h))]   # (m, k, n)
+    g = torch.Generator().manual_seed(0)
+    ops = []
+    for m, k, n in dims:
+        a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+        ops.append((a, b, torch.empty(m, n)))
+        if backward:
+            c = torch.randn(m, n, generator=g)
+            ops.append((c, b.t().contiguous(), torch.empty(m, k)))        # input gradient (m, n)·(n, k)
+            ops.append((a.t().contiguous(), c, torch.empty(k, n)))        # weight gradient (k, m)·(m, n)
+
+    def step() -> None:
+        for a, b, out in ops:
+            torch.mm(a, b, out=out)
+    return step
+
+
 def _ratios(row: dict) -> dict:
-    """moescope's time over HF eager's, HF grouped_mm's and the roofline: of the medians, and
-    (``*_best``) of the fastest runs, which other processes' load disturbs less."""
+    """moescope's time over HF eager's, HF grouped_mm's, the roofline and the dense GEMMs of the
+    same shapes, and the dense GEMMs' over the roofline: of the medians, and (``*_best``) of the
+    fastest runs, which other processes' load disturbs less."""
     for suffix, times in (("", row["times_s"]), ("_best", row["best_s"])):
         ms = times.get("moescope")
         for name, other in (("hf_eager", times.get("hf_eager")), ("hf_grouped_mm", times.get("hf_grouped_mm")),
-                            ("roofline", row["roofline_s"])):
+                            ("roofline", row["roofline_s"]), ("dense_gemms", times.get("dense_gemms"))):
             row[f"moescope_vs_{name}{suffix}"] = None if ms is None or other is None else ms / other
+        dense = times.get("dense_gemms")
+        row[f"dense_gemms_vs_roofline{suffix}"] = None if dense is None else dense / row["roofline_s"]
     return row
 
 
@@ -323,7 +353,7 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -356,21 +386,22 @@ def machine_lines(machine: dict) -> list[str]:
 
 
 def moe_table(result: dict, stat: str = "median"):
-    """A rich table of the rows: ms per implementation (``stat``: the ``median`` or the ``best``
-    run), then moescope (auto) divided by HF eager, by HF grouped_mm and by the roofline
-    (m/c after the roofline: memory- or compute-bound)."""
+    """A rich table of the rows: the roofline (m/c: memory- or compute-bound), the dense GEMMs of
+    the same shapes, ms per implementation (``stat``: the ``median`` or the ``best`` run), then
+    moescope (auto) divided by HF eager, by HF grouped_mm, by the roofline and by the dense GEMMs."""
     from rich.table import Table
 
     if stat not in ("median", "best"):
         raise ValueError(f"stat must be 'median' or 'best'; got stat={stat!r}")
     key, suffix = ("times_s", "") if stat == "median" else ("best_s", "_best")
     rows = result["rows"]
-    labels = {"moescope": "moescope", **{f"moescope_{m}": m for m in METHODS if m not in ("auto", "reference")},
+    labels = {"dense_gemms": "dense GEMMs of the same shapes", "moescope": "moescope",
+              **{f"moescope_{m}": m for m in METHODS if m not in ("auto", "reference")},
               "hf_eager": "HF eager", "hf_grouped_mm": "HF grouped"}
     impls = [k for k in labels if any(k in r[key] for r in rows)]
     table = Table(title=f"MoE layer forward / forward+backward: {stat} ms; ratios = moescope ÷ other")
     for col in ("shape", "T", "pass", "hit", "roofline", *(labels[k] for k in impls), "÷eager", "÷grouped",
-                "÷roofline"):
+                "÷roofline", "÷dense"):
         table.add_column(col, justify="left" if col in ("shape", "pass") else "right")
 
     def ms(v: float | None) -> str:
@@ -383,5 +414,6 @@ def moe_table(result: dict, stat: str = "median"):
         table.add_row(r["shape"], str(r["tokens"]), "fwd" if r["pass"] == "forward" else "fwd+bwd",
                       f"{r['experts_hit']}/{r['num_experts']}", f"{ms(r['roofline_s'])} {r['bound'][0]}",
                       *(ms(r[key].get(k)) for k in impls), ratio(r[f"moescope_vs_hf_eager{suffix}"]),
-                      ratio(r[f"moescope_vs_hf_grouped_mm{suffix}"]), ratio(r[f"moescope_vs_roofline{suffix}"]))
+                      ratio(r[f"moescope_vs_hf_grouped_mm{suffix}"]), ratio(r[f"moescope_vs_roofline{suffix}"]),
+                      ratio(r[f"moescope_vs_dense_gemms{suffix}"]))
     return table

@@ -15,17 +15,24 @@ skipping slots with i_tj = -1. The paths:
                routing weight folded in, one GEMM per expert again, ``index_add_`` into the
                output. Forward and backward are one custom autograd function
                (:class:`_SortedExperts`).
-* ``bmm``    — gather each pair's expert weights and run a batched matmul: no per-expert
-               Python loop, but it copies weights per pair, so it only pays off for a
-               handful of pairs on devices where kernel launches dominate.
+* ``bmm``    — pad every expert's rows to m, the most any expert received, and run each
+               projection as one ``torch.bmm`` over the whole (E, ·, ·) bank (one MKL batched
+               GEMM, no per-expert Python loop); the backward (:class:`_PaddedExperts`) writes
+               each weight gradient with one more ``bmm``, zero for experts without tokens. It
+               reads every expert's weights and computes E·m ≥ S rows, so it pays off only
+               where the routing is balanced and the per-expert loop's overhead dominates.
 * ``reference`` — a per-token loop, the slow oracle the tests hold the others against.
 
-``auto`` picks ``sorted``: with ``moescope bench moe`` (2 CPU cores, float32, torch 2.13 +
+``auto`` picks ``sorted``. With ``moescope bench moe`` (2 CPU cores, float32, torch 2.13 +
 MKL; H=512 with I=1024 E=8 k=2 and with I=128 E=64 k=6; T = 16, 64, 1024, 4096) it is the
-fastest moescope path at every point, forward and forward+backward. ``loop`` runs the same
-GEMMs but pays autograd and an allocation per expert: 1.05–2.6× slower forward, 1.2–6× (8
-experts) and 5–27× (64 experts) forward+backward; ``bmm`` copies each pair's expert weights
-(0.8–6 MB) and is 4–18× slower where it was run at all (T = 16).
+fastest moescope path forward at every point and, within the machine's noise (~10% between
+runs on a shared machine), forward+backward. ``bmm`` is 1.25–1.4× slower forward at T=16
+(the padding, m up to 2.2× the mean rows per expert, and the weights of experts without
+tokens cost more than the per-expert loop it saves) and from 10% faster to 10% slower
+forward+backward at T ≤ 64, depending on the run; at T=1024 it is even (64 experts) or
+slower (8 experts), at T=4096 up to 1.2× slower. ``loop`` runs the same GEMMs as ``sorted``
+but pays autograd and an allocation per expert: 1.05–2.6× slower forward, 1.2–6× (8
+experts) and 5–27× (64 experts) forward+backward.
 
 What makes ``sorted`` fast on CPU (each measured on that machine):
 
@@ -214,10 +221,10 @@ def _fast_swiglu(experts: Experts) -> bool:
 
 
 def _activation(experts: Experts, h: Tensor) -> Tensor:
-    """(n, 2I | I) first projection -> a fresh (n, I) activation (may be scaled in place)."""
+    """(..., 2I | I) first projection -> a fresh (..., I) activation (may be scaled in place)."""
     if _fast_swiglu(experts):
         i = experts.intermediate
-        return F.silu(h[:, :i]).mul_(h[:, i:])
+        return F.silu(h[..., :i]).mul_(h[..., i:])
     return experts.inner(h)
 
 
@@ -407,14 +414,6 @@ def _sorted(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weigh
     return _forward(*args, plan, keep=False)[0]
 
 
-def _pairs(indices: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Valid (token, expert, weight) pairs, flattened in token-major order."""
-    k = indices.shape[-1]
-    flat = indices.reshape(-1)
-    valid = (flat >= 0).nonzero().squeeze(-1)
-    return valid // k, flat[valid], weights.reshape(-1)[valid]
-
-
 def _loop(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_input: bool) -> Tensor:
     out = x.new_zeros(x.shape)
     hit = torch.unique(indices[indices >= 0]).tolist()
@@ -427,21 +426,128 @@ def _loop(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_
     return out
 
 
-def _bmm(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_input: bool) -> Tensor:
-    tok, exp, w = _pairs(indices, weights)
-    rows = x[tok]
-    w = w.to(x.dtype).unsqueeze(-1)
+class _PaddedExperts(torch.autograd.Function):
+    """The ``bmm`` path as one autograd node: the expert MLP on the (E, m, ·) padded blocks, one
+    ``torch.bmm`` per projection over the whole expert bank. Inputs x (T, H), w (E·m,) the
+    routing weights in the padded layout (0 on padding), the expert weights and biases, ``tok``
+    (E·m,) each padded row's token (T, a zero row, on padding), ``dest`` (S,) each sorted pair's
+    padded row and ``tok_sorted`` (S,) its token; ``experts`` and ``weight_input`` as for
+    ``sorted``. Padding rows read the zero row, carry weight 0 and are never scattered back, so
+    they contribute nothing to the output or to any gradient."""
+
+    @staticmethod
+    def forward(ctx, x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted, experts, weight_input):
+        out, xs, h = _padded_forward(x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted,
+                                     experts, weight_input)
+        ctx.save_for_backward(x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted, xs, h)
+        ctx.experts, ctx.weight_input = experts, weight_input
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out):
+        x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted, xs, h = ctx.saved_tensors
+        experts, win, need = ctx.experts, ctx.weight_input, ctx.needs_input_grad
+        num_experts, m = h.shape[:2]
+        wc = w.view(num_experts, m, 1)
+        g_y = _gather_padded(g_out.contiguous(), tok).view(num_experts, m, x.shape[1])   # (E, m, H)
+        if _fast_swiglu(experts):
+            inner = experts.intermediate
+            silu_g = F.silu(h[..., :inner])
+            a0 = silu_g * h[..., inner:]                                        # (E, m, I)
+        else:
+            with torch.enable_grad():
+                h_leaf = h.detach().requires_grad_(True)
+                a0_graph = experts.inner(h_leaf)
+            a0 = a0_graph.detach()
+        a = a0 if win else a0 * wc                                              # what down_proj saw
+        g_down = torch.bmm(g_y.transpose(1, 2), a) if need[3] else None        # (E, H, I)
+        g_down_bias = None
+        if down_bias is not None and need[5]:
+            g_down_bias = g_y.sum(1) if win else torch.bmm(wc.transpose(1, 2), g_y).squeeze(1)   # (E, H)
+        g_a = torch.bmm(g_y, down)                                              # (E, m, I)
+        g_w = None
+        if not win:
+            if need[1]:
+                g_w = (g_a * a0).sum(-1)
+                if down_bias is not None:
+                    g_w += torch.bmm(g_y, down_bias.unsqueeze(-1)).squeeze(-1)
+            g_a.mul_(wc)                                                        # now d/d a0
+        if _fast_swiglu(experts):
+            g_h = torch.empty_like(h)
+            torch.mul(g_a, silu_g, out=g_h[..., inner:])
+            torch.ops.aten.silu_backward.grad_input(g_a.mul_(h[..., inner:]), h[..., :inner],
+                                                    grad_input=g_h[..., :inner])
+        else:
+            (g_h,) = torch.autograd.grad(a0_graph, h_leaf, g_a)
+        g_gate_up_bias = g_h.sum(1) if gate_up_bias is not None and need[4] else None
+        g_gate_up = torch.bmm(g_h.transpose(1, 2), xs) if need[2] else None    # (E, 2I | I, H)
+        g_x = None
+        if need[0] or (win and need[1]):
+            g_xs = torch.bmm(g_h, gate_up)                                      # (E, m, H)
+            if win:
+                if need[1]:
+                    g_w = (g_xs * _gather_padded(x, tok).view_as(g_xs)).sum(-1)
+                g_xs.mul_(wc)
+            if need[0]:
+                g_x = torch.zeros_like(x).index_add_(0, tok_sorted, g_xs.view(-1, x.shape[1]).index_select(0, dest))
+        g_w = None if g_w is None else g_w.view(-1)
+        return g_x, g_w, g_gate_up, g_down, g_gate_up_bias, g_down_bias, None, None, None, None, None
+
+
+def _gather_padded(x: Tensor, tok: Tensor) -> Tensor:
+    """Rows ``tok`` (n,) of x (T, ·), where index T gives a zero row -> (n, ·)."""
+    return torch.cat((x, x.new_zeros(1, x.shape[1]))).index_select(0, tok)
+
+
+def _padded_forward(x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted, experts, weight_input):
+    """The output (T, H), the padded inputs xs (E, m, H) and first projection h (E, m, 2I | I)."""
+    num_experts = gate_up.shape[0]
+    m = w.numel() // num_experts
+    wc = w.view(num_experts, m, 1)                                              # (E, m, 1)
+    xs = _gather_padded(x, tok).view(num_experts, m, x.shape[1])                # (E, m, H)
     if weight_input:
-        rows = rows * w
-    first = torch.bmm(experts.gate_up_proj[exp], rows.unsqueeze(-1)).squeeze(-1)   # (S, 2I)
-    if experts.gate_up_bias is not None:
-        first = first + experts.gate_up_bias[exp]
-    y = torch.bmm(experts.down_proj[exp], experts.inner(first).unsqueeze(-1)).squeeze(-1)  # (S, H)
-    if experts.down_bias is not None:
-        y = y + experts.down_bias[exp]
+        xs.mul_(wc)
+    h = torch.bmm(xs, gate_up.transpose(1, 2))                                  # (E, m, 2I | I)
+    if gate_up_bias is not None:
+        h += gate_up_bias.unsqueeze(1)
+    a = _activation(experts, h)                                                 # (E, m, I)
     if not weight_input:
-        y = y * w
-    return x.new_zeros(x.shape).index_add(0, tok, y)
+        a.mul_(wc)
+    y = torch.bmm(a, down.transpose(1, 2))                                      # (E, m, H)
+    if down_bias is not None:
+        y += down_bias.unsqueeze(1) if weight_input else wc * down_bias.unsqueeze(1)
+    out = torch.zeros_like(x).index_add_(0, tok_sorted, y.view(-1, x.shape[1]).index_select(0, dest))
+    return out, xs, h
+
+
+def _padded_layout(indices: Tensor, num_experts: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The (E, m) padded layout of the valid (token, expert) pairs, m the most pairs any expert
+    got: ``slot`` (E·m,) each padded row's position in the flattened (T·k) routing (T·k on
+    padding), ``dest`` (S,) each pair's padded row, pairs sorted by expert then token, and
+    ``order`` (S,) each sorted pair's position in the routing."""
+    flat = indices.reshape(-1)
+    expert, order = torch.sort(flat, stable=True)                               # empty slots (-1) first
+    counts = torch.bincount(expert + 1, minlength=num_experts + 1)
+    empty, m = (int(v) for v in torch.stack((counts[0], counts[1:].max())).tolist())
+    expert, order = expert[empty:], order[empty:]
+    per_expert = counts[1:]
+    first = per_expert.cumsum(0) - per_expert                                   # (E,) each expert's first pair
+    dest = expert * m + torch.arange(order.numel()) - first[expert]             # (S,)
+    slot = flat.new_full((num_experts * m,), flat.numel()).index_copy_(0, dest, order)
+    return slot, dest, order
+
+
+def _bmm(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_input: bool) -> Tensor:
+    k = indices.shape[-1]
+    slot, dest, order = _padded_layout(indices, experts.num_experts)
+    tok = torch.div(slot, k, rounding_mode="floor")                             # (E·m,), T on padding
+    w = torch.cat((weights.reshape(-1), weights.new_zeros(1)))[slot].to(x.dtype)   # (E·m,), 0 on padding
+    args = (x, w, experts.gate_up_proj, experts.down_proj, experts.gate_up_bias, experts.down_bias)
+    rest = (tok, dest, torch.div(order, k, rounding_mode="floor"), experts, weight_input)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        return _PaddedExperts.apply(*args, *rest)
+    return _padded_forward(*args, *rest)[0]
 
 
 def reference_dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts,
