@@ -39,7 +39,7 @@ def test_bench_rows_structure():
         assert (r["shape"], r["hidden"], r["intermediate"], r["num_experts"], r["top_k"]) == ("tiny", 16, 8, 4, 2)
         assert 1 <= r["experts_hit"] <= min(4, r["tokens"] * 2)
         assert r["max_abs_diff"] < 1e-5                       # the same weights give the same output
-        assert {"moescope", "moescope_loop", "moescope_bmm", "hf_eager"} <= set(r["times_s"])
+        assert {"moescope", "moescope_loop", "moescope_bmm", "hf_eager", "dense_gemms"} <= set(r["times_s"])
         assert set(r["times_s"]) | set(r["skipped"]) >= {"hf_grouped_mm"}
         assert "moescope_sorted" not in r["times_s"]          # auto runs sorted; not timed twice
         for name, t in r["times_s"].items():
@@ -51,14 +51,37 @@ def test_bench_rows_structure():
         assert r["moescope_vs_roofline"] == pytest.approx(r["times_s"]["moescope"] / r["roofline_s"])
         assert r["moescope_vs_hf_eager"] == pytest.approx(r["times_s"]["moescope"] / r["times_s"]["hf_eager"])
         assert r["moescope_vs_roofline_best"] == pytest.approx(r["best_s"]["moescope"] / r["roofline_s"])
+        assert r["moescope_vs_dense_gemms"] == pytest.approx(r["times_s"]["moescope"] / r["times_s"]["dense_gemms"])
+        assert r["dense_gemms_vs_roofline"] == pytest.approx(r["times_s"]["dense_gemms"] / r["roofline_s"])
     json.dumps(result, allow_nan=False)  # plain JSON
     for stat in ("median", "best"):
         console = Console(record=True, width=200)
         console.print(moe_table(result, stat=stat))
         text = console.export_text()
-        assert f"{stat} ms" in text and "tiny" in text
+        assert f"{stat} ms" in text and "tiny" in text and "dense GEMMs" in text
     with pytest.raises(ValueError, match="stat must be"):
         moe_table(result, stat="mean")
+
+
+def test_dense_gemms_shapes():
+    # counts (3, 0, 2) at T=4, H=16, I=4, E=3: the router (4, 16)·(16, 3), then per expert hit
+    # (n, 16)·(16, 8) and (n, 4)·(4, 16): 1 + 2·2 = 5 GEMMs forward; backward adds an input-
+    # and a weight-gradient GEMM for each, e.g. (4, 3)·(3, 16) and (16, 4)·(4, 3) for the router's.
+    from unittest import mock
+
+    import torch
+
+    shape = MoeShape("t", hidden=16, intermediate=4, num_experts=3, top_k=2)
+    for backward, expected in ((False, [((4, 16), (16, 3)), ((3, 16), (16, 8)), ((3, 4), (4, 16)),
+                                        ((2, 16), (16, 8)), ((2, 4), (4, 16))]), (True, None)):
+        step = benchmark._dense_gemms(shape, [3, 0, 2], 4, backward)
+        with mock.patch.object(torch, "mm", wraps=torch.mm) as spy:
+            step()
+        shapes = [(tuple(c.args[0].shape), tuple(c.args[1].shape)) for c in spy.call_args_list]
+        if backward:
+            assert len(shapes) == 15 and shapes[1:3] == [((4, 3), (3, 16)), ((16, 4), (4, 3))]
+        else:
+            assert shapes == expected
 
 
 def test_bench_rejects_bad_tokens():
