@@ -36,15 +36,11 @@ Profiles (2-core VM, one thread per run, two runs at once):
   250 steps, 200k characters per domain, one seed: 11 runs, 249 CPU-seconds in all
   (13–37 s a run); measured 153 s wall for the whole profile on a quiet machine (240–430 s
   while other jobs shared the two cores).
-* ``full`` — d_model 128, 4 layers, seq_len 128, 8 experts of I = 256, batch 16, 500 steps,
-  300k characters per domain, 3 seeds of the baseline and of α = 0: 15 runs; estimated
-  ~3300 CPU-seconds from the measured cost of a step of each run (0.3–0.7 s), i.e. about
-  28 minutes of wall time.
-
-Data parallel. Under ``torchrun --nproc_per_node N`` (see :func:`train_lab_runs`, the
-``moescope train`` command) :func:`run_profile` trains the runs one after another, each on all N
-ranks (:func:`~moescope.lab.train.train_run`'s data parallelism), in the directories
-``moescope lab`` reads, which then finds them finished and only re-evaluates them.
+* ``full`` — d_model 128, 4 layers, seq_len 128, 8 experts of I = 256, batch 16, 400 steps,
+  300k characters per domain, 3 seeds of the baseline and of α = 0: 15 runs. At 500 steps a
+  run took 274–480 s on a quiet 2-core VM (two at once), which projected the whole lab to
+  ~47 minutes, over its 45-minute budget; 400 steps projects it to ~40 (not yet measured end
+  to end).
 """
 
 from __future__ import annotations
@@ -115,7 +111,7 @@ def profile(name: str = "quick") -> Profile:
         return Profile(name="full", corpus=CorpusConfig(chars_per_domain=300_000),
                        lm=LMConfig(vocab_size=2048, d_model=128, n_layer=4, n_head=4, seq_len=128,
                                    moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=256)),
-                       train=TrainConfig(steps=500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=40,
+                       train=TrainConfig(steps=400, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=40,
                                          checkpoint_every=100, eval_windows=64),
                        replicates=3)
     raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {name!r}")
