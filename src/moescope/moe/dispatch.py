@@ -220,6 +220,32 @@ def _fast_swiglu(experts: Experts) -> bool:
     return experts.gate == "swiglu" and experts.act is F.silu
 
 
+class _Recomputed:
+    """The experts' activation a0 = inner(h) recomputed from the kept first projection h
+    (..., 2I | I), and its backward: ``backward(g_a)`` -> d/dh (may overwrite ``g_a``)."""
+
+    def __init__(self, experts: Experts, h: Tensor) -> None:
+        self.h, self.fast = h, _fast_swiglu(experts)
+        if self.fast:
+            self.inner = experts.intermediate
+            self.silu_g = F.silu(h[..., : self.inner])
+            self.a0 = self.silu_g * h[..., self.inner :]
+        else:
+            with torch.enable_grad():
+                self.h_leaf = h.detach().requires_grad_(True)
+                self.graph = experts.inner(self.h_leaf)
+            self.a0 = self.graph.detach()
+
+    def backward(self, g_a: Tensor) -> Tensor:
+        if not self.fast:
+            return torch.autograd.grad(self.graph, self.h_leaf, g_a)[0]
+        h, i = self.h, self.inner
+        g_h = torch.empty_like(h)
+        torch.mul(g_a, self.silu_g, out=g_h[..., i:])
+        torch.ops.aten.silu_backward.grad_input(g_a.mul_(h[..., i:]), h[..., :i], grad_input=g_h[..., :i])
+        return g_h
+
+
 def _activation(experts: Experts, h: Tensor) -> Tensor:
     """(..., 2I | I) first projection -> a fresh (..., I) activation (may be scaled in place)."""
     if _fast_swiglu(experts):
@@ -342,7 +368,7 @@ class _SortedExperts(torch.autograd.Function):
     def backward(ctx, g_out):
         x, w, gate_up, down, gate_up_bias, down_bias = ctx.saved_tensors
         plan, need = ctx.plan, ctx.needs_input_grad
-        experts, win, inner = plan.experts, plan.weight_input, plan.experts.intermediate
+        experts, win = plan.experts, plan.weight_input
         g_out = g_out.contiguous()
         g_x = torch.zeros_like(x) if need[0] else None
         g_w = torch.empty_like(w) if need[1] else None
@@ -354,15 +380,8 @@ class _SortedExperts(torch.autograd.Function):
             start, stop, sizes = chunk.start, chunk.stop, chunk.sizes
             tok, wc = plan.tok[start:stop], w[start:stop].unsqueeze(-1)
             g_y = g_out.index_select(0, tok)                                   # (n, H)
-            # the activation again, from the kept first projection
-            if _fast_swiglu(experts):
-                silu_g = F.silu(h[:, :inner])
-                a0 = silu_g * h[:, inner:]
-            else:
-                with torch.enable_grad():
-                    h_leaf = h.detach().requires_grad_(True)
-                    a0_graph = experts.inner(h_leaf)
-                a0 = a0_graph.detach()
+            act = _Recomputed(experts, h)                                      # the activation again
+            a0 = act.a0
             a = a0 if win else a0 * wc                                         # what down_proj saw
             g_a = _times(g_y, down_bank, chunk)                                # (n, I)
             g_down.outer(g_y, a, chunk)
@@ -377,13 +396,7 @@ class _SortedExperts(torch.autograd.Function):
                             gwb += gyb @ down_bias[e]
                     g_w[start:stop] = g_wc
                 g_a.mul_(wc)                                                   # now d/d a0
-            if _fast_swiglu(experts):
-                g_h = torch.empty_like(h)
-                torch.mul(g_a, silu_g, out=g_h[:, inner:])
-                torch.ops.aten.silu_backward.grad_input(g_a.mul_(h[:, inner:]), h[:, :inner],
-                                                        grad_input=g_h[:, :inner])
-            else:
-                (g_h,) = torch.autograd.grad(a0_graph, h_leaf, g_a)
+            g_h = act.backward(g_a)
             if gate_up_bias is not None:
                 for e, ghb in zip(chunk.experts, g_h.split(sizes), strict=True):
                     g_gate_up_bias.add(e, ghb.sum(0))
@@ -451,15 +464,8 @@ class _PaddedExperts(torch.autograd.Function):
         num_experts, m = h.shape[:2]
         wc = w.view(num_experts, m, 1)
         g_y = _gather_padded(g_out.contiguous(), tok).view(num_experts, m, x.shape[1])   # (E, m, H)
-        if _fast_swiglu(experts):
-            inner = experts.intermediate
-            silu_g = F.silu(h[..., :inner])
-            a0 = silu_g * h[..., inner:]                                        # (E, m, I)
-        else:
-            with torch.enable_grad():
-                h_leaf = h.detach().requires_grad_(True)
-                a0_graph = experts.inner(h_leaf)
-            a0 = a0_graph.detach()
+        act = _Recomputed(experts, h)
+        a0 = act.a0                                                             # (E, m, I)
         a = a0 if win else a0 * wc                                              # what down_proj saw
         g_down = torch.bmm(g_y.transpose(1, 2), a) if need[3] else None        # (E, H, I)
         g_down_bias = None
@@ -473,13 +479,7 @@ class _PaddedExperts(torch.autograd.Function):
                 if down_bias is not None:
                     g_w += torch.bmm(g_y, down_bias.unsqueeze(-1)).squeeze(-1)
             g_a.mul_(wc)                                                        # now d/d a0
-        if _fast_swiglu(experts):
-            g_h = torch.empty_like(h)
-            torch.mul(g_a, silu_g, out=g_h[..., inner:])
-            torch.ops.aten.silu_backward.grad_input(g_a.mul_(h[..., inner:]), h[..., :inner],
-                                                    grad_input=g_h[..., :inner])
-        else:
-            (g_h,) = torch.autograd.grad(a0_graph, h_leaf, g_a)
+        g_h = act.backward(g_a)
         g_gate_up_bias = g_h.sum(1) if gate_up_bias is not None and need[4] else None
         g_gate_up = torch.bmm(g_h.transpose(1, 2), xs) if need[2] else None    # (E, 2I | I, H)
         g_x = None
