@@ -37,10 +37,9 @@ Profiles (2-core VM, one thread per run, two runs at once):
   (13–37 s a run); measured 153 s wall for the whole profile on a quiet machine (240–430 s
   while other jobs shared the two cores).
 * ``full`` — d_model 128, 4 layers, seq_len 128, 8 experts of I = 256, batch 16, 400 steps,
-  300k characters per domain, 3 seeds of the baseline and of α = 0: 15 runs. At 500 steps a
-  run took 274–480 s on a quiet 2-core VM (two at once), which projected the whole lab to
-  ~47 minutes, over its 45-minute budget; 400 steps projects it to ~40 (not yet measured end
-  to end).
+  300k characters per domain, 3 seeds of the baseline and of α = 0: 15 runs. Measured end to
+  end on a quiet 2-core VM: 2,571 s (43 min, budget 45), of which training 2,369 s (4,600
+  CPU-seconds) and the post-training claims 190 s. (At 500 steps it projected to ~47 min.)
 """
 
 from __future__ import annotations
