@@ -100,9 +100,18 @@ def test_gradcheck_float64():
                                     (xs, w, experts.gate_up_proj, experts.down_proj))
 
 
-def test_gradcheck_float64_bmm():
-    """The padded-bmm path's hand-written backward, for every input, both weightings, with biases."""
-    idx = torch.tensor([[0, 2], [1, -1], [2, 0], [5, 2]])
+BIG_ROUTING = torch.tensor([[0, 1 + t % 5] for t in range(8)]).index_put_((torch.tensor([3]), torch.tensor([1])),
+                                                                        torch.tensor(-1))
+
+
+@pytest.mark.parametrize("idx", [torch.tensor([[0, 2], [1, -1], [2, 0], [5, 2]]), BIG_ROUTING],
+                         ids=["rows-side", "weight-side"])
+def test_gradcheck_float64_bmm(idx):
+    """The padded-bmm path's hand-written backward, for every input, both weightings, with biases; with
+    m = 2 rows per expert (GEMMs as rows·Wᵀ) and m = 8 (as W·rowsᵀ)."""
+    dispatch_module = importlib.import_module("moescope.moe.dispatch")
+    most = int(torch.bincount(idx[idx >= 0]).max())
+    assert (most >= dispatch_module._WEIGHT_SIDE_ROWS) == (idx is BIG_ROUTING)
     for gate, weight_input in (("swiglu", False), ("swiglu", True), ("gpt_oss", False), ("gpt_oss", True)):
         torch.manual_seed(0)
         experts = Experts(E, H, I, **GATES[gate]).double()
@@ -110,8 +119,8 @@ def test_gradcheck_float64_bmm():
             if experts.gate_up_bias is not None:
                 experts.gate_up_bias.normal_()
                 experts.down_bias.normal_()
-        w = torch.rand(4, 2, dtype=torch.float64, requires_grad=True)
-        xs = torch.randn(4, H, dtype=torch.float64, requires_grad=True)
+        w = torch.rand(idx.shape, dtype=torch.float64, requires_grad=True)
+        xs = torch.randn(idx.shape[0], H, dtype=torch.float64, requires_grad=True)
         params = list(experts.parameters())
 
         def f(a, b, *_, experts=experts, weight_input=weight_input):
@@ -257,3 +266,23 @@ def test_sorted_grouped_mm_float32(monkeypatch, router, gate, tokens, rows):
     for a, b, c in zip(results["grouped"], results["loop"], results["reference"], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(a.double(), c, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_method_rule():
+    """auto takes bmm only for enough, balanced rows in small buffers; the choice follows the counts."""
+    from moescope.moe.dispatch import _BMM_MIN_MEAN_ROWS, _CHUNK_ELEMENTS, auto_method
+
+    experts = Experts(4, 16, 8)                                        # widest buffer: 2I = H = 16 values a row
+    balanced = torch.arange(4).repeat(_BMM_MIN_MEAN_ROWS).view(-1, 2)  # every expert 8 rows: S = 32 = E·m
+    assert auto_method(balanced, experts) == "bmm"
+    assert auto_method(balanced[1:], experts) == "sorted"               # a mean under 8 rows
+    skewed = balanced.clone()
+    skewed[:, 0] = 0                                                    # expert 0: 16 rows, m·E = 64 = 2·32
+    assert auto_method(skewed, experts) == "bmm"
+    skewed[:4, 1] = 0                                                   # expert 0: 16 + 4 rows, m·E = 80 > 2·32
+    assert auto_method(skewed, experts) == "sorted"
+    dropped = balanced.clone()
+    dropped[0, 0] = -1                                                  # empty slots count for nothing
+    assert auto_method(torch.cat([balanced, dropped]), experts) == "bmm"
+    wide = Experts(4, 16, _CHUNK_ELEMENTS // (2 * 4 * _BMM_MIN_MEAN_ROWS) + 1)   # (E·m, 2I) over the chunk size
+    assert auto_method(balanced, wide) == "sorted"

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moescope.moe.dispatch import AUTO_METHOD, METHODS
+from moescope.moe.dispatch import METHODS, auto_method
 from moescope.moe.from_hf import from_hf
 
 BYTES_PER_VALUE = 4  # float32
@@ -173,7 +173,8 @@ def bench_moe(*, quick: bool = False, shapes: tuple[MoeShape, ...] = SHAPES, tok
                 if on_case is not None:
                     on_case(f"{shape.name} T={t} {pass_}")
                 row = {**asdict(shape), "shape": shape.name, "tokens": t, "pass": pass_, "experts_hit": hit,
-                       "max_abs_diff": diff, "hf_grouped_mm_kernel": kernel}
+                       "max_abs_diff": diff, "hf_grouped_mm_kernel": kernel,
+                       "auto_method": auto_method(out.routing.indices, layer.experts)}
                 del row["name"]
                 row.update(_time_case(block, layer, x, shape, counts, pass_ != "forward", effort))
                 rows.append(row)
@@ -198,7 +199,7 @@ def _faster(first: dict, second: dict) -> dict:
 def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, counts: list[int], backward: bool,
                effort: _Effort) -> dict:
     runs: dict[str, Callable[[Tensor], Tensor]] = {}
-    for method in ("auto", *(m for m in METHODS if m not in ("auto", AUTO_METHOD, "reference"))):
+    for method in (m for m in METHODS if m != "reference"):
         runs["moescope" if method == "auto" else f"moescope_{method}"] = _layer_call(layer, method)
     for impl in ("eager", "grouped_mm"):
         runs[f"hf_{impl}"] = _block_call(block, impl)
@@ -386,9 +387,10 @@ def machine_lines(machine: dict) -> list[str]:
 
 
 def moe_table(result: dict, stat: str = "median"):
-    """A rich table of the rows: the roofline (m/c: memory- or compute-bound), the dense GEMMs of
-    the same shapes, ms per implementation (``stat``: the ``median`` or the ``best`` run), then
-    moescope (auto) divided by HF eager, by HF grouped_mm, by the roofline and by the dense GEMMs."""
+    """A rich table of the rows: the path ``auto`` chose, the roofline (m/c: memory- or compute-
+    bound), the dense GEMMs of the same shapes, ms per implementation (``stat``: the ``median`` or
+    the ``best`` run), then moescope (auto) divided by HF eager, by HF grouped_mm, by the roofline
+    and by the dense GEMMs."""
     from rich.table import Table
 
     if stat not in ("median", "best"):
@@ -400,7 +402,7 @@ def moe_table(result: dict, stat: str = "median"):
               "hf_eager": "HF eager", "hf_grouped_mm": "HF grouped"}
     impls = [k for k in labels if any(k in r[key] for r in rows)]
     table = Table(title=f"MoE layer forward / forward+backward: {stat} ms; ratios = moescope ÷ other")
-    for col in ("shape", "T", "pass", "hit", "roofline", *(labels[k] for k in impls), "÷eager", "÷grouped",
+    for col in ("shape", "T", "pass", "hit", "auto runs", "roofline", *(labels[k] for k in impls), "÷eager", "÷grouped",
                 "÷roofline", "÷dense"):
         table.add_column(col, justify="left" if col in ("shape", "pass") else "right")
 
@@ -412,7 +414,8 @@ def moe_table(result: dict, stat: str = "median"):
 
     for r in rows:
         table.add_row(r["shape"], str(r["tokens"]), "fwd" if r["pass"] == "forward" else "fwd+bwd",
-                      f"{r['experts_hit']}/{r['num_experts']}", f"{ms(r['roofline_s'])} {r['bound'][0]}",
+                      f"{r['experts_hit']}/{r['num_experts']}", r.get("auto_method", "—"),
+                      f"{ms(r['roofline_s'])} {r['bound'][0]}",
                       *(ms(r[key].get(k)) for k in impls), ratio(r[f"moescope_vs_hf_eager{suffix}"]),
                       ratio(r[f"moescope_vs_hf_grouped_mm{suffix}"]), ratio(r[f"moescope_vs_roofline{suffix}"]),
                       ratio(r[f"moescope_vs_dense_gemms{suffix}"]))
