@@ -142,3 +142,48 @@ def test_constructor_errors(make, match):
 def test_wrong_hidden_size():
     with pytest.raises(ValueError, match="router expects hidden size 4"):
         TopKRouter(4, 3, 1)(torch.randn(2, 5))
+
+
+LAZY_ROUTERS = {
+    "topk": lambda: TopKRouter(12, 6, 2),
+    "switch": lambda: SwitchRouter(12, 6, capacity_factor=0.8),
+    "deepseek_v3": lambda: DeepSeekV3Router(12, 6, 2, n_group=3, topk_group=2),
+    "llama4": lambda: Llama4Router(12, 6, 2),
+    "expert_choice": lambda: ExpertChoiceRouter(12, 6, capacity_factor=1.5),
+}
+
+
+@pytest.mark.parametrize("name", list(LAZY_ROUTERS))
+def test_aux_losses_lazy_only_in_inference(name):
+    """Under no_grad the losses wait for their first read and then equal the eager ones; with
+    gradients (training) and inside global_token_sums (ranks must all-reduce in step) they are
+    computed at once."""
+    from moescope.moe.losses import global_token_sums
+    from moescope.moe.result import LazyLosses
+
+    torch.manual_seed(0)
+    router = LAZY_ROUTERS[name]()
+    x = torch.randn(2, 5, 12)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    eager = router(x, attention_mask=mask)
+    assert isinstance(eager.aux_losses, dict) and eager.aux_losses
+    assert all(v.requires_grad for v in eager.aux_losses.values())
+    with torch.no_grad():
+        lazy = router(x, attention_mask=mask)
+    assert isinstance(lazy.aux_losses, LazyLosses) and set(lazy.aux_losses) == set(eager.aux_losses)
+    for key, value in eager.aux_losses.items():
+        torch.testing.assert_close(lazy.aux_losses[key], value.detach(), rtol=0, atol=0)
+        assert not lazy.aux_losses[key].requires_grad                 # read outside no_grad: still no graph
+    with pytest.raises(KeyError):
+        lazy.aux_losses["nope"]
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with torch.no_grad(), global_token_sums():
+            summed = router(x, attention_mask=mask).aux_losses
+    finally:
+        dist.destroy_process_group()
+    assert isinstance(summed, dict)
+    for key, value in eager.aux_losses.items():                        # one rank: the sums are its own
+        torch.testing.assert_close(summed[key], value.detach())

@@ -65,6 +65,11 @@ def global_token_sums(group=None) -> Iterator[None]:
         _GROUPS.pop()
 
 
+def in_global_token_sums() -> bool:
+    """Whether a :func:`global_token_sums` block is open (the losses all-reduce their sums)."""
+    return bool(_GROUPS)
+
+
 class _AllReduceSum(torch.autograd.Function):
     """y = Σ_r x_r on every rank; backward: ∂/∂x_r = Σ_r' ∂L_r'/∂y (the ranks' gradients summed)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +22,8 @@ class RouterResult:
             slot of an expert-choice router).
         weights: (T, k) combine weights of those experts (0 at empty slots).
         tokens_per_expert: (E,) int64 (token, expert) assignments actually dispatched.
-        aux_losses: auxiliary losses by name, unscaled (the training loop picks coefficients).
+        aux_losses: auxiliary losses by name, unscaled (the training loop picks coefficients);
+            under ``torch.no_grad()`` computed when first read (see :func:`aux_losses`).
         weight_input: True when the weight scales the expert's *input* (Llama 4) instead of
             its output.
         stats: anything else the router measured (drop rate, soft dispatch statistics, ...).
@@ -32,7 +34,7 @@ class RouterResult:
     indices: Tensor
     weights: Tensor
     tokens_per_expert: Tensor
-    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+    aux_losses: Mapping[str, Tensor] = field(default_factory=dict)
     weight_input: bool = False
     stats: dict[str, Tensor] = field(default_factory=dict)
 
@@ -73,3 +75,39 @@ def count_tokens(indices: Tensor, num_experts: int) -> Tensor:
     boolean mask costs a ``nonzero`` (a host sync and a copy) on every router call.
     """
     return torch.bincount(indices.reshape(-1) + 1, minlength=num_experts + 1)[1:]
+
+
+class LazyLosses(Mapping[str, Tensor]):
+    """Named losses, each computed (under ``torch.no_grad()``) the first time it is read."""
+
+    def __init__(self, thunks: Mapping[str, Callable[[], Tensor]]) -> None:
+        self._thunks = dict(thunks)
+        self._values: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._values:
+            thunk = self._thunks[name]                       # KeyError for an unknown name, as a dict
+            with torch.no_grad():
+                self._values[name] = thunk()
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._thunks)
+
+    def __len__(self) -> int:
+        return len(self._thunks)
+
+    def __repr__(self) -> str:
+        return f"LazyLosses({sorted(self._thunks)}, computed={sorted(self._values)})"
+
+
+def aux_losses(**thunks: Callable[[], Tensor]) -> Mapping[str, Tensor]:
+    """A router's auxiliary losses from zero-argument functions: computed now where they can be
+    trained on (gradients enabled) or must be all-reduced in step with the other ranks (inside
+    :func:`moescope.moe.losses.global_token_sums`), else on first read. In inference nobody reads
+    them as a rule, and on a 16-token batch they cost about half the router's time."""
+    from moescope.moe.losses import in_global_token_sums
+
+    if torch.is_grad_enabled() or in_global_token_sums():
+        return {name: thunk() for name, thunk in thunks.items()}
+    return LazyLosses(thunks)

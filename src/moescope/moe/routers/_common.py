@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss, router_z_loss
-from moescope.moe.result import RouterResult, count_tokens
+from moescope.moe.result import RouterResult, aux_losses, count_tokens
 
 
 def check_positive(**values: int) -> None:
@@ -56,7 +56,8 @@ def softmax_result(logits: Tensor, probs: Tensor, indices: Tensor, weights: Tens
     experts tokens asked for, which differ from those used when capacity drops tokens.
     """
     chosen = indices if balance_indices is None else balance_indices
-    aux = {"load_balance": load_balancing_loss(probs, chosen, convention=balance, attention_mask=attention_mask),
-           "z_loss": router_z_loss(logits, attention_mask)}
+    aux = aux_losses(
+        load_balance=lambda: load_balancing_loss(probs, chosen, convention=balance, attention_mask=attention_mask),
+        z_loss=lambda: router_z_loss(logits, attention_mask))
     return RouterResult(logits=logits, scores=probs, indices=indices, weights=weights,
                         tokens_per_expert=count_tokens(indices, logits.shape[-1]), aux_losses=aux, **kw)

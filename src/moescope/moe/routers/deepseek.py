@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
-from moescope.moe.result import RouterResult, count_tokens
+from moescope.moe.result import RouterResult, aux_losses, count_tokens
 from moescope.moe.routers._common import centroids, check_positive, check_top_k, flat_tokens, fp32
 
 
@@ -78,8 +78,9 @@ class DeepSeekV3Router(nn.Module):
         if self.normalize_topk:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
         weights = weights * self.routed_scaling_factor
-        aux = {"seq_balance": load_balancing_loss(scores, indices, convention="deepseek_seq",
-                                                  attention_mask=attention_mask, sequence_length=seq_len)}
+        aux = aux_losses(seq_balance=lambda: load_balancing_loss(scores, indices, convention="deepseek_seq",
+                                                                 attention_mask=attention_mask,
+                                                                 sequence_length=seq_len))
         return RouterResult(logits=logits, scores=scores, indices=indices, weights=weights,
                             tokens_per_expert=count_tokens(indices, self.num_experts), aux_losses=aux,
                             stats={"selection_bias": self.selection_bias.detach().clone()})

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import router_z_loss
-from moescope.moe.result import RouterResult, count_tokens
+from moescope.moe.result import RouterResult, aux_losses, count_tokens
 from moescope.moe.routers._common import centroids, check_positive, flat_tokens, fp32
 
 
@@ -60,6 +60,6 @@ class ExpertChoiceRouter(nn.Module):
         indices = torch.where(valid, indices, -1)
         return RouterResult(logits=logits, scores=probs, indices=indices, weights=weights,
                             tokens_per_expert=count_tokens(indices, self.num_experts),
-                            aux_losses={"z_loss": router_z_loss(logits, attention_mask)},
+                            aux_losses=aux_losses(z_loss=lambda: router_z_loss(logits, attention_mask)),
                             stats={"capacity": torch.tensor(cap), "experts_per_token": per_token.float(),
                                    "unrouted_fraction": (per_token == 0).float().mean()})

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
-from moescope.moe.result import RouterResult, count_tokens
+from moescope.moe.result import RouterResult, aux_losses, count_tokens
 from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32
 
 
@@ -38,7 +38,8 @@ class Llama4Router(nn.Module):
         weights = torch.sigmoid(fp32(top))
         scores = torch.sigmoid(fp32(logits))
         normed = scores / scores.sum(-1, keepdim=True)
-        aux = {"load_balance": load_balancing_loss(normed, indices, convention="switch", attention_mask=attention_mask)}
+        aux = aux_losses(load_balance=lambda: load_balancing_loss(normed, indices, convention="switch",
+                                                                  attention_mask=attention_mask))
         return RouterResult(logits=fp32(logits), scores=scores, indices=indices, weights=weights,
                             tokens_per_expert=count_tokens(indices, self.num_experts), aux_losses=aux,
                             weight_input=True)
