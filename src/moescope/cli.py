@@ -355,13 +355,22 @@ def bench_moe_command(
     out: Annotated[Path | None, typer.Option(help="Also write the machine and rows to this JSON file.")] = None,
     stat: Annotated[str, typer.Option(help="Table of the 'median' run or of the 'best' (on a shared machine).")]
     = "median",
+    system_malloc: Annotated[bool, typer.Option(help="Leave glibc's malloc as it is: every fresh buffer of 32 MiB "
+                                                     "or more (a weight gradient) page-faults, for every "
+                                                     "implementation alike.")] = False,
 ) -> None:
-    """MoE layer time against transformers' eager and grouped_mm experts and against the roofline."""
+    """MoE layer time against transformers' eager and grouped_mm experts and against the roofline.
+
+    Freed memory is kept for reuse first (moescope.moe.memory.retain_freed_memory), for moescope and
+    transformers alike, unless --system-malloc.
+    """
     from moescope._files import write_json_atomic
     from moescope.moe.benchmark import bench_moe, case_count, machine_lines, moe_table
+    from moescope.moe.memory import retain_freed_memory
 
     if stat not in ("median", "best"):
         raise typer.BadParameter(f"--stat must be 'median' or 'best'; got {stat!r}")
+    retained = not system_malloc and retain_freed_memory()
     stdout = Console()
     if not stdout.is_terminal:
         stdout.width = 160  # a file or pipe gets the whole table, not 80 columns of it
@@ -369,6 +378,8 @@ def bench_moe_command(
                   transient=True) as progress:
         task = progress.add_task("benchmark", total=case_count(quick=quick))
         result = bench_moe(quick=quick, on_case=lambda label: progress.update(task, description=label, advance=1))
+    result["machine"]["malloc"] = ("freed memory retained for reuse (glibc mallopt: M_MMAP_MAX=0, no trim)"
+                                   if retained else "the system's malloc as configured")
     for line in machine_lines(result["machine"]):
         stdout.print(line)
     stdout.print(moe_table(result, stat=stat))

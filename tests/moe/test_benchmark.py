@@ -102,13 +102,21 @@ def test_cli_bench_moe_help():
 
 
 def test_cli_bench_moe_writes_json(tmp_path, monkeypatch):
+    from moescope.moe import memory
+
     real = benchmark.bench_moe
     monkeypatch.setattr(benchmark, "bench_moe", lambda **kw: real(**kw, shapes=TINY, tokens=(5,)))
+    calls = []   # not for real: the setting would outlive the test, for the whole test process
+    monkeypatch.setattr(memory, "retain_freed_memory", lambda: calls.append(1) or True)
     out = tmp_path / "bench.json"
     result = runner.invoke(app, ["bench", "moe", "--quick", "--stat", "best", "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 2 and data["machine"]["threads"] >= 1
     assert "GFLOP/s" in result.output and "tiny" in result.output and "best ms" in result.output
+    assert calls == [1] and "Memory: freed memory retained" in result.output
+    result = runner.invoke(app, ["bench", "moe", "--quick", "--system-malloc"])
+    assert result.exit_code == 0, result.output
+    assert calls == [1] and "Memory: the system's malloc" in result.output
     result = runner.invoke(app, ["bench", "moe", "--stat", "mean"])
     assert result.exit_code != 0 and "--stat must be" in result.output

@@ -383,7 +383,8 @@ def machine_lines(machine: dict) -> list[str]:
             f"Bandwidth: {machine['bandwidth'] / 1e9:.1f} GB/s (the higher of copy "
             f"{machine['copy_bytes_per_s'] / 1e9:.1f} GB/s read+write and sum {machine['read_bytes_per_s'] / 1e9:.1f}"
             f" GB/s read, "
-            f"{machine['probe_bytes'] / 2**20:.0f} MiB buffers; probes: {bw})"]
+            f"{machine['probe_bytes'] / 2**20:.0f} MiB buffers; probes: {bw})",
+            *([f"Memory: {machine['malloc']}"] if "malloc" in machine else [])]
 
 
 def moe_table(result: dict, stat: str = "median"):
