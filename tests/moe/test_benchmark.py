@@ -120,3 +120,15 @@ def test_cli_bench_moe_writes_json(tmp_path, monkeypatch):
     assert calls == [1] and "Memory: the system's malloc" in result.output
     result = runner.invoke(app, ["bench", "moe", "--stat", "mean"])
     assert result.exit_code != 0 and "--stat must be" in result.output
+
+
+def test_last_level_cache_and_flush_size(monkeypatch, tmp_path):
+    for index, text in enumerate(("48K", "2048K", "36608K", "bogus")):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "size").write_text(text + "\n")
+    real_glob = benchmark.glob.glob
+    monkeypatch.setattr(benchmark.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*" / "size")))
+    assert benchmark._last_level_cache_bytes() == 36608 * 1024
+    monkeypatch.setattr(benchmark.glob, "glob", lambda pattern: [])
+    assert benchmark._last_level_cache_bytes() is None
+    benchmark.cache_flush(1024)()          # runs; 2 KiB buffer

@@ -16,7 +16,12 @@ shape and token count build a transformers ``MixtralSparseMoeBlock`` from a real
   does not: at small T the per-expert GEMMs have few rows and run far below that rate.
 
 Each time is the median of several runs after warm-up runs; the implementations of a case
-run in interleaved rounds, so load from other processes slows them alike. The roofline of a
+run in interleaved rounds, so load from other processes slows them alike. Before each timed
+run a buffer of twice the last-level cache is read (:func:`cache_flush`), so every
+implementation starts with its weights out of cache, as a layer does in a model whose other
+layers ran in between. Without it the second of two implementations sharing weights (moescope's
+paths share the layer's, transformers' two the block's) found them partly cached: at T=16 the
+same moescope path timed 3–9% faster run second than run first. The roofline of a
 case is
 
     max(active FLOPs / GEMM FLOP/s, touched expert-weight bytes / bandwidth)
@@ -33,6 +38,7 @@ small matrices, so the roofline is a floor no implementation reaches exactly.
 
 from __future__ import annotations
 
+import glob
 import platform
 import statistics
 import time
@@ -156,6 +162,7 @@ def bench_moe(*, quick: bool = False, shapes: tuple[MoeShape, ...] = SHAPES, tok
         raise ValueError(f"tokens must be positive integers; got tokens={tokens!r}")
     effort = _QUICK if quick else _FULL
     before = measure_machine(quick=quick)
+    flush = cache_flush()
     rows = []
     for shape in shapes:
         block = _hf_block(shape, seed)
@@ -176,7 +183,7 @@ def bench_moe(*, quick: bool = False, shapes: tuple[MoeShape, ...] = SHAPES, tok
                        "max_abs_diff": diff, "hf_grouped_mm_kernel": kernel,
                        "auto_method": auto_method(out.routing.indices, layer.experts)}
                 del row["name"]
-                row.update(_time_case(block, layer, x, shape, counts, pass_ != "forward", effort))
+                row.update(_time_case(block, layer, x, shape, counts, pass_ != "forward", effort, flush))
                 rows.append(row)
     machine = _faster(before, measure_machine(quick=quick))
     for row in rows:
@@ -197,7 +204,7 @@ def _faster(first: dict, second: dict) -> dict:
 
 
 def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, counts: list[int], backward: bool,
-               effort: _Effort) -> dict:
+               effort: _Effort, flush: Callable[[], None]) -> dict:
     runs: dict[str, Callable[[Tensor], Tensor]] = {}
     for method in (m for m in METHODS if m != "reference"):
         runs["moescope" if method == "auto" else f"moescope_{method}"] = _layer_call(layer, method)
@@ -220,13 +227,13 @@ def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, c
                 with torch.no_grad():
                     call(x)
         try:
-            first[name] = _warm(step, effort)
+            first[name] = _warm(step, effort, flush)
         except Exception as err:  # a failing reference path is reported, not fatal
             skipped[name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
             continue
         steps[name] = step
     steps["dense_gemms"] = _dense_gemms(shape, counts, x.shape[1], backward)
-    first["dense_gemms"] = _warm(steps["dense_gemms"], effort)
+    first["dense_gemms"] = _warm(steps["dense_gemms"], effort, flush)
     # Interleaved rounds (one run of each implementation per round): a burst of load from
     # other processes slows every implementation of a round alike instead of one of them.
     per_round = max(sum(first.values()), 1e-9)
@@ -234,6 +241,7 @@ def _time_case(block: nn.Module, layer: nn.Module, x: Tensor, shape: MoeShape, c
     samples = {name: [t] for name, t in first.items()}
     for _ in range(rounds - 1):
         for name, step in steps.items():
+            flush()
             start = time.perf_counter()
             step()
             samples[name].append(time.perf_counter() - start)
@@ -332,16 +340,43 @@ def _grouped_mm_kernel(block: nn.Module, x: Tensor) -> str:
     return used[0] if used else "transformers fallback (torch.mm per expert)"
 
 
-def _warm(step: Callable[[], None], effort: _Effort) -> float:
-    """``effort.warmup`` warm-up runs (fewer if they take over ``budget_s``), then one timed run."""
+def _warm(step: Callable[[], None], effort: _Effort, flush: Callable[[], None]) -> float:
+    """``effort.warmup`` warm-up runs (fewer if they take over ``budget_s``), then one timed run
+    after ``flush``."""
     start = time.perf_counter()
     for _ in range(effort.warmup):
         step()
         if time.perf_counter() - start > effort.budget_s:
             break
+    flush()
     start = time.perf_counter()
     step()
     return time.perf_counter() - start
+
+
+def cache_flush(last_level_bytes: int | None = None) -> Callable[[], None]:
+    """A function that reads a float32 buffer of twice the last-level cache (from sysfs; 64 MiB
+    when unknown, at most 256 MiB), evicting whatever the previous run left there."""
+    size = last_level_bytes if last_level_bytes is not None else _last_level_cache_bytes()
+    size = min(2 * size if size else 64 * 2**20, 256 * 2**20)
+    buf = torch.ones(max(size // BYTES_PER_VALUE, 1))
+    return lambda: buf.sum()
+
+
+def _last_level_cache_bytes() -> int | None:
+    """The largest CPU cache in /sys/devices/system/cpu/cpu0/cache (e.g. "36608K"), or None."""
+    sizes = []
+    for entry in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(entry) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in "KMG" else text
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else None
 
 
 def _best(fn: Callable[[], object], repeats: int) -> float:

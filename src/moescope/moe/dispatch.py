@@ -17,22 +17,25 @@ skipping slots with i_tj = -1. The paths:
                (:class:`_SortedExperts`).
 * ``bmm``    — pad every expert's rows to m, the most any expert received, and run each
                projection as one ``torch.bmm`` over the whole (E, ·, ·) bank (one MKL batched
-               GEMM, no per-expert Python loop); the backward (:class:`_PaddedExperts`) writes
-               each weight gradient with one more ``bmm``, zero for experts without tokens. It
-               reads every expert's weights and computes E·m ≥ S rows, so it pays off only
-               where the routing is balanced and the per-expert loop's overhead dominates.
+               GEMM, no per-expert Python loop), weight-side (W·xᵀ, the weights streamed as
+               the left operand) from m = 4 rows on; the backward (:class:`_PaddedExperts`)
+               writes each weight gradient with one more ``bmm``, zero for experts without
+               tokens. It reads every expert's weights and computes E·m ≥ S rows, so it pays
+               off where the routing is balanced and every expert has rows to do.
 * ``reference`` — a per-token loop, the slow oracle the tests hold the others against.
 
-``auto`` picks ``sorted``. With ``moescope bench moe`` (2 CPU cores, float32, torch 2.13 +
-MKL; H=512 with I=1024 E=8 k=2 and with I=128 E=64 k=6; T = 16, 64, 1024, 4096) it is the
-fastest moescope path forward at every point and, within the machine's noise (~10% between
-runs on a shared machine), forward+backward. ``bmm`` is 1.25–1.4× slower forward at T=16
-(the padding, m up to 2.2× the mean rows per expert, and the weights of experts without
-tokens cost more than the per-expert loop it saves) and from 10% faster to 10% slower
-forward+backward at T ≤ 64, depending on the run; at T=1024 it is even (64 experts) or
-slower (8 experts), at T=4096 up to 1.2× slower. ``loop`` runs the same GEMMs as ``sorted``
-but pays autograd and an allocation per expert: 1.05–2.6× slower forward, 1.2–6× (8
-experts) and 5–27× (64 experts) forward+backward.
+``auto`` (:func:`auto_method`) runs ``bmm`` where every expert gets 8 rows or more on average,
+the routing is balanced enough that padding at most doubles the rows, and the padded buffers
+stay under ``_CHUNK_ELEMENTS``; else ``sorted``. Measured (interleaved medians, 2 CPU cores,
+float32, torch 2.13 + MKL, H=512, forward): with I=1024 E=8 k=2, ``bmm`` takes 9.5 / 7.3 /
+11.2 / 18.4 / 23.6 ms at T = 32 / 64 / 128 / 256 / 512 against ``sorted``'s 12.9 / 8.9 / 13.8 /
+21.6 / 26.3, and 51 against 41 ms at T=1024 (buffers past the chunk size, out of cache); with I=128
+E=64 k=6, 8.2 / 11.9 / 20.4 ms at T = 128 / 256 / 512 against 9.1 / 17.0 / 24.8, but 6.3
+against 5.1 ms at T=16 (52 of 64 experts hit, the rest read for nothing) and 52 against 38
+ms at T=1024. Forward+backward follows the same pattern (T=256, 64 experts: 36 against 58
+ms). ``loop`` runs the same GEMMs as ``sorted`` but pays autograd and an allocation per
+expert: 1.05–2.6× slower forward, 1.2–6× (8 experts) and 5–27× (64 experts)
+forward+backward.
 
 What makes ``sorted`` fast on CPU (each measured on that machine):
 
