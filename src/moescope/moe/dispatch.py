@@ -428,7 +428,7 @@ class _SortedExperts(torch.autograd.Function):
 
 def _sorted(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_input: bool) -> Tensor:
     plan, order = _plan(x, indices, experts, weight_input)
-    w = weights.reshape(-1)[order].to(x.dtype)                                # (S,)
+    w = weights.reshape(-1).index_select(0, order).to(x.dtype)                 # (S,)
     args = (x, w, experts.gate_up_proj, experts.down_proj, experts.gate_up_bias, experts.down_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         return _SortedExperts.apply(*args, plan)
