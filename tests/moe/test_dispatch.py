@@ -286,3 +286,27 @@ def test_auto_method_rule():
     assert auto_method(torch.cat([balanced, dropped]), experts) == "bmm"
     wide = Experts(4, 16, _CHUNK_ELEMENTS // (2 * 4 * _BMM_MIN_MEAN_ROWS) + 1)   # (E·m, 2I) over the chunk size
     assert auto_method(balanced, wide) == "sorted"
+
+
+@pytest.mark.parametrize("router", ["topk", "llama4", "gpt_oss"])
+def test_auto_through_bmm_equals_reference(router):
+    """Enough balanced rows that auto takes the padded bmm path (weight-side GEMMs): the layer still
+    equals the per-token reference, forward and backward."""
+    from moescope.moe.dispatch import auto_method
+
+    x = torch.randn(4, 24, H, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    gate = "gpt_oss" if router == "gpt_oss" else "swiglu"
+    outs, grads = {}, {}
+    for m in ("reference", "auto"):
+        layer = _layer(router, gate, shared=False, method=m)
+        if m == "auto":
+            with torch.no_grad():
+                routing = layer.router(x)
+            assert auto_method(routing.indices, layer.experts) == "bmm"
+        xx = x.clone().requires_grad_()
+        out = layer(xx).hidden
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        outs[m], grads[m] = out.detach(), [xx.grad] + [p.grad for p in layer.parameters()]
+    torch.testing.assert_close(outs["auto"], outs["reference"], atol=1e-12, rtol=1e-12)
+    for a, b in zip(grads["auto"], grads["reference"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
