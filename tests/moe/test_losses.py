@@ -104,3 +104,23 @@ def test_errors(kwargs, match):
         load_balancing_loss(*_balanced(8), **kwargs)
     with pytest.raises(ValueError, match="got 1 score tensors but 2"):
         load_balancing_loss([torch.ones(2, E)], [torch.zeros(2, 1, dtype=torch.long)] * 2)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_unmasked_fast_path_equals_all_ones_mask(layers):
+    """Without a mask the losses take a shorter path; an all-ones mask takes the general one: equal,
+    with empty (-1) slots and uneven routing."""
+    g = torch.Generator().manual_seed(3)
+    tokens = 10
+    probs = [torch.softmax(torch.randn(tokens, E, generator=g) * 2, -1) for _ in range(layers)]
+    idx = [torch.randint(0, E, (tokens, K), generator=g) for _ in range(layers)]
+    for i in idx:
+        i[2, 1] = -1
+        i[7, 0] = -1
+    ones = torch.ones(tokens)
+    for c in ("switch", "gshard", "hf", "megablocks"):
+        fast = load_balancing_loss(probs, idx, convention=c)
+        general = load_balancing_loss(probs, idx, convention=c, attention_mask=ones)
+        assert fast.item() == pytest.approx(general.item(), rel=1e-6), c
+    logits = torch.randn(tokens, E, generator=g) * 3
+    assert router_z_loss(logits).item() == pytest.approx(router_z_loss(logits, ones).item(), rel=1e-6)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from moescope.moe.losses import in_global_token_sums
+
 
 @dataclass(frozen=True)
 class RouterResult:
@@ -106,8 +108,6 @@ def aux_losses(**thunks: Callable[[], Tensor]) -> Mapping[str, Tensor]:
     trained on (gradients enabled) or must be all-reduced in step with the other ranks (inside
     :func:`moescope.moe.losses.global_token_sums`), else on first read. In inference nobody reads
     them as a rule, and on a 16-token batch they cost about half the router's time."""
-    from moescope.moe.losses import in_global_token_sums
-
     if torch.is_grad_enabled() or in_global_token_sums():
         return {name: thunk() for name, thunk in thunks.items()}
     return LazyLosses(thunks)
