@@ -109,9 +109,10 @@ BIG_ROUTING = torch.tensor([[0, 1 + t % 5] for t in range(8)]).index_put_((torch
 def test_gradcheck_float64_bmm(idx):
     """The padded-bmm path's hand-written backward, for every input, both weightings, with biases; with
     m = 2 rows per expert (GEMMs as rows·Wᵀ) and m = 8 (as W·rowsᵀ)."""
-    dispatch_module = importlib.import_module("moescope.moe.dispatch")
+    from moescope.moe.padded import _WEIGHT_SIDE_ROWS
+
     most = int(torch.bincount(idx[idx >= 0]).max())
-    assert (most >= dispatch_module._WEIGHT_SIDE_ROWS) == (idx is BIG_ROUTING)
+    assert (most >= _WEIGHT_SIDE_ROWS) == (idx is BIG_ROUTING)
     for gate, weight_input in (("swiglu", False), ("swiglu", True), ("gpt_oss", False), ("gpt_oss", True)):
         torch.manual_seed(0)
         experts = Experts(E, H, I, **GATES[gate]).double()
@@ -130,7 +131,7 @@ def test_gradcheck_float64_bmm(idx):
 
 
 def test_padded_layout_hand_derived():
-    from moescope.moe.dispatch import _padded_layout
+    from moescope.moe.padded import _padded_layout
 
     # flat routing [0, 2, 1, -1, 2, 0] (T=3, k=2): expert 0 gets slots 0 and 5, expert 1 slot 2,
     # expert 2 slots 1 and 4; m = 2 rows per expert, so expert 1's second row is padding (slot 6 = T·k).

@@ -18,7 +18,7 @@ skipping slots with i_tj = -1. The paths:
 * ``bmm``    — pad every expert's rows to m, the most any expert received, and run each
                projection as one ``torch.bmm`` over the whole (E, ·, ·) bank (one MKL batched
                GEMM, no per-expert Python loop), weight-side (W·xᵀ, the weights streamed as
-               the left operand) from m = 4 rows on; the backward (:class:`_PaddedExperts`)
+               the left operand) from m = 4 rows on; the backward (``moescope.moe.padded``)
                writes each weight gradient with one more ``bmm``, zero for experts without
                tokens. It reads every expert's weights and computes E·m ≥ S rows, so it pays
                off where the routing is balanced and every expert has rows to do.
@@ -68,7 +68,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from moescope.moe._activation import Recomputed, activation
 from moescope.moe.experts import Experts
+from moescope.moe.padded import bmm_dispatch
 
 METHODS = ("auto", "sorted", "loop", "bmm", "reference")
 # ``auto`` runs ``bmm`` where the experts get at least this many rows each on average (and the
@@ -80,10 +82,6 @@ _BMM_MIN_MEAN_ROWS = 8
 _CHUNK_ELEMENTS = 1 << 21
 # Row counts for which MKL's (n, in) @ (out, in).T is slow and (w @ x.T).T is not (measured).
 _TRANSPOSED_ROWS = (16, 64)
-# From this many rows per expert on, the padded (E, m, in)·(E, out, in)ᵀ runs faster as w·aᵀ: 3.8 ms
-# against 4.9–7.5 ms for both forward GEMMs at m = 4–32 (H=512, I=1024, E=8), slower at m ≤ 2.
-_WEIGHT_SIDE_ROWS = 4
-
 
 def _mm_t(a: Tensor, w_t: Tensor, out: Tensor) -> Tensor:
     """out = a @ w_t for a (n, in) and w_t (in, out) a transposed (out, in) weight, in whichever
@@ -224,44 +222,6 @@ def _times(a: Tensor, bank: _Bank, chunk: _Chunk) -> Tensor:
     return out
 
 
-def _fast_swiglu(experts: Experts) -> bool:
-    return experts.gate == "swiglu" and experts.act is F.silu
-
-
-class _Recomputed:
-    """The experts' activation a0 = inner(h) recomputed from the kept first projection h
-    (..., 2I | I), and its backward: ``backward(g_a)`` -> d/dh (may overwrite ``g_a``)."""
-
-    def __init__(self, experts: Experts, h: Tensor) -> None:
-        self.h, self.fast = h, _fast_swiglu(experts)
-        if self.fast:
-            self.inner = experts.intermediate
-            self.silu_g = F.silu(h[..., : self.inner])
-            self.a0 = self.silu_g * h[..., self.inner :]
-        else:
-            with torch.enable_grad():
-                self.h_leaf = h.detach().requires_grad_(True)
-                self.graph = experts.inner(self.h_leaf)
-            self.a0 = self.graph.detach()
-
-    def backward(self, g_a: Tensor) -> Tensor:
-        if not self.fast:
-            return torch.autograd.grad(self.graph, self.h_leaf, g_a)[0]
-        h, i = self.h, self.inner
-        g_h = torch.empty_like(h)
-        torch.mul(g_a, self.silu_g, out=g_h[..., i:])
-        torch.ops.aten.silu_backward.grad_input(g_a.mul_(h[..., i:]), h[..., :i], grad_input=g_h[..., :i])
-        return g_h
-
-
-def _activation(experts: Experts, h: Tensor) -> Tensor:
-    """(..., 2I | I) first projection -> a fresh (..., I) activation (may be scaled in place)."""
-    if _fast_swiglu(experts):
-        i = experts.intermediate
-        return F.silu(h[..., :i]).mul_(h[..., i:])
-    return experts.inner(h)
-
-
 def _forward(x: Tensor, w: Tensor, gate_up: Tensor, down: Tensor, gate_up_bias: Tensor | None,
              down_bias: Tensor | None, plan: _Plan, keep: bool) -> tuple[Tensor, list[Tensor]]:
     """The output (T, H) and, if ``keep``, each chunk's first projection (for the backward)."""
@@ -277,7 +237,7 @@ def _forward(x: Tensor, w: Tensor, gate_up: Tensor, down: Tensor, gate_up_bias: 
         if gate_up_bias is not None:
             for e, hb in zip(chunk.experts, h.split(chunk.sizes), strict=True):
                 hb += gate_up_bias[e]
-        a = _activation(plan.experts, h)                               # (n, I)
+        a = activation(plan.experts, h)                                # (n, I)
         if not plan.weight_input:
             a.mul_(wc)                                                 # w·(a W^T + b) = (w·a) W^T + w·b
         y = _times_t(a, down_bank, chunk)                              # (n, H)
@@ -388,7 +348,7 @@ class _SortedExperts(torch.autograd.Function):
             start, stop, sizes = chunk.start, chunk.stop, chunk.sizes
             tok, wc = plan.tok[start:stop], w[start:stop].unsqueeze(-1)
             g_y = g_out.index_select(0, tok)                                   # (n, H)
-            act = _Recomputed(experts, h)                                      # the activation again
+            act = Recomputed(experts, h)                                       # the activation again
             a0 = act.a0
             a = a0 if win else a0 * wc                                         # what down_proj saw
             g_a = _times(g_y, down_bank, chunk)                                # (n, I)
@@ -447,127 +407,6 @@ def _loop(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_
     return out
 
 
-class _PaddedExperts(torch.autograd.Function):
-    """The ``bmm`` path as one autograd node: the expert MLP on the (E, m, ·) padded blocks, one
-    ``torch.bmm`` per projection over the whole expert bank. Inputs x (T, H), w (E·m,) the
-    routing weights in the padded layout (0 on padding), the expert weights and biases, ``tok``
-    (E·m,) each padded row's token (T, a zero row, on padding), ``dest`` (S,) each sorted pair's
-    padded row and ``tok_sorted`` (S,) its token; ``experts`` and ``weight_input`` as for
-    ``sorted``. Padding rows read the zero row, carry weight 0 and are never scattered back, so
-    they contribute nothing to the output or to any gradient."""
-
-    @staticmethod
-    def forward(ctx, x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted, experts, weight_input):
-        out, xs, h = _padded_forward(x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted,
-                                     experts, weight_input)
-        ctx.save_for_backward(x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted, xs, h)
-        ctx.experts, ctx.weight_input = experts, weight_input
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_out):
-        x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted, xs, h = ctx.saved_tensors
-        experts, win, need = ctx.experts, ctx.weight_input, ctx.needs_input_grad
-        num_experts, m = h.shape[:2]
-        wc = w.view(num_experts, m, 1)
-        g_y = _gather_padded(g_out.contiguous(), tok).view(num_experts, m, x.shape[1])   # (E, m, H)
-        act = _Recomputed(experts, h)
-        a0 = act.a0                                                             # (E, m, I)
-        a = a0 if win else a0 * wc                                              # what down_proj saw
-        g_down = torch.bmm(g_y.transpose(1, 2), a) if need[3] else None        # (E, H, I)
-        g_down_bias = None
-        if down_bias is not None and need[5]:
-            g_down_bias = g_y.sum(1) if win else torch.bmm(wc.transpose(1, 2), g_y).squeeze(1)   # (E, H)
-        g_a = torch.bmm(g_y, down)                                              # (E, m, I)
-        g_w = None
-        if not win:
-            if need[1]:
-                g_w = (g_a * a0).sum(-1)
-                if down_bias is not None:
-                    g_w += torch.bmm(g_y, down_bias.unsqueeze(-1)).squeeze(-1)
-            g_a.mul_(wc)                                                        # now d/d a0
-        g_h = act.backward(g_a)
-        g_gate_up_bias = g_h.sum(1) if gate_up_bias is not None and need[4] else None
-        g_gate_up = torch.bmm(g_h.transpose(1, 2), xs) if need[2] else None    # (E, 2I | I, H)
-        g_x = None
-        if need[0] or (win and need[1]):
-            g_xs = torch.bmm(g_h, gate_up)                                      # (E, m, H)
-            if win:
-                if need[1]:
-                    g_w = (g_xs * _gather_padded(x, tok).view_as(g_xs)).sum(-1)
-                g_xs.mul_(wc)
-            if need[0]:
-                g_x = torch.zeros_like(x).index_add_(0, tok_sorted, g_xs.view(-1, x.shape[1]).index_select(0, dest))
-        g_w = None if g_w is None else g_w.view(-1)
-        return g_x, g_w, g_gate_up, g_down, g_gate_up_bias, g_down_bias, None, None, None, None, None
-
-
-def _padded_times_t(a: Tensor, w: Tensor) -> Tensor:
-    """a (E, m, in) times each expert's weight w (E, out, in) transposed -> (E, m, out), in the
-    orientation MKL runs faster: from m = ``_WEIGHT_SIDE_ROWS`` rows on, as w·aᵀ (the weight
-    streamed as the left operand, aᵀ made contiguous: MKL takes a transposed right operand 10–50%
-    slower at small m; a transposed view is returned)."""
-    if a.shape[1] >= _WEIGHT_SIDE_ROWS:
-        return torch.bmm(w, a.transpose(1, 2).contiguous()).transpose(1, 2)
-    return torch.bmm(a, w.transpose(1, 2))
-
-
-def _gather_padded(x: Tensor, tok: Tensor) -> Tensor:
-    """Rows ``tok`` (n,) of x (T, ·), where index T gives a zero row -> (n, ·)."""
-    return torch.cat((x, x.new_zeros(1, x.shape[1]))).index_select(0, tok)
-
-
-def _padded_forward(x, w, gate_up, down, gate_up_bias, down_bias, tok, dest, tok_sorted, experts, weight_input):
-    """The output (T, H), the padded inputs xs (E, m, H) and first projection h (E, m, 2I | I)."""
-    num_experts = gate_up.shape[0]
-    m = w.numel() // num_experts
-    wc = w.view(num_experts, m, 1)                                              # (E, m, 1)
-    xs = _gather_padded(x, tok).view(num_experts, m, x.shape[1])                # (E, m, H)
-    if weight_input:
-        xs.mul_(wc)
-    h = _padded_times_t(xs, gate_up)                                            # (E, m, 2I | I)
-    if gate_up_bias is not None:
-        h += gate_up_bias.unsqueeze(1)
-    a = _activation(experts, h)                                                 # (E, m, I)
-    if not weight_input:
-        a.mul_(wc)
-    y = _padded_times_t(a, down)                                                # (E, m, H)
-    if down_bias is not None:
-        y += down_bias.unsqueeze(1) if weight_input else wc * down_bias.unsqueeze(1)
-    out = torch.zeros_like(x).index_add_(0, tok_sorted, y.reshape(-1, x.shape[1]).index_select(0, dest))
-    return out, xs, h
-
-
-def _padded_layout(indices: Tensor, num_experts: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The (E, m) padded layout of the valid (token, expert) pairs, m the most pairs any expert
-    got: ``slot`` (E·m,) each padded row's position in the flattened (T·k) routing (T·k on
-    padding), ``dest`` (S,) each pair's padded row, pairs sorted by expert then token, and
-    ``order`` (S,) each sorted pair's position in the routing."""
-    flat = indices.reshape(-1)
-    expert, order = torch.sort(flat, stable=True)                               # empty slots (-1) first
-    counts = torch.bincount(expert + 1, minlength=num_experts + 1)
-    empty, m = (int(v) for v in torch.stack((counts[0], counts[1:].max())).tolist())
-    expert, order = expert[empty:], order[empty:]
-    per_expert = counts[1:]
-    first = per_expert.cumsum(0) - per_expert                                   # (E,) each expert's first pair
-    dest = expert * m + torch.arange(order.numel()) - first[expert]             # (S,)
-    slot = flat.new_full((num_experts * m,), flat.numel()).index_copy_(0, dest, order)
-    return slot, dest, order
-
-
-def _bmm(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_input: bool) -> Tensor:
-    k = indices.shape[-1]
-    slot, dest, order = _padded_layout(indices, experts.num_experts)
-    tok = torch.div(slot, k, rounding_mode="floor")                             # (E·m,), T on padding
-    w = torch.cat((weights.reshape(-1), weights.new_zeros(1)))[slot].to(x.dtype)   # (E·m,), 0 on padding
-    args = (x, w, experts.gate_up_proj, experts.down_proj, experts.gate_up_bias, experts.down_bias)
-    rest = (tok, dest, torch.div(order, k, rounding_mode="floor"), experts, weight_input)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        return _PaddedExperts.apply(*args, *rest)
-    return _padded_forward(*args, *rest)[0]
-
-
 def reference_dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts,
                        weight_input: bool = False) -> Tensor:
     """The definition, one token and one slot at a time (slow; the tests' oracle)."""
@@ -607,7 +446,7 @@ def auto_method(indices: Tensor, experts: Experts) -> str:
     return "sorted"
 
 
-_PATHS = {"sorted": _sorted, "loop": _loop, "bmm": _bmm, "reference": reference_dispatch}
+_PATHS = {"sorted": _sorted, "loop": _loop, "bmm": bmm_dispatch, "reference": reference_dispatch}
 
 
 def dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, *,
