@@ -71,6 +71,7 @@ from torch.autograd.function import once_differentiable
 from moescope.moe._activation import Recomputed, activation
 from moescope.moe.experts import Experts
 from moescope.moe.padded import bmm_dispatch
+from moescope.moe.result import count_tokens
 
 METHODS = ("auto", "sorted", "loop", "bmm", "reference")
 # ``auto`` runs ``bmm`` where the experts get at least this many rows each on average (and the
@@ -437,7 +438,7 @@ def auto_method(indices: Tensor, experts: Experts) -> str:
     num_experts = experts.num_experts
     if indices.numel() < _BMM_MIN_MEAN_ROWS * num_experts:
         return "sorted"
-    counts = torch.bincount(indices.reshape(-1) + 1, minlength=num_experts + 1)[1:]
+    counts = count_tokens(indices, num_experts)
     pairs, most = (int(v) for v in torch.stack((counts.sum(), counts.max())).tolist())
     rows = num_experts * most
     widest = max(experts.gate_up_proj.shape[1], experts.hidden)

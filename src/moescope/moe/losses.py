@@ -40,6 +40,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from moescope.moe.result import count_tokens
+
 CONVENTIONS = ("switch", "gshard", "hf", "megablocks", "deepseek_seq")
 BALANCED_VALUE = {"switch": "1", "gshard": "1", "hf": "k", "megablocks": "1", "deepseek_seq": "1"}
 
@@ -185,12 +187,6 @@ def load_balancing_loss(
     return torch.stack(per_layer).mean()
 
 
-def _slot_counts(indices: Tensor, num_experts: int) -> Tensor:
-    """(E,) float32 number of valid slots per expert in ``indices`` (empty slots, -1, counted in a
-    bin of their own and cut off)."""
-    return torch.bincount(indices.reshape(-1) + 1, minlength=num_experts + 1)[1:].float()
-
-
 def _unmasked(score_layers: list[Tensor], index_layers: list[Tensor], convention: str) -> Tensor:
     """The switch / gshard / hf / megablocks losses without padding or data parallelism: the same
     definitions as the masked path (tests/moe/test_losses.py holds the two equal), in a third of
@@ -199,13 +195,13 @@ def _unmasked(score_layers: list[Tensor], index_layers: list[Tensor], convention
     num_experts = score_layers[0].shape[-1]
     if convention == "hf":
         rows = score_layers[0].shape[0] * len(score_layers)
-        counts = sum(_slot_counts(i, num_experts) for i in index_layers)
+        counts = sum(count_tokens(i, num_experts).float() for i in index_layers)
         probs = sum(s.float().sum(0) for s in score_layers)
         return num_experts * torch.sum((counts / rows) * (probs / rows))
     per_layer = []
     for s, i in zip(score_layers, index_layers, strict=True):
         k = 1 if convention in ("switch", "gshard") else i.shape[-1]
-        f = _slot_counts(i[:, :k], num_experts) / (s.shape[0] * k)
+        f = count_tokens(i[:, :k], num_experts).float() / (s.shape[0] * k)
         per_layer.append(num_experts * torch.sum(f * s.float().mean(0)))
     return per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).mean()
 

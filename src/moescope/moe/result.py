@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moescope.moe.losses import in_global_token_sums
-
 
 @dataclass(frozen=True)
 class RouterResult:
@@ -25,7 +23,7 @@ class RouterResult:
         weights: (T, k) combine weights of those experts (0 at empty slots).
         tokens_per_expert: (E,) int64 (token, expert) assignments actually dispatched.
         aux_losses: auxiliary losses by name, unscaled (the training loop picks coefficients);
-            under ``torch.no_grad()`` computed when first read (see :func:`aux_losses`).
+            under ``torch.no_grad()`` computed when first read (:class:`LazyLosses`).
         weight_input: True when the weight scales the expert's *input* (Llama 4) instead of
             its output.
         stats: anything else the router measured (drop rate, soft dispatch statistics, ...).
@@ -102,12 +100,3 @@ class LazyLosses(Mapping[str, Tensor]):
     def __repr__(self) -> str:
         return f"LazyLosses({sorted(self._thunks)}, computed={sorted(self._values)})"
 
-
-def aux_losses(**thunks: Callable[[], Tensor]) -> Mapping[str, Tensor]:
-    """A router's auxiliary losses from zero-argument functions: computed now where they can be
-    trained on (gradients enabled) or must be all-reduced in step with the other ranks (inside
-    :func:`moescope.moe.losses.global_token_sums`), else on first read. In inference nobody reads
-    them as a rule, and on a 16-token batch they cost about half the router's time."""
-    if torch.is_grad_enabled() or in_global_token_sums():
-        return {name: thunk() for name, thunk in thunks.items()}
-    return LazyLosses(thunks)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from moescope.moe.losses import load_balancing_loss, router_z_loss
-from moescope.moe.result import RouterResult, aux_losses, count_tokens
+from moescope.moe.losses import in_global_token_sums, load_balancing_loss, router_z_loss
+from moescope.moe.result import LazyLosses, RouterResult, count_tokens
 
 
 def check_positive(**values: int) -> None:
@@ -46,6 +47,16 @@ def jitter(x: Tensor, amount: float, training: bool) -> Tensor:
     if training and amount > 0:
         return x * torch.empty_like(x).uniform_(1.0 - amount, 1.0 + amount)
     return x
+
+
+def aux_losses(**thunks: Callable[[], Tensor]) -> Mapping[str, Tensor]:
+    """A router's auxiliary losses from zero-argument functions: computed now where they can be
+    trained on (gradients enabled) or must be all-reduced in step with the other ranks (inside
+    :func:`moescope.moe.losses.global_token_sums`), else on first read. In inference nobody reads
+    them as a rule, and on a 16-token batch they cost about half the router's time."""
+    if torch.is_grad_enabled() or in_global_token_sums():
+        return {name: thunk() for name, thunk in thunks.items()}
+    return LazyLosses(thunks)
 
 
 def softmax_result(logits: Tensor, probs: Tensor, indices: Tensor, weights: Tensor, *, balance: str,

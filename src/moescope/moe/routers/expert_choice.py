@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import router_z_loss
-from moescope.moe.result import RouterResult, aux_losses, count_tokens
-from moescope.moe.routers._common import centroids, check_positive, flat_tokens, fp32
+from moescope.moe.result import RouterResult, count_tokens
+from moescope.moe.routers._common import aux_losses, centroids, check_positive, flat_tokens, fp32
 
 
 class ExpertChoiceRouter(nn.Module):

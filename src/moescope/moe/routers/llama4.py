@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
-from moescope.moe.result import RouterResult, aux_losses, count_tokens
-from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32
+from moescope.moe.result import RouterResult, count_tokens
+from moescope.moe.routers._common import aux_losses, centroids, check_top_k, flat_tokens, fp32
 
 
 class Llama4Router(nn.Module):
