@@ -248,3 +248,19 @@ def test_lab_finds_the_data_parallel_runs_finished(ranks):
         assert (lab / "runs" / name / LOG_FILE).read_bytes() == logs[name]          # no step trained again
         assert again[name].checkpoints == trained[name]
         assert again[name].val_loss == pytest.approx(per_rank[0][name], rel=1e-6)   # evaluation in 1 process vs 2
+
+
+def test_wrapping_a_batch_that_does_not_split_is_refused():
+    from moescope.lab.data_parallel import wrap_ddp
+
+    with pytest.raises(ValueError, match=r"batch_size=10 does not split evenly over 4"):
+        wrap_ddp(torch.nn.Linear(2, 2), rank=0, world=4, device=torch.device("cpu"), batch_size=10)
+
+
+def test_without_a_process_group_the_world_is_one_process(monkeypatch):
+    from moescope.lab.data_parallel import data_parallel_world, distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed() as world:
+        assert world == (0, 1) == data_parallel_world()
+        assert not dist.is_initialized()

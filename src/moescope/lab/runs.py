@@ -61,10 +61,11 @@ import torch
 from moescope._files import write_bytes_atomic, write_json_atomic
 from moescope.lab._worker import save_tokens
 from moescope.lab.corpus import Corpus, CorpusConfig, build_corpus
+from moescope.lab.data_parallel import data_parallel_world, distributed
 from moescope.lab.model import LMConfig, MoESpec, active_params_per_token, dense_equivalent, total_params
 from moescope.lab.tensorboard import require as require_tensorboard
 from moescope.lab.tokenizer import CorpusTokens, load_or_train_tokenizer, tokenize_corpus
-from moescope.lab.train import RESULT_FILE, RunResult, RunSpec, TrainConfig, data_parallel_world, distributed, train_run
+from moescope.lab.train import RESULT_FILE, RunResult, RunSpec, TrainConfig, train_run
 
 PROFILES = ("quick", "full")
 BASELINE, NO_BALANCE, SWITCH, FINE_GRAINED = "top2", "top2-alpha0", "switch-top1", "deepseek-moe"
@@ -239,7 +240,7 @@ def train_lab_runs(p: Profile, lab_dir: str | Path, *, only: tuple[str, ...] | N
     """Train the runs of ``p`` where ``moescope lab --out LAB_DIR`` looks for them (``LAB_DIR/training``).
 
     Under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1) the process group is created here
-    (:func:`~moescope.lab.train.distributed`) and each run trains data-parallel on the N ranks;
+    (:func:`~moescope.lab.data_parallel.distributed`) and each run trains data-parallel on the N ranks;
     otherwise as :func:`run_profile` (worker processes). Every rank returns the results.
     """
     with distributed():

@@ -20,7 +20,7 @@ run (step 0 = the initialisation included) stay, the others are deleted once a n
 committed. Re-running a finished run only re-evaluates the final checkpoint.
 
 Data parallelism. When torch.distributed is initialised with W > 1 ranks (``torchrun
---nproc_per_node W``; see :func:`distributed`), ``train_run`` trains with
+--nproc_per_node W``; see :func:`moescope.lab.data_parallel.distributed`), ``train_run`` trains with
 ``DistributedDataParallel`` (gloo on CPU, NCCL with the ranks' CUDA devices) and reproduces
 the single-process run to floating-point rounding:
 
@@ -44,10 +44,8 @@ so that run (and only it) differs from the one-process run under data parallelis
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-import os
 import random
 import re
 import time
@@ -63,6 +61,7 @@ from torch import Tensor
 from moescope._files import write_json_atomic
 from moescope.lab import checkpoint as ckpt
 from moescope.lab.corpus import DOMAINS
+from moescope.lab.data_parallel import DataParallel, all_ranks_ok, data_parallel_world, from_lead, rank_device, wrap_ddp
 from moescope.lab.model import IGNORE_INDEX, LMConfig, TinyLM, active_params_per_token, mask_tokens, total_params
 from moescope.lab.tensorboard import CurveWriter
 from moescope.lab.tensorboard import require as require_tensorboard
@@ -338,60 +337,6 @@ def load_model(checkpoint: str | Path) -> TinyLM:
     return model.eval()
 
 
-# -- data parallel -------------------------------------------------------------------------------
-def data_parallel_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-@contextmanager
-def distributed() -> Iterator[tuple[int, int]]:
-    """Under ``torchrun`` (WORLD_SIZE > 1) create the default process group if none exists yet —
-    NCCL on the LOCAL_RANK-th CUDA device when CUDA is available, gloo otherwise — and destroy it
-    on exit; yields (rank, world size). Without torchrun: (0, 1), nothing created."""
-    created = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-        created = True
-    try:
-        yield data_parallel_world()
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
-def _rank_device() -> torch.device:
-    """The device a rank's tensors live on: its CUDA device under NCCL, else the CPU."""
-    if "nccl" in str(dist.get_backend()).lower():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-@dataclass(frozen=True)
-class _DataParallel:
-    """This process's share of a data-parallel run (world > 1)."""
-
-    rank: int
-    world: int
-    device: torch.device
-    ddp: torch.nn.Module       # the DistributedDataParallel wrapper: forward and backward go through it
-    model: TinyLM              # the wrapped model (parameters, routers)
-    shard: slice               # this rank's rows of the global batch: [rank·B/W, (rank+1)·B/W)
-
-
-def _all_ranks_ok(ok: bool, device: torch.device) -> bool:
-    """True when ``ok`` holds on every rank (so that a failure raises on all of them, none hangs)."""
-    flag = torch.tensor([1 if ok else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
 # -- the run -------------------------------------------------------------------------------------
 def _keyed_config(spec: RunSpec, tokens: CorpusTokens) -> dict:
     """The run's identity as it reads back from JSON (tuples become lists)."""
@@ -423,7 +368,7 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
     if cfg.batch_size % world:
         raise ValueError(f"run {spec.name!r}: batch_size={cfg.batch_size} does not split evenly over {world} "
                          f"data-parallel ranks; use a batch size divisible by {world} or another number of ranks")
-    lead, device = rank == 0, _rank_device() if world > 1 else torch.device("cpu")
+    lead, device = rank == 0, rank_device() if world > 1 else torch.device("cpu")
     ck_dir, log_path = run_dir / CHECKPOINT_DIR, run_dir / LOG_FILE
     keyed = _keyed_config(spec, corpus_tokens)
     cpu0 = time.process_time()
@@ -441,9 +386,7 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
                                seed=cfg.seed)
         found = ckpt.latest_checkpoint(ck_dir) if lead else None
         if world > 1:  # every rank resumes from the checkpoint rank 0 chose
-            box = [found]
-            dist.broadcast_object_list(box, src=0, device=device)
-            found = box[0]
+            found = from_lead(found, device)
         if found is not None:
             path, state = found
             if state.get("config") != keyed:
@@ -455,7 +398,7 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
                 ckpt.load_optimizer(path, optimizer)
             except (OSError, RuntimeError, ValueError) as err:
                 error = err
-            if world > 1 and not _all_ranks_ok(error is None, device):
+            if world > 1 and not all_ranks_ok(error is None, device):
                 raise RuntimeError(f"a rank could not load checkpoint {path} (rank {rank}: {error or 'loaded'}); "
                                    "every rank must see the run's output directory (a shared file system)")
             if error is not None:
@@ -470,16 +413,7 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
                 ckpt.truncate_log(log_path, -1)
         dp = None
         if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # buffers are synced at the start only: DeepSeek-V3's bias then stays equal on every rank by itself
-            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                       inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
-            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                          **no_sync)
-            per_rank = cfg.batch_size // world
-            dp = _DataParallel(rank=rank, world=world, device=device, ddp=ddp, model=model,
-                               shard=slice(rank * per_rank, (rank + 1) * per_rank))
+            dp = wrap_ddp(model, rank=rank, world=world, device=device, batch_size=cfg.batch_size)
 
         def save(step: int, log: ckpt.MetricsLog | None) -> None:
             if log is None:  # ranks other than 0 write nothing
@@ -562,7 +496,7 @@ def _train_step(model: TinyLM, optimizer: torch.optim.Optimizer, sampler: BatchS
             "load_cv": [load_cv(r.tokens_per_expert) for r in routing]}
 
 
-def _data_parallel_step(dp: _DataParallel, optimizer: torch.optim.Optimizer, sampler: BatchSampler,
+def _data_parallel_step(dp: DataParallel, optimizer: torch.optim.Optimizer, sampler: BatchSampler,
                         cfg: TrainConfig, step: int) -> dict:
     """:func:`_train_step` on this rank's shard of the global batch, with global statistics.
 
