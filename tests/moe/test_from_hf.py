@@ -1,5 +1,7 @@
 """moescope layers equal the transformers reference blocks: same weights in, same outputs out."""
 
+import random
+
 import pytest
 import torch
 from hf_blocks import FAMILIES, H, deepseek_v3, qwen2_moe, qwen3_moe, switch
@@ -22,6 +24,13 @@ def _hf_choices(name, block, x):
     return torch.sort(block.gate(flat)[-1], -1).values
 
 
+def _hidden(block, x):
+    """The reference block's output, shaped like x."""
+    with torch.no_grad():
+        out = block(x)
+    return (out[0] if isinstance(out, tuple) else out).reshape(x.shape)
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 @pytest.mark.parametrize("shape", [(2, 7), (1, 13), (4, 3)])
 def test_same_outputs_and_same_choices(name, shape):
@@ -37,12 +46,81 @@ def test_same_outputs_and_same_choices(name, shape):
     assert torch.equal(ours, _hf_choices(name, block, x))
 
 
+def _other_sizes(count: int, seed: int = 2026) -> list[tuple]:
+    """Sizes the other tests never use, drawn once from a seeded generator: (family, hidden,
+    intermediate, experts, top_k, batch, seq). Odd widths (no 16-byte rows: no grouped_mm), one
+    expert, k = E, single tokens, and batches long enough for several chunks and the bmm path."""
+    r = random.Random(seed)
+    cases = []
+    for i in range(count):
+        name = list(FAMILIES)[i % len(FAMILIES)]
+        experts = r.choice([1, 2, 3, 4, 16, 64]) if name != "deepseek_v3" else r.choice([2, 4, 16, 64])
+        top_k = 1 if name in ("switch", "llama4") and r.random() < 0.5 else r.randint(1, min(experts, 8))
+        cases.append((name, r.choice([8, 30, 130]), r.choice([4, 33, 96]), experts, 1 if name == "switch" else top_k,
+                      *r.choice([(1, 1), (3, 17), (2, 300), (1, 1100)])))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "hidden", "inter", "experts", "top_k", "batch", "seq"), _other_sizes(16))
+def test_other_sizes_on_every_dispatch_path(name, hidden, inter, experts, top_k, batch, seq):
+    block = FAMILIES[name](seed=seq, hidden=hidden, inter=inter, experts=experts, top_k=top_k)
+    x = torch.randn(batch, seq, hidden, generator=torch.Generator().manual_seed(experts))
+    ref = _hidden(block, x)
+    layer = from_hf(block)
+    atol = 1e-5 * max(1.0, float(ref.abs().max()))   # wide layers with N(0, 0.3²) weights reach |y| ~ 100
+    for method in ("auto", "sorted", "loop", "bmm"):
+        layer.dispatch = method
+        with torch.no_grad():
+            out = layer(x)
+        torch.testing.assert_close(out.hidden, ref, atol=atol, rtol=1e-5, msg=lambda m, method=method: f"{method}: {m}")
+    assert torch.equal(torch.sort(out.routing.indices, -1).values, _hf_choices(name, block, x))
+
+
 def test_weights_are_copied_not_shared():
     block = FAMILIES["mixtral"]()
     layer = from_hf(block)
     with torch.no_grad():
         block.experts.gate_up_proj.zero_()
     assert layer.experts.gate_up_proj.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_block_gives_a_half_precision_layer_as_accurate_as_the_reference(name, dtype):
+    """A bf16/fp16 checkpoint stays in its dtype; rounding differs from transformers' (other summation
+    order), so both are held against the float32 block: ours may be off by at most 1.5x as much."""
+    block32 = FAMILIES[name](seed=5)
+    x32 = torch.randn(2, 9, H, generator=torch.Generator().manual_seed(3))
+    truth = _hidden(block32, x32).double()
+    block, x = FAMILIES[name](seed=5).to(dtype), x32.to(dtype)
+    hf_error = (_hidden(block, x).double() - truth).abs().max()
+    layer = from_hf(block)
+    assert {p.dtype for p in layer.experts.parameters()} == {dtype}   # (Switch's router: float32, as in the block)
+    with torch.no_grad():
+        out = layer(x).hidden
+    assert out.dtype == dtype
+    eps = torch.finfo(dtype).eps * truth.abs().max()
+    assert (out.double() - truth).abs().max() <= 1.5 * hf_error + eps
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_float64_block_gives_a_float64_layer(name):
+    """float64 through and through; transformers rounds the router softmax (and Switch the whole
+    router, its classifier cast to float32 by its own forward) to float32, hence 1e-5."""
+    block = FAMILIES[name](seed=6).double()
+    x = torch.randn(2, 9, H, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ref = _hidden(block, x)          # first: transformers' Switch router recasts its classifier here
+    layer = from_hf(block)
+    with torch.no_grad():
+        out = layer(x).hidden
+    assert out.dtype == torch.float64 and layer.experts.gate_up_proj.dtype == torch.float64
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_input_of_another_dtype_is_a_clear_error():
+    layer = from_hf(FAMILIES["mixtral"]())
+    with pytest.raises(ValueError, match=r"x is torch.bfloat16 but the layer's experts are torch.float32"):
+        layer(torch.randn(2, 3, H, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("norm", [True, False])

@@ -15,7 +15,8 @@ transformers block                 moescope layer
 ``SwitchTransformersSparseMLP``    SwitchRouter(fixed capacity per sequence) + ReLU MLPs
 =================================  =========================================================
 
-Weights are copied (``clone``), never shared, and converted to moescope's layout
+Weights are copied (``clone``), never shared, keep each tensor's dtype (a bfloat16 block gives a
+bfloat16 layer), and are converted to moescope's layout
 (E, 2I, H) / (E, H, I) where the reference stores them transposed (Llama 4, GPT-OSS) or
 interleaves gate and up columns (GPT-OSS). The result equals the block's forward to float32
 rounding; see ``tests/moe/test_from_hf.py``.
@@ -43,10 +44,11 @@ def _activation(module: nn.Module) -> str:
 
 
 def _copy(dst: Tensor, src: Tensor) -> None:
+    """dst becomes a copy of src, in src's dtype (a bfloat16 checkpoint stays bfloat16, a float64
+    block float64: the layer computes in the precision of the block it replaces)."""
     if dst.shape != src.shape:
         raise ValueError(f"shape mismatch while copying weights: {tuple(src.shape)} -> {tuple(dst.shape)}")
-    with torch.no_grad():
-        dst.copy_(src.detach().to(dst.dtype))
+    dst.data = src.detach().to(device=dst.device, memory_format=torch.contiguous_format, copy=True)
 
 
 def _stacked_experts(src: nn.Module, activation: str | None = None) -> Experts:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import in_global_token_sums, load_balancing_loss, router_z_loss
@@ -34,6 +35,13 @@ def centroids(num_experts: int, hidden: int) -> nn.Parameter:
 def fp32(x: Tensor) -> Tensor:
     """At least float32 for softmax/sigmoid (bf16/fp16 go up; float64 stays, for gradcheck)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def fp32_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x Wᵀ + b in x's precision, at least float32, whatever the parameters' own dtype (transformers'
+    Switch router keeps its classifier in float32 in a bfloat16 or float64 model)."""
+    x = fp32(x)
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 def flat_tokens(x: Tensor, hidden: int) -> Tensor:

@@ -18,12 +18,18 @@ Matches transformers' ``DeepseekV3TopkRouter`` (its ``e_score_correction_bias`` 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
 from moescope.moe.result import RouterResult, count_tokens
-from moescope.moe.routers._common import aux_losses, centroids, check_positive, check_top_k, flat_tokens, fp32
+from moescope.moe.routers._common import (
+    aux_losses,
+    centroids,
+    check_positive,
+    check_top_k,
+    flat_tokens,
+    fp32_linear,
+)
 
 
 class DeepSeekV3Router(nn.Module):
@@ -64,7 +70,7 @@ class DeepSeekV3Router(nn.Module):
         """x (T, H) or (B, S, H) (sequences for the sequence-wise loss) -> routing."""
         seq_len = x.shape[-2] if x.ndim >= 3 else None
         flat = flat_tokens(x, self.hidden)
-        logits = F.linear(fp32(flat), fp32(self.weight))            # (T, E)
+        logits = fp32_linear(flat, self.weight)                           # (T, E)
         scores = torch.sigmoid(logits)
         choice = scores + self.selection_bias                             # selection only
         if self.n_group > 1:

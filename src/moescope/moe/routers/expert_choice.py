@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import router_z_loss
 from moescope.moe.result import RouterResult, count_tokens
-from moescope.moe.routers._common import aux_losses, centroids, check_positive, flat_tokens, fp32
+from moescope.moe.routers._common import aux_losses, centroids, check_positive, flat_tokens, fp32_linear
 
 
 class ExpertChoiceRouter(nn.Module):
@@ -41,7 +40,7 @@ class ExpertChoiceRouter(nn.Module):
         """x (..., H) -> routing; padding (mask 0) is never chosen."""
         flat = flat_tokens(x, self.hidden)
         tokens = flat.shape[0]
-        logits = F.linear(fp32(flat), fp32(self.weight))            # (T, E)
+        logits = fp32_linear(flat, self.weight)                           # (T, E)
         probs = torch.softmax(logits, dim=-1)
         eligible = probs if attention_mask is None else probs.masked_fill(
             attention_mask.reshape(-1, 1) == 0, -1.0)

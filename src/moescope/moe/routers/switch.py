@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import centroids, check_positive, flat_tokens, fp32, jitter, softmax_result
+from moescope.moe.routers._common import (
+    centroids,
+    check_positive,
+    flat_tokens,
+    fp32_linear,
+    jitter,
+    softmax_result,
+)
 
 
 class SwitchRouter(nn.Module):
@@ -61,7 +68,7 @@ class SwitchRouter(nn.Module):
         """x (T, H) or (B, S, H) -> routing of the flattened tokens."""
         group = x.shape[-2] if (self.capacity_scope == "sequence" and x.ndim >= 3) else None
         flat = jitter(flat_tokens(x, self.hidden), self.jitter, self.training)
-        logits = F.linear(fp32(flat), fp32(self.weight), None if self.bias is None else fp32(self.bias))
+        logits = fp32_linear(flat, self.weight, self.bias)
         probs = torch.softmax(logits, dim=-1)                                # (T, E)
         weight, choice = probs.max(dim=-1)                                   # (T,)
         tokens = flat.shape[0]
