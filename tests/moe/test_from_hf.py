@@ -76,6 +76,37 @@ def test_other_sizes_on_every_dispatch_path(name, hidden, inter, experts, top_k,
     assert torch.equal(torch.sort(out.routing.indices, -1).values, _hf_choices(name, block, x))
 
 
+def _hf_router_weight(name, block):
+    return {"llama4": lambda: block.router.weight, "gpt_oss": lambda: block.router.weight,
+            "switch": lambda: block.router.classifier.weight}.get(name, lambda: block.gate.weight)()
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_same_gradients_as_the_reference(name):
+    """Input, router-weight and (stacked layouts) expert-weight gradients equal transformers' in
+    training mode; Switch in eval mode, since its experts apply dropout when training."""
+    block = FAMILIES[name](seed=11, experts=16, top_k=1 if name in ("switch", "llama4") else 4)
+    layer = from_hf(block)
+    for m in (block, layer):
+        m.train(name != "switch")
+    x = torch.randn(2, 40, H, generator=torch.Generator().manual_seed(12))
+    g = torch.randn(2, 40, H, generator=torch.Generator().manual_seed(13))
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = block(x_ref)
+    ((out[0] if isinstance(out, tuple) else out).reshape(x.shape) * g).sum().backward()
+    (layer(x_ours).hidden * g).sum().backward()
+    close(x_ours.grad, x_ref.grad)
+    close(layer.router.weight.grad, _hf_router_weight(name, block).grad)
+    if name in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"):      # (E, 2I, H) in both
+        close(layer.experts.gate_up_proj.grad, block.experts.gate_up_proj.grad)
+        close(layer.experts.down_proj.grad, block.experts.down_proj.grad)
+
+
+def close(ours, ref):
+    """fp32 agreement relative to the reference's magnitude (GPT-OSS's clamp test weights are large)."""
+    torch.testing.assert_close(ours, ref, atol=1e-5 * max(1.0, float(ref.abs().max())), rtol=1e-5)
+
+
 def test_weights_are_copied_not_shared():
     block = FAMILIES["mixtral"]()
     layer = from_hf(block)

@@ -18,8 +18,10 @@ transformers block                 moescope layer
 Weights are copied (``clone``), never shared, keep each tensor's dtype (a bfloat16 block gives a
 bfloat16 layer), and are converted to moescope's layout
 (E, 2I, H) / (E, H, I) where the reference stores them transposed (Llama 4, GPT-OSS) or
-interleaves gate and up columns (GPT-OSS). The result equals the block's forward to float32
-rounding; see ``tests/moe/test_from_hf.py``.
+interleaves gate and up columns (GPT-OSS). The result equals the block's forward and its
+gradients to float32 rounding; see ``tests/moe/test_from_hf.py``. Not carried over: the dropout
+inside Switch Transformers' experts (``dropout_rate``, active in training mode only), so a lifted
+Switch layer trains without it.
 """
 
 from __future__ import annotations
