@@ -124,3 +124,25 @@ def test_unmasked_fast_path_equals_all_ones_mask(layers):
         assert fast.item() == pytest.approx(general.item(), rel=1e-6), c
     logits = torch.randn(tokens, E, generator=g) * 3
     assert router_z_loss(logits).item() == pytest.approx(router_z_loss(logits, ones).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("experts", "tokens", "seed"), [(2, 7, 0), (8, 64, 1), (64, 300, 2)])
+def test_switch_and_gshard_equal_transformers_switch_loss(experts, tokens, seed):
+    """transformers' Switch Transformers ``load_balancing_loss_func`` (E² · mean(f·P) per group, then
+    averaged over groups) on one group of top-1 choices; and ``router_z_loss_func`` on (B, S, E)."""
+    from transformers.models.switch_transformers.modeling_switch_transformers import (
+        load_balancing_loss_func,
+        router_z_loss_func,
+    )
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, tokens, experts, generator=g) * 3
+    probs = torch.softmax(logits, -1)
+    first = probs.argmax(-1)                                                      # (1, T)
+    ref = load_balancing_loss_func(probs, first)
+    for convention in ("switch", "gshard"):
+        ours = load_balancing_loss(probs[0], first[0].unsqueeze(-1), convention=convention)
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    batched = torch.randn(3, tokens, experts, generator=g) * 5
+    assert router_z_loss(batched.reshape(-1, experts)).item() == pytest.approx(router_z_loss_func(batched).item(),
+                                                                                rel=1e-6)
