@@ -187,3 +187,34 @@ def test_aux_losses_lazy_only_in_inference(name):
     assert isinstance(summed, dict)
     for key, value in eager.aux_losses.items():                        # one rank: the sums are its own
         torch.testing.assert_close(summed[key], value.detach())
+
+
+EMPTY_LAYERS = {
+    **{name: make for name, make in LAZY_ROUTERS.items()},
+    "gpt_oss": lambda: GptOssRouter(12, 6, 2),
+    "cosine": lambda: CosineRouter(12, 6, 2),
+    "switch_per_sequence": lambda: SwitchRouter(12, 6, capacity_scope="sequence"),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_LAYERS))
+@pytest.mark.parametrize(("shape", "all_padding"), [((0, 12), False), ((2, 0, 12), False), ((0, 4, 12), False),
+                                                     ((2, 3, 12), True)])
+def test_no_tokens_gives_empty_output_and_zero_losses(name, shape, all_padding):
+    """An empty batch (or one of padding only) is no error and no NaN: the output is empty (or
+    zero), every auxiliary loss is 0 — a mean over nothing would poison the training loss."""
+    from moescope.moe import Experts, MoELayer
+
+    torch.manual_seed(0)
+    layer = MoELayer(router=EMPTY_LAYERS[name](), experts=Experts(6, 12, 8))
+    x = torch.randn(shape, requires_grad=True)
+    mask = torch.zeros(shape[:-1]) if all_padding else None
+    out = layer(x, attention_mask=mask)
+    assert out.hidden.shape == x.shape and out.routing.tokens_per_expert.shape == (6,)
+    losses = dict(out.routing.aux_losses)
+    assert losses and all(float(v.detach()) == 0.0 for v in losses.values()), losses
+    (out.hidden.sum() + sum(losses.values())).backward()
+    assert torch.isfinite(x.grad).all()
+    for key, value in (out.routing.stats or {}).items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            assert torch.isfinite(value).all(), key

@@ -193,3 +193,13 @@ def test_bad_input() -> None:
         layer(torch.randn(2, 0, H))
     with pytest.raises(ValueError, match=r"attention_mask must have shape \(2, 4\); got \(2, 5\)"):
         layer(torch.randn(2, 4, H), attention_mask=torch.ones(2, 5))
+
+
+def test_empty_batch_of_groups() -> None:
+    """(0, T, H): no groups is an empty output, finite statistics, no error."""
+    layer = SoftMoELayer(hidden=8, experts=Experts(4, 8, 6), slots_per_expert=2)
+    x = torch.randn(0, 5, 8, requires_grad=True)
+    out = layer(x)
+    out.hidden.sum().backward()
+    assert out.hidden.shape == (0, 5, 8) and out.routing.indices.shape == (0, 4)
+    assert all(torch.isfinite(v).all() for v in out.routing.stats.values())

@@ -22,6 +22,9 @@ convention       definition                                              at bala
                  averaged over sequences (DeepSeek-V3 report, eq. 17–20)
 ===============  ======================================================  ==============
 
+A batch without tokens (T = 0, or every token padding) contributes 0 to every loss here, not
+the NaN of a mean over nothing (inside :func:`global_token_sums`: when no rank has a token).
+
 P_i always comes from the router's *full* score distribution (all E experts), never from
 the top-k combine weights — taking it from the renormalised top-k weights is a common bug
 that makes the loss blind to probability mass on unchosen experts.
@@ -167,6 +170,7 @@ def load_balancing_loss(
         counts = sum(_counts(i, num_experts, mask) for i in index_layers)
         probs = sum((s.float() * mask.unsqueeze(-1)).sum(0) for s in score_layers)
         counts, probs, rows = _global(counts, probs, mask.sum() * len(score_layers))
+        rows = rows.clamp_min(1.0)                                   # no tokens: counts = probs = 0, loss 0
         return num_experts * torch.sum((counts / rows) * (probs / rows))
 
     per_layer = []
@@ -175,11 +179,13 @@ def load_balancing_loss(
         if convention in ("switch", "gshard"):
             counts, probs, rows = _global(_counts(i[:, :1], num_experts, mask), (s * mask.unsqueeze(-1)).sum(0),
                                           mask.sum())
+            rows = rows.clamp_min(1.0)
             f, p = counts / rows, probs / rows
             per_layer.append(num_experts * torch.sum(f * p))
         elif convention == "megablocks":
             k = i.shape[-1]
             counts, probs, rows = _global(_counts(i, num_experts, mask), (s * mask.unsqueeze(-1)).sum(0), mask.sum())
+            rows = rows.clamp_min(1.0)
             f, p = counts / (rows * k), probs / rows
             per_layer.append(num_experts * torch.sum(f * p))
         else:  # deepseek_seq
@@ -194,15 +200,16 @@ def _unmasked(score_layers: list[Tensor], index_layers: list[Tensor], convention
     several times the router itself."""
     num_experts = score_layers[0].shape[-1]
     if convention == "hf":
-        rows = score_layers[0].shape[0] * len(score_layers)
+        rows = max(1, score_layers[0].shape[0] * len(score_layers))
         counts = sum(count_tokens(i, num_experts).float() for i in index_layers)
         probs = sum(s.float().sum(0) for s in score_layers)
         return num_experts * torch.sum((counts / rows) * (probs / rows))
     per_layer = []
     for s, i in zip(score_layers, index_layers, strict=True):
         k = 1 if convention in ("switch", "gshard") else i.shape[-1]
-        f = count_tokens(i[:, :k], num_experts).float() / (s.shape[0] * k)
-        per_layer.append(num_experts * torch.sum(f * s.float().mean(0)))
+        rows = max(1, s.shape[0])
+        f = count_tokens(i[:, :k], num_experts).float() / (rows * k)
+        per_layer.append(num_experts * torch.sum(f * (s.float().sum(0) / rows)))
     return per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).mean()
 
 
@@ -210,28 +217,28 @@ def _deepseek_sequence_loss(scores: Tensor, indices: Tensor, mask: Tensor, seq_l
     tokens, num_experts = scores.shape
     k = indices.shape[-1]
     seq_len = tokens if seq_len is None else seq_len
-    if tokens % seq_len:
+    if tokens and (seq_len < 1 or tokens % seq_len):
         raise ValueError(f"sequence_length={seq_len} does not divide the {tokens} tokens")
-    n_seq = tokens // seq_len
+    n_seq = tokens // seq_len if tokens else 0
     normed = scores / scores.sum(-1, keepdim=True).clamp_min(1e-20)       # s'_{i,t}
     onehot = torch.zeros(tokens, num_experts, device=scores.device)
     valid = (indices >= 0).float()
     onehot.scatter_add_(1, indices.clamp_min(0), valid)                     # (T, E) chosen
     m = mask.view(n_seq, seq_len, 1)
     n_real = m.sum(1).clamp_min(1.0)                                         # (n_seq, 1)
-    f = num_experts / (k * n_real) * (onehot.view(n_seq, seq_len, -1) * m).sum(1)
-    p = (normed.view(n_seq, seq_len, -1) * m).sum(1) / n_real
-    if not _GROUPS:
-        return (f * p).sum(-1).mean()
-    total, count = _global((f * p).sum(), torch.tensor(float(n_seq), device=scores.device))  # mean over all sequences
-    return total / count
+    f = num_experts / (k * n_real) * (onehot.view(n_seq, seq_len, num_experts) * m).sum(1)
+    p = (normed.view(n_seq, seq_len, num_experts) * m).sum(1) / n_real
+    total, count = (f * p).sum(), torch.tensor(float(n_seq), device=scores.device)
+    if _GROUPS:
+        total, count = _global(total, count)                                  # mean over all sequences
+    return total / count.clamp_min(1.0)                                      # no sequences: 0
 
 
 def router_z_loss(logits: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): mean_t (logsumexp_e logits_{t,e})²."""
     z = torch.logsumexp(logits.float(), dim=-1).square()
     if attention_mask is None and not _GROUPS:
-        return z.mean()
+        return z.sum() / max(1, z.shape[0])
     mask = _mask(attention_mask, z.shape[0], z.device)
     total, rows = _global((z * mask).sum(), mask.sum())
-    return total / rows
+    return total / rows.clamp_min(1.0)

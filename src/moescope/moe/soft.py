@@ -176,9 +176,9 @@ class SoftMoELayer(nn.Module):
         if attention_mask is not None:
             out = out * mask.unsqueeze(-1).to(out.dtype)
         n_tok, e = groups.shape[0] * groups.shape[1], self.num_experts
-        flat_c = combine.reshape(n_tok, -1)                                         # (T_total, E·S)
+        flat_c = combine.reshape(n_tok, combine.shape[-1])                          # (T_total, E·S)
         routing = RouterResult(
-            logits=logits.reshape(n_tok, -1), scores=flat_c,
+            logits=logits.reshape(n_tok, logits.shape[-1]), scores=flat_c,
             indices=torch.arange(e, device=x.device).repeat(n_tok, 1),
             weights=flat_c.reshape(n_tok, e, self.slots_per_expert).sum(-1),
             tokens_per_expert=torch.full((e,), int(mask.sum()), dtype=torch.int64, device=x.device),

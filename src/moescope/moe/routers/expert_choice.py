@@ -51,7 +51,7 @@ class ExpertChoiceRouter(nn.Module):
         if attention_mask is not None:
             chosen &= attention_mask.reshape(-1, 1).bool()
         per_token = chosen.sum(-1)
-        k_max = max(int(per_token.max()), 1)
+        k_max = max(int(per_token.max()), 1) if tokens else 1
         key = torch.where(chosen, probs + 1.0, torch.zeros_like(probs))  # chosen first, by weight
         top_key, indices = key.topk(k_max, dim=-1)
         valid = top_key > 0
@@ -61,4 +61,4 @@ class ExpertChoiceRouter(nn.Module):
                             tokens_per_expert=count_tokens(indices, self.num_experts),
                             aux_losses=aux_losses(z_loss=lambda: router_z_loss(logits, attention_mask)),
                             stats={"capacity": torch.tensor(cap), "experts_per_token": per_token.float(),
-                                   "unrouted_fraction": (per_token == 0).float().mean()})
+                                   "unrouted_fraction": (per_token == 0).float().sum() / max(tokens, 1)})

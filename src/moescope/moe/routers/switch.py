@@ -73,11 +73,11 @@ class SwitchRouter(nn.Module):
         weight, choice = probs.max(dim=-1)                                   # (T,)
         tokens = flat.shape[0]
         group = group or tokens
-        onehot = F.one_hot(choice, self.num_experts).view(-1, group, self.num_experts)
+        onehot = F.one_hot(choice, self.num_experts).view(tokens // group if group else 0, group, self.num_experts)
         position = torch.cumsum(onehot, dim=1).view(tokens, self.num_experts)  # 1-based rank in its expert
         kept = position.gather(1, choice.unsqueeze(1)).squeeze(1) <= self.capacity(group)
         indices = torch.where(kept, choice, -1).unsqueeze(1)                # (T, 1)
         weights = torch.where(kept, weight, 0.0).unsqueeze(1)
         return softmax_result(logits, probs, indices, weights, balance=self.balance, attention_mask=attention_mask,
                               balance_indices=choice.unsqueeze(1),  # what tokens asked for, dropped or not
-                              stats={"drop_rate": (~kept).float().mean(), "dropped": ~kept})
+                              stats={"drop_rate": (~kept).float().sum() / max(tokens, 1), "dropped": ~kept})
