@@ -203,3 +203,9 @@ def test_empty_batch_of_groups() -> None:
     out.hidden.sum().backward()
     assert out.hidden.shape == (0, 5, 8) and out.routing.indices.shape == (0, 4)
     assert all(torch.isfinite(v).all() for v in out.routing.stats.values())
+
+
+def test_input_of_another_dtype_is_a_clear_error() -> None:
+    layer = SoftMoELayer(hidden=8, experts=Experts(4, 8, 6), slots_per_expert=1)
+    with pytest.raises(ValueError, match="x is torch.bfloat16 but the layer's experts are torch.float32"):
+        layer(torch.randn(2, 3, 8, dtype=torch.bfloat16))
