@@ -46,6 +46,12 @@ def test_same_outputs_and_same_choices(name, shape):
     assert torch.equal(ours, _hf_choices(name, block, x))
 
 
+def _close(ours, ref, msg=None):
+    """fp32 agreement relative to the reference's magnitude (wide layers with N(0, 0.3²) weights and
+    GPT-OSS's clamp-test weights reach |y| ~ 100)."""
+    torch.testing.assert_close(ours, ref, atol=1e-5 * max(1.0, float(ref.abs().max())), rtol=1e-5, msg=msg)
+
+
 def _other_sizes(count: int, seed: int = 2026) -> list[tuple]:
     """Sizes the other tests never use, drawn once from a seeded generator: (family, hidden,
     intermediate, experts, top_k, batch, seq). Odd widths (no 16-byte rows: no grouped_mm), one
@@ -67,12 +73,11 @@ def test_other_sizes_on_every_dispatch_path(name, hidden, inter, experts, top_k,
     x = torch.randn(batch, seq, hidden, generator=torch.Generator().manual_seed(experts))
     ref = _hidden(block, x)
     layer = from_hf(block)
-    atol = 1e-5 * max(1.0, float(ref.abs().max()))   # wide layers with N(0, 0.3²) weights reach |y| ~ 100
     for method in ("auto", "sorted", "loop", "bmm"):
         layer.dispatch = method
         with torch.no_grad():
             out = layer(x)
-        torch.testing.assert_close(out.hidden, ref, atol=atol, rtol=1e-5, msg=lambda m, method=method: f"{method}: {m}")
+        _close(out.hidden, ref, msg=lambda m, method=method: f"{method}: {m}")
     assert torch.equal(torch.sort(out.routing.indices, -1).values, _hf_choices(name, block, x))
 
 
@@ -95,16 +100,11 @@ def test_same_gradients_as_the_reference(name):
     out = block(x_ref)
     ((out[0] if isinstance(out, tuple) else out).reshape(x.shape) * g).sum().backward()
     (layer(x_ours).hidden * g).sum().backward()
-    close(x_ours.grad, x_ref.grad)
-    close(layer.router.weight.grad, _hf_router_weight(name, block).grad)
+    _close(x_ours.grad, x_ref.grad)
+    _close(layer.router.weight.grad, _hf_router_weight(name, block).grad)
     if name in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"):      # (E, 2I, H) in both
-        close(layer.experts.gate_up_proj.grad, block.experts.gate_up_proj.grad)
-        close(layer.experts.down_proj.grad, block.experts.down_proj.grad)
-
-
-def close(ours, ref):
-    """fp32 agreement relative to the reference's magnitude (GPT-OSS's clamp test weights are large)."""
-    torch.testing.assert_close(ours, ref, atol=1e-5 * max(1.0, float(ref.abs().max())), rtol=1e-5)
+        _close(layer.experts.gate_up_proj.grad, block.experts.gate_up_proj.grad)
+        _close(layer.experts.down_proj.grad, block.experts.down_proj.grad)
 
 
 def test_weights_are_copied_not_shared():
