@@ -83,6 +83,13 @@ class Experts(nn.Module):
         up = up.clamp(-self.limit, self.limit)
         return (up + 1) * (gate * torch.sigmoid(gate * self.alpha))
 
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error when x's dtype is not the experts' (else a matmul fails deep inside)."""
+        dtype = self.gate_up_proj.dtype
+        if x.dtype != dtype:
+            raise ValueError(f"x is {x.dtype} but the layer's experts are {dtype}; convert one of them "
+                             f"(x.to({dtype}) or layer.to({x.dtype}))")
+
     def expert(self, e: int, x: Tensor) -> Tensor:
         """Expert e on (N, H) rows -> (N, H)."""
         first = F.linear(x, self.gate_up_proj[e], None if self.gate_up_bias is None else self.gate_up_bias[e])

@@ -44,10 +44,7 @@ class MoELayer(nn.Module):
         ``attention_mask`` (same leading shape as x, 1 = real token) keeps padding out of the
         auxiliary losses (and out of expert-choice selection).
         """
-        dtype = self.experts.gate_up_proj.dtype
-        if x.dtype != dtype:
-            raise ValueError(f"x is {x.dtype} but the layer's experts are {dtype}; convert one of them "
-                             f"(x.to({dtype}) or layer.to({x.dtype}))")
+        self.experts.check_input(x)
         routing = self.router(x, attention_mask=attention_mask)
         flat = x.reshape(-1, x.shape[-1])
         out = dispatch(flat, routing.indices, routing.weights, self.experts,

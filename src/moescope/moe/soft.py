@@ -163,9 +163,7 @@ class SoftMoELayer(nn.Module):
             raise ValueError(f"SoftMoELayer expects input (..., T, {self.hidden}); got shape {tuple(x.shape)}")
         if x.shape[-2] == 0:
             raise ValueError(f"Soft MoE needs at least one token per group (T >= 1); got shape {tuple(x.shape)}")
-        if x.dtype != self.experts.gate_up_proj.dtype:
-            raise ValueError(f"x is {x.dtype} but the layer's experts are {self.experts.gate_up_proj.dtype}; "
-                             "convert one of them")
+        self.experts.check_input(x)
         if attention_mask is not None and attention_mask.shape != x.shape[:-1]:
             raise ValueError(f"attention_mask must have shape {tuple(x.shape[:-1])}; "
                              f"got {tuple(attention_mask.shape)}")
