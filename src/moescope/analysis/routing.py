@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from moescope.models.view import RoutingRecord
+from moescope.stats import normalized_mutual_information
 
 # An expert is "starved" below this share of the mean load (and "dead" at zero).
 STARVED_SHARE = 0.1
@@ -239,8 +240,10 @@ class RoutingStats:
         chance = k / e
         share = acc.domain_counts.double() / acc.domain_tokens.double().clamp_min(1).unsqueeze(1)   # (D, E)
         corrected = (share - chance) / (1 - chance) if chance < 1 else torch.zeros_like(share)
+        table = acc.domain_counts.double().numpy()
         return {"names": list(self.domains), "tokens": acc.domain_tokens.tolist(), "share": share.tolist(),
                 "chance": chance, "specialisation": corrected.tolist(),
+                "nmi": normalized_mutual_information(table) if table.sum() > 0 else 0.0,
                 "max_specialisation": corrected.max(0).values.tolist()}
 
     @staticmethod
