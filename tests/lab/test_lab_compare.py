@@ -6,6 +6,14 @@ import pytest
 from moescope.lab.compare import differences, main
 
 
+@pytest.fixture(autouse=True)
+def _timed_claim_5(monkeypatch):
+    """No lab claim is decided by a wall-clock time today; the mechanism is tested with a pretend one."""
+    import moescope.lab.compare as compare
+
+    monkeypatch.setattr(compare, "WALL_CLOCK_CLAIMS", frozenset({5}))
+
+
 def _results() -> dict:
     return {
         "profile": "quick", "seed": 0, "seconds": 12.5, "timings": {"sphere": 1.0},

@@ -14,13 +14,13 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def quick_subset():
-    return run_lab(LabConfig(claims=(1, 2, 3, 5), seed=3))
+    return run_lab(LabConfig(claims=(1, 2, 3), seed=3))
 
 
 def test_verdicts_and_report(quick_subset, tmp_path):
     res = quick_subset
-    assert [v["claim_id"] for v in res["verdicts"]] == [1, 2, 3, 5]
-    assert set(res["timings"]) == {"sphere", "sparse"}                  # claims share one sphere run
+    assert [v["claim_id"] for v in res["verdicts"]] == [1, 2, 3]
+    assert set(res["timings"]) == {"sphere"}                            # claims share one sphere run
     written = write_lab_report(res, lab_figures(res), tmp_path)
     html = written["report"].read_text()
     for v in res["verdicts"]:

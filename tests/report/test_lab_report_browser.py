@@ -42,12 +42,17 @@ def test_report_in_headless_chromium(report):
         assert errors == [], errors
         images = driver.find_elements(By.CSS_SELECTOR, "figure img")
         wanted = {f for v in res["verdicts"] for f in v["figures"]}
-        assert len(images) == sum(len(v["figures"]) for v in res["verdicts"]) and wanted
+        evidence = sum(len(v.get("evidence") or ()) for v in res["verdicts"])  # one figure per condition
+        assert len(images) == sum(len(v["figures"]) for v in res["verdicts"]) + evidence and wanted
+        assert len(driver.find_elements(By.CSS_SELECTOR, "figure.evidence-figure img")) == evidence
         for img in images:  # decoded, non-empty and laid out
             assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
             assert img.is_displayed() and img.size["width"] > 100 and img.size["height"] > 100
         rows = driver.find_elements(By.CSS_SELECTOR, "table.verdicts tr")
         assert len(rows) == len(res["verdicts"]) + 1
+        assert driver.find_element(By.ID, "counts").text.startswith("Findings:")
+        lecture = driver.find_element(By.CSS_SELECTOR, "#claim-1 .lecture")  # Japanese quotes render
+        assert lecture.is_displayed() and "「" in lecture.text
         assert driver.save_screenshot(str(out / "report.png"))
         assert (out / "report.png").stat().st_size > 10_000
     finally:

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moescope.analysis.expert_null import view_grouping_null
+from moescope.analysis.router_null import angle_agreement_top1, random_router_rows, swappable
 from moescope.analysis.routing import RoutingStats
 from moescope.analysis.weights import overlap_zscore, subspace_geometry, top_subspace, view_geometry
 from moescope.geometry import principal_angles, random_overlap_mean
@@ -58,13 +60,23 @@ class ExternalConfig:
     seq_len: int = 128              # tokens per window (capped by the model's max_position_embeddings)
     batch_size: int = 4             # windows per forward pass
     sample_tokens: int = 32         # tokens per domain in the token × expert heatmaps (as lab.trained)
-    seed: int = 0                   # the corpus's math generator and the randomized SVD
+    seed: int = 0                   # the corpus's math generator, the randomized SVD and the nulls' draws
+    null_draws: int = 100           # random-direction routers of claims 11, 13, 14: one model, so the interval is
+                                    # their spread, and a 95% order-statistic interval needs >= 39 draws
+    null_tokens: int = 1_024        # per domain, routed by the trained router and each random one (same text)
+    expert_draws: int = 200         # random regroupings of each layer's hidden units (claim 6)
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "seq_len", "batch_size", "sample_tokens"):
+        for name in ("max_tokens", "seq_len", "batch_size", "sample_tokens", "null_tokens"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer; got {name}={v!r}")
+        if not isinstance(self.null_draws, int) or self.null_draws < 39:
+            raise ValueError(f"null_draws must be an integer >= 39 (fewer cannot make a 95% interval); got "
+                             f"null_draws={self.null_draws!r}")
+        if not isinstance(self.expert_draws, int) or self.expert_draws < 39:
+            raise ValueError(f"expert_draws must be an integer >= 39 (fewer cannot make a 95% interval); got "
+                             f"expert_draws={self.expert_draws!r}")
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 (consecutive-token statistics); got seq_len={self.seq_len}")
 
@@ -291,6 +303,7 @@ def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]
                 lambda mod, args, i=v.index: heads.__setitem__(i, args[0].detach())))
     head_shares: list[float] = []
     expert_shares: list[float] = []
+    output_shares: list[dict] = []
     samples = {}
 
     def forward(batch: Tensor) -> list:
@@ -310,9 +323,14 @@ def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]
                         angle[r.layer].update(router_inputs[r.layer], r.indices)
                         acting = ((r.indices >= 0) & (r.weights > 0)).sum(-1).float()         # (T,)
                         expert_shares.append(float(acting.mean()) / r.scores.shape[-1])
+                    fractions = []
                     for i, y in heads.items():  # (B, S, nh·dv): the heads' outputs, concatenated
                         norms = y.reshape(*y.shape[:-1], n_head[i], -1).float().norm(dim=-1)   # (B, S, nh)
                         head_shares.append(float((norms > 1e-6 * norms.amax(-1, keepdim=True)).float().mean()))
+                        fractions.append(_head_fraction(y, _out_proj(attns[i]).weight, n_head[i]))
+                    if fractions:
+                        output_shares.append({"head_fraction": sum(fractions) / len(fractions), "n_head": n_head[
+                            next(iter(heads))]})
                 head = torch.tensor([domain_ids[: cfg.sample_tokens]])
                 samples[domain] = {"tokens": head[0].tolist(),
                                    "pieces": [tokenizer.decode([t]) for t in head[0].tolist()],
@@ -322,49 +340,80 @@ def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]
             h.remove()
     used = {"head_share": sum(head_shares) / len(head_shares) if head_shares else None,
             "expert_share": sum(expert_shares) / max(len(expert_shares), 1),
-            "n_head": next(iter(n_head.values()), 0)}
+            "n_head": next(iter(n_head.values()), 0), "output_shares": output_shares}
     if not head_shares:
         used["reason"] = "no self-attention module with an output projection was found next to the MoE layers"
     return ({"layers": stats.summaries(), "samples": samples}, {"layers": [a.summary() for a in angle]}, used,
             {"windows_per_domain": {d: int(_windows(i, seq_len).shape[0]) for d, i in ids.items()}})
 
 
-def _untrained_router(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]], cfg: ExternalConfig,
-                      seq_len: int) -> dict | None:
-    """Routing statistics by domain with every router row replaced by a random direction of the same norm.
+def _head_fraction(y: Tensor, w_o: Tensor, n_head: int, share: float = 0.9) -> float:
+    """Mean over tokens of the fewest heads whose contributions y_h·W_o,hᵀ carry ``share`` of their norm sum.
 
-    The null of claim 13: the model's own hidden states (which carry the tokens' identity, so
-    domains with different tokens still route differently) through a router that learned
-    nothing. The trained router rows are restored afterwards, also on error. None when a
-    view's router matrix is not the model's own parameter (it could not be swapped).
+    y (B, S, nh·dv) the concatenated head outputs; w_o (H, nh·dv) the output projection. As
+    :func:`moescope.lab.trained.output_shares`, as a share of the heads.
     """
-    live = {p.data_ptr() for p in model.parameters()}
-    if any(v.router_weight.data_ptr() not in live for v in views):  # a copy: changing it would change nothing
+    y = y.reshape(-1, n_head, y.shape[-1] // n_head).float()                         # (T, nh, dv)
+    wo = w_o.detach().float().view(w_o.shape[0], n_head, -1)                          # (H, nh, dv)
+    norms = torch.einsum("thd,chd->thc", y, wo).norm(dim=-1)                          # (T, nh)
+    srt = norms.sort(-1, descending=True).values
+    cum = srt.cumsum(-1) / srt.sum(-1, keepdim=True).clamp_min(1e-30)
+    return float(((cum < share).sum(-1) + 1).clamp_max(n_head).float().mean()) / n_head
+
+
+def _router_null(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]], cfg: ExternalConfig,
+                 seq_len: int) -> dict | None:
+    """Per MoE layer, nmi / repetition / router entropy / angle agreement of the trained router and of
+    ``cfg.null_draws`` random-direction routers of the same norms, on the same ``null_tokens`` per domain.
+
+    The null of claims 11, 13 and 14 (:mod:`moescope.analysis.router_null`, the lab's definition). None
+    when a view's router matrix is not the model's own parameter (it could not be swapped).
+    """
+    if not swappable(model, views):
         return None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    saved = [v.router_weight.clone() for v in views]
-    stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], domains=DOMAINS)
-    try:
-        with torch.no_grad():
-            for v in views:  # router_weight is the live parameter's storage (a detached view)
-                w = v.router_weight
-                direction = F.normalize(torch.randn(w.shape, generator=gen, dtype=torch.float32), dim=-1)
-                w.copy_((direction * w.float().norm(dim=-1, keepdim=True)).to(w.dtype))
+    inputs: dict[int, list[Tensor]] = {}
+    hooks = []
+    for v in views:
+        path = READERS[v.family][0]
+        router = v.module.get_submodule(path) if path else v.module
+        hooks.append(router.register_forward_pre_hook(
+            lambda mod, args, kw, i=v.index: inputs.setdefault(i, []).append((args or tuple(kw.values()))[0].detach()),
+            with_kwargs=True))
+    windows = {d: _windows(i[: cfg.null_tokens], seq_len) for d, i in ids.items()}
+
+    def measure() -> list[dict]:
+        stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], domains=DOMAINS)
+        inputs.clear()
         with RoutingRecorder(model, views) as rec, torch.no_grad():
-            for domain, domain_ids in ids.items():
-                wins = _windows(domain_ids, seq_len)
+            for domain, wins in windows.items():
                 for start in range(0, wins.shape[0], cfg.batch_size):
                     batch = wins[start : start + cfg.batch_size]
                     rec.set_batch(batch, torch.ones_like(batch))
                     model(input_ids=batch, attention_mask=torch.ones_like(batch))
                     for r in rec.pop():
                         stats.update(r, domain)
+        out = []
+        for v, lay in zip(views, stats.summaries(), strict=True):
+            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[v.index]])
+            out.append({"nmi": lay["domains"]["nmi"],
+                        "repetition": lay["repetition"]["first"] / lay["repetition"]["uniform_first"],
+                        "router_entropy": lay["router_entropy"],
+                        "angle_top1": angle_agreement_top1(x, v.router_weight, v.router_bias)})
+        return out
+
+    try:
+        observed = measure()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        null = []
+        for _ in range(cfg.null_draws):
+            with random_router_rows(views, gen):
+                null.append(measure())
     finally:
-        with torch.no_grad():
-            for v, w in zip(views, saved, strict=True):
-                v.router_weight.copy_(w)
-    return {"layers": stats.summaries(),
-            "kind": f"every router row replaced by a random direction of the same norm (seed {cfg.seed})"}
+        for h in hooks:
+            h.remove()
+    return {"observed": observed, "null": null, "tokens_per_domain": cfg.null_tokens,
+            "kind": f"the checkpoint with every router row replaced by a random direction of the same norm "
+                    f"({cfg.null_draws} draws, seed {cfg.seed})"}
 
 
 def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig()) -> dict:
@@ -397,8 +446,12 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
                                        seed=cfg.seed))
     ids = _token_ids(tokenizer, corpus, cfg.max_tokens, model.get_input_embeddings().num_embeddings, path)
     routing, angle, used, windows = _route(model, views, ids, cfg, seq_len, tokenizer)
-    routing_null = _untrained_router(model, views, ids, cfg, seq_len)
+    router_null = _router_null(model, views, ids, cfg, seq_len)
+    if router_null is None:
+        raise ModelInputError(f"--model {path}: the router weights of {type(model).__name__} are copies, not the "
+                              "model's parameters, so the random-router null cannot be measured")
     weights = [view_geometry(v, seed=cfg.seed) for v in views]
+    expert_null = [view_grouping_null(v, draws=cfg.expert_draws, seed=cfg.seed + i) for i, v in enumerate(views)]
     geometry, skipped = [], None
     for v, geo in zip(views, weights, strict=True):
         attn = attention_for(model, v)
@@ -421,8 +474,9 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
     tokens = {d: len(i) for d, i in ids.items()}
     del model
     return {
-        "runs": {RUN: {"name": RUN, "moe": True, "routing": routing, "routing_null": routing_null,
-                       "weights": weights}},
+        "runs": {RUN: {"name": RUN, "moe": True, "routing": routing, "router_null": router_null,
+                       "weights": weights, "expert_null": expert_null}},
+        "output_shares": used["output_shares"],
         "angle": angle, "subspaces_used": used, "top_k": first.top_k, "num_experts": first.num_experts,
         "baseline": RUN, "shared_run": RUN, "model": info,
         "provenance": {"checkpoint": info, "tokens": tokens, "tokens_total": sum(tokens.values()),

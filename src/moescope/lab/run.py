@@ -22,66 +22,14 @@ from pathlib import Path
 
 import torch
 
-from moescope.lab.claims import (
-    c01_orthogonality,
-    c02_equidistance,
-    c03_equator,
-    c04_shortcuts,
-    c05_sparse_compute,
-    c06_expert_subspaces,
-    c07_similarity_dynamics,
-    c08_collapse,
-    c09_uniformity,
-    c10_shared_expert,
-    c11_angle_routing,
-    c12_heads_vs_experts,
-    c13_domains,
-    c14_heatmaps,
-    c15_quality_compute,
-    c16_trees,
-)
+from moescope.lab.claims import all_claims
 
 PROFILES = ("quick", "full")
-# claim -> the experiment it reads (claims sharing an experiment run it once)
-NEEDS = {1: "sphere", 2: "sphere", 3: "sphere", 4: "digits", 5: "sparse", 16: "curvature",
-         **{c: "training" for c in range(6, 16)}}
-EVALUATORS = {
-    1: c01_orthogonality.evaluate, 2: c02_equidistance.evaluate, 3: c03_equator.evaluate,
-    4: c04_shortcuts.evaluate, 5: c05_sparse_compute.evaluate, 16: c16_trees.evaluate,
-    6: lambda t: c06_expert_subspaces.evaluate(t["runs"]),
-    7: lambda t: c07_similarity_dynamics.evaluate(t["runs"]),
-    8: lambda t: c08_collapse.evaluate(t["runs"]),
-    9: lambda t: c09_uniformity.evaluate(t["runs"]),
-    10: lambda t: c10_shared_expert.evaluate(t["runs"]),
-    11: lambda t: c11_angle_routing.evaluate(t["runs"], t["angle"]),
-    12: lambda t: c12_heads_vs_experts.evaluate(t["subspaces_used"], t["top_k"], t["num_experts"]),
-    13: lambda t: c13_domains.evaluate(t["runs"]),
-    14: lambda t: c14_heatmaps.evaluate(t["runs"]),
-    15: lambda t: c15_quality_compute.evaluate(t["runs"], t["soft"]),
-}
-ALL_CLAIMS = tuple(sorted(NEEDS))
-# claims measurable on a user's checkpoint, and those that need the lab's own training runs
-MODEL_CLAIMS = (6, 10, 11, 12, 13, 14)
-TRAINING_ONLY = {7: "checkpoints over training", 8: "runs with and without the balance loss",
-                 9: "runs with and without the balance loss", 15: "Switch, top-2 and Soft MoE runs"}
-
-
-def _where(t: dict) -> str:
-    from moescope.lab.external import describe
-
-    return describe(t["model"])
-
-
-CHECKPOINT_EVALUATORS = {  # the same evaluators and thresholds, on the checkpoint's run
-    6: lambda t: c06_expert_subspaces.evaluate(t["runs"], t["baseline"], where=_where(t)),
-    10: lambda t: c10_shared_expert.evaluate(t["runs"], t["shared_run"], where=_where(t)),
-    11: lambda t: c11_angle_routing.evaluate(t["runs"], t["angle"], t["baseline"], cosine=None,
-                                             where=f"the router of {_where(t)}"),
-    12: lambda t: c12_heads_vs_experts.evaluate(t["subspaces_used"], t["top_k"], t["num_experts"], where=_where(t)),
-    13: lambda t: c13_domains.evaluate(t["runs"], t["baseline"],
-                                      where=f"the lab corpus routed through {_where(t)}"),
-    14: lambda t: c14_heatmaps.evaluate(t["runs"], t["baseline"], where=_where(t)),
-}
+CLAIMS = all_claims()                      # claim id -> its module (moescope.lab.claims)
+ALL_CLAIMS = tuple(CLAIMS)
+# claims measurable on a user's checkpoint, and those that need the lab's own training runs (with why)
+MODEL_CLAIMS = tuple(i for i, m in CLAIMS.items() if hasattr(m, "from_checkpoint"))
+TRAINING_ONLY = {i: m.NEEDS_TRAINING for i, m in CLAIMS.items() if hasattr(m, "NEEDS_TRAINING")}
 
 
 @dataclass(frozen=True)
@@ -103,7 +51,7 @@ class LabConfig:
             raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got profile={self.profile!r}")
         if self.claims is None:
             object.__setattr__(self, "claims", ALL_CLAIMS if self.model is None else MODEL_CLAIMS)
-        unknown = sorted(set(self.claims) - set(NEEDS))
+        unknown = sorted(set(self.claims) - set(CLAIMS))
         if unknown or not self.claims:
             raise ValueError(f"claims must be among {list(ALL_CLAIMS)}; got {list(self.claims)}")
         if self.tensorboard:
@@ -122,9 +70,9 @@ class LabConfig:
                                  f"do not use a model)")
             object.__setattr__(self, "model", check_checkpoint(self.model))
 
-    def needs(self, claim: int) -> str:
-        """The experiment ``claim`` reads: the checkpoint's measurements instead of training with a model."""
-        return "checkpoint" if self.model is not None and claim in MODEL_CLAIMS else NEEDS[claim]
+    def needs(self, claim: int) -> tuple[str, ...]:
+        """The experiments ``claim`` reads: the checkpoint's measurements instead of training with a model."""
+        return ("checkpoint",) if self.model is not None and claim in MODEL_CLAIMS else CLAIMS[claim].NEEDS
 
 
 def _sphere(cfg: LabConfig) -> dict:
@@ -146,7 +94,9 @@ def _digits(cfg: LabConfig) -> dict:
 
 
 def _sparse(cfg: LabConfig) -> dict:
-    return c05_sparse_compute.measure(repeats=5 if cfg.profile == "quick" else 15, seed=cfg.seed)
+    from moescope.lab.claims.c05_sparse_compute import measure
+
+    return measure(repeats=5 if cfg.profile == "quick" else 15, seed=cfg.seed)
 
 
 def _curvature(cfg: LabConfig) -> dict:
@@ -158,11 +108,17 @@ def _curvature(cfg: LabConfig) -> dict:
 
 
 def _training(cfg: LabConfig) -> dict:
-    """Train the profile's runs (resuming interrupted ones) and measure every trained model."""
+    """Train the profile's runs (resuming interrupted ones) and measure every trained model.
+
+    Every run gets its routing, weight geometry and permutation null; the baseline's seeds also the
+    random-router null and the head/expert output shares, and the baseline's and the upcycled run's
+    seeds their checkpoints' trajectory (:func:`moescope.lab.trained.measure_run`).
+    """
     from dataclasses import replace
 
     from moescope.lab import trained
-    from moescope.lab.runs import prepare, profile, run_profile, standard_runs
+    from moescope.lab.claims._trained import seeds
+    from moescope.lab.runs import BASELINE, SOFT, prepare, profile, run_profile, standard_runs
 
     p = profile(cfg.profile)
     p = replace(p, train=replace(p.train, seed=cfg.seed))
@@ -170,13 +126,16 @@ def _training(cfg: LabConfig) -> dict:
     results = run_profile(p, workdir, progress=False, tensorboard=cfg.tensorboard)
     _, tokens = prepare(p, workdir)
     specs = {s.name: s for s in standard_runs(p)}
-    runs = {name: trained.measure_run(specs[name], r, tokens.val, dynamics=(name == "top2"),
-                                     null=(name == "top2"))
+    baseline = {id(r) for r in seeds(results, BASELINE)}
+    dynamic = baseline | {id(r) for r in seeds(results, "top2-upcycled")}
+    runs = {name: trained.measure_run(specs[name], r, tokens.val, dynamics=id(r) in dynamic,
+                                      null=id(r) in baseline, seed=cfg.seed)
             for name, r in results.items()}
-    base = trained.load_run(specs["top2"], results["top2"].checkpoints[max(results["top2"].checkpoints)])
-    soft = trained.load_run(specs["soft-moe"], results["soft-moe"].checkpoints[max(results["soft-moe"].checkpoints)])
+    base = trained.load_run(specs[BASELINE], results[BASELINE].checkpoints[max(results[BASELINE].checkpoints)])
+    soft = trained.load_run(specs[SOFT], results[SOFT].checkpoints[max(results[SOFT].checkpoints)])
     return {"runs": runs, "angle": trained.angle_agreement(base, tokens.val),
             "subspaces_used": trained.subspaces_used(base, tokens.val),
+            "output_shares": [r["output_shares"] for r in seeds(runs, BASELINE)],
             "soft": trained.soft_statistics(soft, tokens.val),
             "top_k": base.cfg.moe.top_k, "num_experts": base.cfg.moe.num_experts,
             "provenance": {"tokens": tokens.provenance(), "profile": p.to_dict()}}
@@ -184,9 +143,10 @@ def _training(cfg: LabConfig) -> dict:
 
 def _checkpoint(cfg: LabConfig) -> dict:
     """Measure the user's checkpoint (``cfg.model``) for claims 6, 10-14; the same sizes for every profile."""
-    from moescope.lab.external import ExternalConfig, measure_checkpoint
+    from moescope.lab.external import ExternalConfig, describe, measure_checkpoint
 
-    return measure_checkpoint(cfg.model, ExternalConfig(seed=cfg.seed))
+    t = measure_checkpoint(cfg.model, ExternalConfig(seed=cfg.seed))
+    return {**t, "where": describe(t["model"])}
 
 
 EXPERIMENTS: dict[str, Callable[[LabConfig], dict]] = {
@@ -207,7 +167,7 @@ def run_lab(cfg: LabConfig = LabConfig(), on_stage: Callable[[str], None] | None
     layers, experts, token counts).
     """
     start = time.perf_counter()
-    needed = list(dict.fromkeys(cfg.needs(c) for c in sorted(cfg.claims)))
+    needed = list(dict.fromkeys(name for c in sorted(cfg.claims) for name in cfg.needs(c)))
     data, timings = {}, {}
     for name in needed:
         if on_stage is not None:
@@ -215,7 +175,7 @@ def run_lab(cfg: LabConfig = LabConfig(), on_stage: Callable[[str], None] | None
         t0 = time.perf_counter()
         data[name] = EXPERIMENTS[name](cfg)
         timings[name] = time.perf_counter() - t0
-    verdicts = [(CHECKPOINT_EVALUATORS[c] if cfg.needs(c) == "checkpoint" else EVALUATORS[c])(data[cfg.needs(c)])
+    verdicts = [(CLAIMS[c].from_checkpoint if cfg.needs(c) == ("checkpoint",) else CLAIMS[c].from_lab)(data)
                 .to_dict() for c in sorted(cfg.claims)]
     results = {
         "profile": cfg.profile, "seed": cfg.seed, "claims": sorted(cfg.claims),

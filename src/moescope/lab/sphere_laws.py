@@ -23,6 +23,7 @@ import torch
 from scipy import stats
 
 from moescope import geometry as geo
+from moescope.stats import median_interval
 
 # A 99% two-sided band for Monte Carlo agreement: wide enough that a correct law passes
 # at all (d, eps) points of a default run with high probability, narrow enough to catch
@@ -130,6 +131,7 @@ def _measure_dim(d: int, cfg: SphereConfig, on_rows: Callable[[int], None] | Non
                      "mean": float(contrast.mean()), "median": float(np.median(contrast)),
                      "std": float(contrast.std(ddof=1)),
                      "sem": float(contrast.std(ddof=1) / math.sqrt(contrast.size)),
+                     "median_ci95": list(median_interval(contrast, 0.95)),
                      "prediction": float(geo.relative_contrast_prediction(cfg.points_per_query, d))},
         "distance": {"mean_exact": float(geo.distance_mean(d)), "std_exact": float(geo.distance_std(d))},
         "gaussian_norm": {"mean_mc": float(draws["norm_dev"].mean() + math.sqrt(d)),

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from moescope.analysis.expert_null import grouping_null, hidden_units, view_grouping_null
+from moescope.analysis.router_null import DEFAULT_DRAWS, angle_agreement_top1, random_router_rows
 from moescope.analysis.routing import RoutingStats
 from moescope.analysis.weights import view_geometry
 from moescope.lab.checkpoint import load_weights
@@ -25,6 +27,10 @@ from moescope.models import RoutingRecorder, find_moe_layers
 
 SAMPLE_TOKENS = 32        # tokens per domain in the token x expert heatmaps
 MAX_WINDOWS = 64          # validation windows per domain routed for the statistics
+NULL_WINDOWS = 16         # windows per domain routed by the trained router and by each random router (same text)
+EXPERT_NULL_DRAWS = 200   # regroupings of the hidden units for a final model (claims 6, 10)
+DYNAMICS_DRAWS = 100      # ... for each checkpoint of a run's trajectory (claim 7)
+SHARE = 0.9               # claim 12: how many heads / experts carry this share of a token's output norm
 
 
 def load_run(spec: RunSpec, checkpoint: Path) -> TinyLM:
@@ -134,12 +140,170 @@ def subspaces_used(model: TinyLM, val: dict[str, torch.Tensor]) -> dict:
             "expert_share": sum(expert_shares) / max(len(expert_shares), 1), "n_head": nh}
 
 
+def expert_nulls(model: TinyLM, *, draws: int = EXPERT_NULL_DRAWS, seed: int = 0,
+                 ranks: list[int] | None = None) -> list[dict]:
+    """Per MoE layer, the routed experts' overlap against random regroupings of their hidden units.
+
+    :func:`~moescope.analysis.expert_null.grouping_null`; ``ranks`` fixes r per layer (a trajectory
+    compares checkpoints at one rank), else each layer's energy rank. Layers with < 2 experts skipped.
+    """
+    views = [v for v in find_moe_layers(model) if v.num_experts >= 2]
+    return [view_grouping_null(v, rank=None if ranks is None else ranks[i], draws=draws, seed=seed + i)
+            for i, v in enumerate(views)]
+
+
+def drift_null(first: TinyLM, last: TinyLM, ranks: list[int], *, drifts: int = 5, draws: int = DYNAMICS_DRAWS,
+               seed: int = 0) -> list[float]:
+    """Claim 7's no-learning control: the expert overlap after a random drift as large as training's.
+
+    Every hidden unit of the first checkpoint moves by as much as it moved in training, in a uniformly
+    random direction (its gate and up rows together). From experts that start as copies (an upcycled
+    start) any drift lowers their similarity; training separates the experts only if it lowers it more.
+    Returns, per MoE layer, the mean over ``drifts`` draws of the drifted experts' overlap ratio to their
+    own permutation null, at the same ranks.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i, (a, b) in enumerate(zip(find_moe_layers(first), find_moe_layers(last), strict=True)):
+        u0, u1 = hidden_units(a), hidden_units(b)                                       # (E, I, m, H)
+        step = (u1 - u0).flatten(2).norm(dim=-1)                                        # (E, I)
+        ratios = []
+        for _ in range(drifts):
+            direction = torch.nn.functional.normalize(torch.randn(u0.flatten(2).shape, generator=gen,
+                                                                  dtype=u0.dtype), dim=-1)
+            drifted = u0 + (direction * step[..., None]).view_as(u0)
+            ratios.append(grouping_null(drifted, rank=ranks[i], draws=draws, seed=seed + i)["ratio"])
+        out.append(sum(ratios) / len(ratios))
+    return out
+
+
+def dense_split_null(model: TinyLM, groups: int, *, draws: int = EXPERT_NULL_DRAWS, seed: int = 0) -> list[dict]:
+    """The control of claim 6: each dense FFN's hidden units dealt into ``groups`` fixed random groups.
+
+    A dense FFN has no experts, so its random grouping must look like any other random grouping:
+    ratio ≈ 1 against the permutation null.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i, block in enumerate(model.blocks):
+        ffn = block.ffn
+        units = torch.stack([ffn.gate_proj.weight.detach(), ffn.up_proj.weight.detach()], dim=1).double()  # (I, 2, H)
+        n = units.shape[0] // groups
+        perm = torch.randperm(units.shape[0], generator=gen)[: n * groups]
+        out.append(grouping_null(units[perm].reshape(groups, n, 2, -1), draws=draws, seed=seed + i))
+    return out
+
+
+def router_null(model: TinyLM, val: dict[str, torch.Tensor], *, draws: int = DEFAULT_DRAWS, seed: int = 0) -> dict:
+    """Routing scalars of the trained router and of ``draws`` random routers, on the same windows.
+
+    Per MoE layer: ``nmi`` (domain ↔ expert), ``repetition`` (first-choice repetition / uniform),
+    ``router_entropy`` (normalised) and ``angle_top1`` (how often top-1 of cos(x, c) equals top-1 of
+    x·c). The random routers keep every row's norm and draw its direction uniformly
+    (:func:`~moescope.analysis.router_null.random_router_rows`): the null of claims 11, 13 and 14.
+    """
+    views = find_moe_layers(model)
+    layers = model.moe_layers()
+    windows = {d: _windows(t, model.cfg.seq_len, NULL_WINDOWS) for d, t in val.items()}
+    inputs: dict[int, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, kw, i=i: inputs.setdefault(i, []).append(args[0].detach()),
+                                         with_kwargs=True) for i, m in enumerate(layers)]
+
+    def measure() -> list[dict]:
+        stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], domains=tuple(windows))
+        inputs.clear()
+        with RoutingRecorder(model, views) as rec, torch.no_grad():
+            for domain, wins in windows.items():
+                model(wins)
+                for r in rec.pop():
+                    stats.update(r, domain)
+        out = []
+        for i, (v, lay) in enumerate(zip(views, stats.summaries(), strict=True)):
+            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[i]])
+            out.append({"nmi": lay["domains"]["nmi"],
+                        "repetition": lay["repetition"]["first"] / lay["repetition"]["uniform_first"],
+                        "router_entropy": lay["router_entropy"],
+                        "angle_top1": angle_agreement_top1(x, v.router_weight, v.router_bias)})
+        return out
+
+    try:
+        observed = measure()
+        gen = torch.Generator().manual_seed(seed)
+        null = []
+        for _ in range(draws):
+            with random_router_rows(views, gen):
+                null.append(measure())
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"observed": observed, "null": null, "windows_per_domain": NULL_WINDOWS,
+            "kind": f"the trained model with every router row replaced by a random direction of the same norm "
+                    f"({draws} draws, seed {seed})"}
+
+
+def output_shares(model: TinyLM, val: dict[str, torch.Tensor], share: float = SHARE) -> dict:
+    """Claim 12 measured on activations: how many heads vs experts carry ``share`` of a token's output.
+
+    Per token and layer, the norms of each head's contribution to the residual stream
+    (head output · its block of W_o) and of each routed expert's weighted output w_e·E_e(x); the
+    fewest heads (experts) whose norms sum to ``share`` of the total, as a fraction of n_head (E).
+    Returns ``head_fraction`` and ``expert_fraction`` (means over tokens and layers) per layer too.
+    """
+    nh = model.cfg.n_head
+    head_in: dict[int, torch.Tensor] = {}
+    moe_in: dict[int, torch.Tensor] = {}
+    hooks = [b.attn.c_proj.register_forward_pre_hook(lambda mod, args, i=i: head_in.__setitem__(i, args[0].detach()))
+             for i, b in enumerate(model.blocks)]
+    hooks += [b.ffn.register_forward_pre_hook(lambda mod, args, kw, i=i: moe_in.__setitem__(i, args[0].detach()),
+                                              with_kwargs=True) for i, b in enumerate(model.blocks)]
+
+    def needed(norms: torch.Tensor) -> torch.Tensor:  # (T, n) -> (T,) fewest entries reaching `share` of the sum
+        srt = norms.sort(-1, descending=True).values
+        cum = srt.cumsum(-1) / srt.sum(-1, keepdim=True).clamp_min(1e-30)
+        return ((cum < share).sum(-1) + 1).clamp_max(norms.shape[-1]).float()
+
+    heads, experts = [], []
+    try:
+        with torch.no_grad(), RoutingRecorder(model) as rec:
+            for tokens in val.values():
+                head_in.clear()
+                moe_in.clear()
+                model(_windows(tokens, model.cfg.seq_len, 8))
+                for r in rec.pop():
+                    i = r.layer
+                    b = model.blocks[i]
+                    y = head_in[i].reshape(-1, nh, head_in[i].shape[-1] // nh)             # (T, nh, hs)
+                    wo = b.attn.c_proj.weight.view(b.attn.c_proj.weight.shape[0], nh, -1)  # (C, nh, hs)
+                    contrib = torch.einsum("thd,chd->thc", y, wo).norm(dim=-1)             # (T, nh)
+                    heads.append((i, needed(contrib) / nh))
+                    x = moe_in[i].reshape(-1, moe_in[i].shape[-1])
+                    exp = b.ffn.experts
+                    norms = torch.zeros(x.shape[0], exp.num_experts)
+                    for e in range(exp.num_experts):
+                        rows, slot = torch.nonzero(r.indices == e, as_tuple=True)
+                        if rows.numel():
+                            out = exp.expert(e, x[rows]) * r.weights[rows, slot, None]
+                            norms[rows, e] = out.norm(dim=-1)
+                    experts.append((i, needed(norms) / exp.num_experts))
+    finally:
+        for h in hooks:
+            h.remove()
+    n_layers = len(model.moe_layers())
+    per_head = [float(torch.cat([v for j, v in heads if j == i]).mean()) for i in range(n_layers)]
+    per_expert = [float(torch.cat([v for j, v in experts if j == i]).mean()) for i in range(n_layers)]
+    return {"share": share, "head_fraction": sum(per_head) / n_layers, "expert_fraction": sum(per_expert) / n_layers,
+            "head_fraction_by_layer": per_head, "expert_fraction_by_layer": per_expert, "n_head": nh}
+
+
 def measure_run(spec: RunSpec, result: RunResult, val: dict[str, torch.Tensor], *, dynamics: bool = False,
-                null: bool = False) -> dict:
+                null: bool = False, seed: int = 0) -> dict:
     """Everything the claims read from one run: final model routing + geometry, and per checkpoint.
 
-    ``dynamics``: the weight geometry of every kept checkpoint (claim 7). ``null``: the routing
-    statistics of the step-0 checkpoint, the untrained router claim 13 is held against.
+    ``dynamics``: the weight geometry and the permutation-relative expert overlap (at the final
+    checkpoint's rank) of every kept checkpoint (claim 7). ``null``: the random-router null
+    (:func:`router_null`, claims 11, 13, 14), the angle agreement and the head/expert output shares
+    (claim 12). Every MoE run gets the permutation null of its experts (:func:`expert_nulls`); dense
+    causal runs the random split of their FFN (:func:`dense_split_null`).
     """
     steps = sorted(result.checkpoints)
     final = load_run(spec, result.checkpoints[steps[-1]])
@@ -147,16 +311,24 @@ def measure_run(spec: RunSpec, result: RunResult, val: dict[str, torch.Tensor], 
            "val_loss_by_domain": result.val_loss_by_domain, "params_active": result.params_active,
            "params_total": result.params_total, "moe": bool(final.moe_layers())}
     if not out["moe"]:
+        if spec.objective == "causal":
+            out["expert_null"] = dense_split_null(final, groups=8, seed=seed)
         return out
     out["routing"] = routing_measurements(final, val)
     out["weights"] = weight_measurements(final)
+    if spec.lm.moe.router != "soft":
+        out["expert_null"] = expert_nulls(final, seed=seed)
     if null:
-        init = load_run(spec, result.checkpoints[steps[0]])
-        out["routing_null"] = {"layers": routing_measurements(init, val)["layers"],
-                               "kind": f"the run's step-{steps[0]} checkpoint, before any training"}
+        out["router_null"] = router_null(final, val, seed=seed)
+        out["output_shares"] = output_shares(final, val)
     if dynamics:
-        out["dynamics"] = [{"step": s, "weights": weight_measurements(load_run(spec, result.checkpoints[s]))}
-                           for s in steps]
+        ranks = [x["rank"] for x in out["expert_null"]]
+        out["dynamics"] = []
+        for s in steps:
+            model = load_run(spec, result.checkpoints[s])
+            out["dynamics"].append({"step": s, "weights": weight_measurements(model),
+                                    "expert_null": expert_nulls(model, draws=DYNAMICS_DRAWS, seed=seed, ranks=ranks)})
+        out["drift_null"] = drift_null(load_run(spec, result.checkpoints[steps[0]]), final, ranks, seed=seed)
     return out
 
 

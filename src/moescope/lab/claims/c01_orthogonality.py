@@ -13,6 +13,9 @@ from moescope.lab.verdict import KeyNumber, Verdict, decide
 
 CLAIM = "Random vectors are almost orthogonal in high dimension"
 LECTURE = "高次元では「ほぼ直交」「ほぼ等距離」"
+ID = 1
+NEEDS = ("sphere",)
+FIGURES = ("cosine_histograms.png",)
 # |cos| <= 0.1 is within 6° of orthogonal: "almost orthogonal" for 99% of pairs at d >= 1000.
 ORTHOGONAL_COS = 0.1
 # The sampled law must be the exact one: no d may reject it at this level.
@@ -37,7 +40,7 @@ def evaluate(sphere: dict) -> Verdict:
     }
     n = top["n_pairs"]
     return Verdict(
-        claim_id=1, claim=CLAIM, lecture=LECTURE, verdict=decide(conditions),
+        claim_id=ID, claim=CLAIM, lecture=LECTURE, verdict=decide(conditions),
         rule=("supported if all of: " + "; ".join(conditions) + f" (KS α = {KS_ALPHA}, slope within "
               f"{SLOPE_TOLERANCE} of −1/2, |cos| ≤ {ORTHOGONAL_COS} ≈ 6° from orthogonal)"),
         key=KeyNumber(f"99% quantile of |cos θ| in d={top['d']}", top["abs_cos_q99_mc"],
@@ -50,5 +53,9 @@ def evaluate(sphere: dict) -> Verdict:
         baseline="the exact law of the cosine between independent uniform unit vectors, (1−t²)^((d−3)/2)/B(½,(d−1)/2)",
         numbers={"slope": slope, "conditions": conditions, "q99": q99,
                  "ks_pvalues": {r["d"]: r["ks_pvalue"] for r in per}},
-        figures=("cosine_histograms.png",),
+        figures=FIGURES,
     )
+
+
+def from_lab(data: dict) -> Verdict:
+    return evaluate(data["sphere"])

@@ -8,6 +8,9 @@ from moescope.lab.verdict import KeyNumber, Verdict, decide
 
 CLAIM = "Random points are almost equidistant in high dimension"
 LECTURE = "高次元では「ほぼ直交」「ほぼ等距離」"
+ID = 2
+NEEDS = ("sphere",)
+FIGURES = ("distance_contrast.png",)
 # The contrast must shrink like d^(-1/2) (the exact distance law's spread): slope in [-0.6, -0.4],
 # fitted over d >= 100 where that asymptotic law applies (between d = 10 and 100 the exact law's
 # own prediction still falls faster, about as d^-0.6).
@@ -36,10 +39,10 @@ def evaluate(sphere: dict) -> Verdict:
         "contrast below 0.1 at the largest d": top["contrast"]["median"] < EQUIDISTANT_CONTRAST,
     }
     return Verdict(
-        claim_id=2, claim=CLAIM, lecture=LECTURE, verdict=decide(conditions),
+        claim_id=ID, claim=CLAIM, lecture=LECTURE, verdict=decide(conditions),
         rule="supported if all of: " + "; ".join(conditions) + f" (slope range {SLOPE_RANGE})",
         key=KeyNumber(f"median relative contrast in d={top['d']}", top["contrast"]["median"],
-                      top["contrast"]["sem"]),
+                      tuple(top["contrast"]["median_ci95"]), 0.95),
         measured=(f"the median relative contrast (D_max − D_min)/D_min of {top['contrast']['n_points']} points "
                   f"falls as d^{slope:.3f} for d ≥ {ASYMPTOTIC_FROM}, to {top['contrast']['median']:.3g} "
                   f"in d={top['d']}."),
@@ -47,5 +50,9 @@ def evaluate(sphere: dict) -> Verdict:
         numbers={"slope": slope, "conditions": conditions,
                  "median": {r["d"]: r["contrast"]["median"] for r in sphere["per_dim"]},
                  "prediction": {r["d"]: r["contrast"]["prediction"] for r in sphere["per_dim"]}},
-        figures=("distance_contrast.png",),
+        figures=FIGURES,
     )
+
+
+def from_lab(data: dict) -> Verdict:
+    return evaluate(data["sphere"])

@@ -9,6 +9,9 @@ from moescope.lab.verdict import KeyNumber, Verdict, decide
 
 CLAIM = "Almost all of the sphere lies near the equator; the poles are empty"
 LECTURE = "赤道集中現象: 高次元球面では「ほぼすべての点が赤道付近」… 極にはほとんど誰もいない"
+ID = 3
+NEEDS = ("sphere",)
+FIGURES = ("equator_band.png",)
 # "Almost all": at least 99% within |x1| <= 0.1 at the largest d measured (>= 1000).
 ALMOST_ALL = 0.99
 # "Empty poles": the cap x1 >= 0.5 (60° from the pole) holds less than 1e-6.
@@ -30,21 +33,25 @@ def evaluate(sphere: dict) -> Verdict:
     agree = [b["agrees"] for r in sphere["per_dim"] for b in r["band"]]
     conditions = {
         f"≥ {ALMOST_ALL:.0%} within |x₁| ≤ {band['eps']} (Monte Carlo, lower 99% bound)": band["ci"][0] >= ALMOST_ALL,
-        "the cap x₁ ≥ 0.5 holds < 1e-6": log10_cap < math.log10(EMPTY_CAP),
         # each 99% interval misses by chance 1% of the time: only a number of misses that a
         # binomial(n, 0.01) count makes implausible (p < 1e-3) is a real disagreement
         "Monte Carlo agrees with the exact band mass": misses_plausible(len(agree) - sum(agree), len(agree)),
     }
     return Verdict(
-        claim_id=3, claim=CLAIM, lecture=LECTURE, verdict=decide(conditions),
+        claim_id=ID, claim=CLAIM, lecture=LECTURE, verdict=decide(conditions),
         rule="supported if all of: " + "; ".join(conditions),
-        key=KeyNumber(f"share within |x₁| ≤ {band['eps']} in d={top['d']}", band["mc"],
-                      (band["ci"][1] - band["ci"][0]) / 2),
+        key=KeyNumber(f"share within |x₁| ≤ {band['eps']} in d={top['d']}", band["mc"], tuple(band["ci"]), 0.99),
         measured=(f"in d={top['d']}, {band['mc']:.4%} of {top['n_points']} sampled points lie within "
                   f"|x₁| ≤ {band['eps']} (exact {band['exact']:.6f}); the polar cap x₁ ≥ 0.5 holds "
                   f"10^{log10_cap:.1f} of the sphere."),
         baseline="the exact band law P(|x₁| ≤ ε) = I_{ε²}(½, (d−1)/2)",
         numbers={"conditions": conditions, "log10_cap": log10_cap, "band": band},
+        construction=(f"The polar cap x₁ ≥ 0.5 holds 10^{log10_cap:.1f} < {EMPTY_CAP:g} of S^{top['d'] - 1}: the "
+                      "exact law I_{1−t²}((d−1)/2, ½)/2, a theorem, not a measurement.",),
         caveat="A mathematical property of the uniform measure on the sphere; it holds unconditionally.",
-        figures=("equator_band.png",),
+        figures=FIGURES,
     )
+
+
+def from_lab(data: dict) -> Verdict:
+    return evaluate(data["sphere"])

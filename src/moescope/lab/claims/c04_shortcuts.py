@@ -13,6 +13,9 @@ from moescope.lab.verdict import KeyNumber, Verdict, decide
 
 CLAIM = "Tiny noise misclassifies; high dimension opens shortcuts to the decision boundary"
 LECTURE = "微小ノイズで誤分類が起きる … 決定境界近傍の「高次元の抜け道」"
+ID = 4
+NEEDS = ("digits",)
+FIGURES = ("accuracy_vs_eps.png", "ratio_vs_d.png")
 # "Tiny": at L∞ budget 0.15 (2.4 of 16 grey levels) PGD must cost at least half the accuracy
 # that the same amount of random-sign noise leaves.
 ACCURACY_GAP = 0.5
@@ -34,17 +37,17 @@ def evaluate(digits: dict) -> Verdict:
     ratio = np.array([s["boundary"]["median_ratio"] for s in sweep])
     slope = float(np.polyfit(np.log(d), np.log(ratio), 1)[0]) if len(d) > 1 else float("nan")
     top = sweep[-1]["boundary"]
+    lo, hi = top["median_ratio_ci99"]
     conditions = {
         "PGD removes at least half the accuracy random noise keeps": noise - pgd >= ACCURACY_GAP * noise,
         f"random lines reach the boundary ≥ {MIN_RATIO}x farther": top["median_ratio_ci99"][0] >= MIN_RATIO,
         "the shortcut grows with d": slope >= MIN_SLOPE,
     }
-    lo, hi = top["median_ratio_ci99"]
     return Verdict(
-        claim_id=4, claim=CLAIM, lecture=LECTURE, verdict=decide(conditions),
+        claim_id=ID, claim=CLAIM, lecture=LECTURE, verdict=decide(conditions),
         rule="supported if all of: " + "; ".join(conditions) + f" (slope ≥ {MIN_SLOPE}; theory 0.5)",
         key=KeyNumber(f"median random/adversarial boundary distance, d={int(d[-1])}", top["median_ratio"],
-                      (hi - lo) / 2),
+                      (lo, hi), 0.99),
         measured=(f"at ε = {eps[i]} the digits MLP keeps {pgd:.1%} accuracy under PGD but {noise:.1%} under "
                   f"random-sign noise; the boundary is {top['median_ratio']:.1f}× farther along a random line "
                   f"than along DeepFool's direction in d={int(d[-1])} (99% CI {lo:.1f}–{hi:.1f}), growing as "
@@ -55,5 +58,9 @@ def evaluate(digits: dict) -> Verdict:
                                                                             strict=True)),
                  "theory": {s["d"]: s["boundary"]["theory_median_ratio"] for s in sweep}},
         caveat="The lecture itself calls the geometric reading of adversarial examples unsettled research.",
-        figures=("accuracy_vs_eps.png", "ratio_vs_d.png"),
+        figures=FIGURES,
     )
+
+
+def from_lab(data: dict) -> Verdict:
+    return evaluate(data["digits"])
