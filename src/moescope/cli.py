@@ -390,6 +390,30 @@ def bench_moe_command(
         console.print(f"Rows: {write_json_atomic(out, result)}")
 
 
+@bench.command("train")
+def bench_train_command(
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (the median is over all timed steps).")] = 9,
+    steps_per_round: Annotated[int, typer.Option(min=1, help="Timed steps of each implementation per round.")] = 5,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads (the lab trains each run on one).")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Also write the machine and rows to this JSON file.")] = None,
+) -> None:
+    """The lab LM's training step (TinyLM top-2 of 8, quick shape) against transformers' MixtralForCausalLM."""
+    from moescope._files import write_json_atomic
+    from moescope.lab.bench_train import TrainBenchConfig, bench_train, machine_line, train_table
+
+    cfg = TrainBenchConfig(rounds=rounds, steps_per_round=steps_per_round, threads=threads)
+    stdout = Console()
+    if not stdout.is_terminal:
+        stdout.width = 160  # a file or pipe gets the whole table, not 80 columns of it
+    with Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("rounds", total=rounds)
+        result = bench_train(cfg, on_round=lambda r: progress.update(task, advance=1))
+    stdout.print(machine_line(result))
+    stdout.print(train_table(result))
+    if out is not None:
+        console.print(f"Rows: {write_json_atomic(out, result)}")
+
+
 def _parse_world_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())

@@ -8,8 +8,8 @@ from moescope.lab import runs
 from moescope.lab.model import active_params_per_token, total_params
 from moescope.lab.train import RunResult, RunSpec
 
-CAUSAL = [runs.BASELINE, runs.NO_BALANCE, runs.SWITCH, runs.FINE_GRAINED, runs.AUX_FREE, runs.COSINE,
-          runs.DENSE_ACTIVE, runs.DENSE_TOTAL]
+CAUSAL = [runs.BASELINE, runs.NO_BALANCE, runs.UPCYCLED, runs.SWITCH, runs.FINE_GRAINED, runs.FINE_NO_SHARED,
+          runs.AUX_FREE, runs.COSINE, runs.DENSE_ACTIVE, runs.DENSE_TOTAL]
 MASKED = [runs.SOFT, runs.EXPERT_CHOICE, runs.DENSE_MASKED]
 
 
@@ -17,24 +17,39 @@ def _by_name(p):
     return {s.name: s for s in runs.standard_runs(p)}
 
 
+def _with_seeds(names, seeds):
+    return [n if i == 0 else f"{n}-seed{s}" for n in names for i, s in enumerate(seeds)]
+
+
 def test_quick_profile_run_list():
-    specs = runs.standard_runs(runs.profile("quick"))
-    assert [s.name for s in specs] == CAUSAL + MASKED
-    assert all(s.comparable_group == "causal" and s.lm.causal for s in specs if s.name in CAUSAL)
-    assert all(s.comparable_group == "masked" and s.lm.bidirectional for s in specs if s.name in MASKED)
+    p = runs.profile("quick")
+    assert p.replicates == 3
+    specs = runs.standard_runs(p)
+    assert [s.name for s in specs] == _with_seeds(CAUSAL + MASKED, [0, 1, 2])
+    causal = set(_with_seeds(CAUSAL, [0, 1, 2]))
+    assert all(s.comparable_group == "causal" and s.lm.causal for s in specs if s.name in causal)
+    assert all(s.comparable_group == "masked" and s.lm.bidirectional for s in specs if s.name not in causal)
 
 
-def test_full_profile_has_three_seeds_of_baseline_and_alpha0():
-    specs = _by_name(runs.profile("full"))
-    for name in (runs.BASELINE, runs.NO_BALANCE):
-        seeds = sorted(s.train.seed for n, s in specs.items() if n.split("-seed")[0] == name)
-        assert seeds == [0, 1, 2]
-    assert sum(n.startswith(runs.SWITCH) for n in specs) == 1
-    assert len(specs) == len(CAUSAL) + len(MASKED) + 4
-    p = runs.profile("full")
+@pytest.mark.parametrize(("name", "count"), [("quick", 3), ("full", 5)])
+def test_every_run_has_its_replicates(name, count):
+    p = runs.profile(name)
+    specs = _by_name(p)
+    assert len(specs) == count * len(CAUSAL + MASKED)
+    for base in CAUSAL + MASKED:
+        # the claims' rule for finding a run's seeds (lab/claims/_trained.py)
+        mine = [s for n, s in specs.items() if n == base or n.startswith(base + "-seed")]
+        assert sorted(s.train.seed for s in mine) == list(range(count))
+        for s in mine:  # a replicate differs from its run in the seed alone
+            assert replace(s, name=base, train=replace(s.train, seed=0)) == specs[base]
     shifted = _by_name(replace(p, train=replace(p.train, seed=7)))     # one seed moves every run
-    assert sorted(s.train.seed for s in shifted.values()) == [7] * 11 + [8, 8, 9, 9]
-    assert "top2-seed9" in shifted
+    assert sorted({s.train.seed for s in shifted.values()}) == list(range(7, 7 + count))
+    assert f"top2-seed{7 + count - 1}" in shifted and "top2-seed1" not in shifted
+
+
+def test_replicates_must_be_positive():
+    with pytest.raises(ValueError, match="replicates"):
+        replace(runs.profile("quick"), replicates=0)
 
 
 @pytest.mark.parametrize("name", runs.PROFILES)
@@ -55,6 +70,17 @@ def test_each_run_differs_from_the_baseline_in_one_knob(name):
     v3 = s[runs.AUX_FREE]
     assert v3.lm.moe.router == "deepseek_v3" and v3.lm.moe.bias_update_rate > 0
     assert all(c == 0 for c in v3.train.aux.values())
+    # upcycled: only the experts' initialisation changes
+    assert s[runs.UPCYCLED].lm == replace(base.lm, moe=replace(base.lm.moe, init="upcycled"))
+    assert s[runs.UPCYCLED].train == base.train
+    # fine-grained without shared experts: the 2 shared become routed, k = 4·2; same active, ~same total
+    routed, fine_lm = s[runs.FINE_NO_SHARED].lm, s[runs.FINE_GRAINED].lm
+    assert routed.moe.shared_experts == 0 and routed.moe.num_experts == fine_lm.moe.num_experts + 2
+    assert routed.moe.top_k == 4 * base.lm.moe.top_k
+    assert routed.moe.expert_intermediate == fine_lm.moe.expert_intermediate
+    assert active_params_per_token(routed) - active_params_per_token(fine_lm) == 2 * base.lm.d_model * base.lm.n_layer
+    assert abs(active_params_per_token(routed) / active_params_per_token(fine_lm) - 1) < 0.01   # only 2 router rows
+    assert abs(total_params(routed) / total_params(fine_lm) - 1) < 0.03
     # fine-grained + shared: same active expert width and about the same total
     fine, moe = s[runs.FINE_GRAINED].lm.moe, base.lm.moe
     active = fine.top_k * fine.expert_intermediate + fine.shared_experts * fine.shared_intermediate

@@ -213,3 +213,75 @@ def test_bad_moe_spec(kw, match):
 def test_too_long_sequence():
     with pytest.raises(ValueError, match="seq_len"):
         _model(TINY_LM)(torch.zeros(1, 17, dtype=torch.long))
+
+
+# -- upcycled initialisation -----------------------------------------------------------------------
+def _expert_cosines(bank: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarity of the experts' flattened weights, (E, E)."""
+    flat = torch.nn.functional.normalize(bank.detach().reshape(bank.shape[0], -1), dim=1)
+    return flat @ flat.T
+
+
+@pytest.mark.parametrize("router", ["topk", "deepseek_v3", "cosine"])
+def test_upcycled_experts_are_noisy_copies_of_expert_zero(router):
+    random_start = _model(_cfg(router))
+    upcycled = _model(_cfg(router, init="upcycled"))
+    for rand_layer, up_layer in zip(random_start.moe_layers(), upcycled.moe_layers(), strict=True):
+        for name in ("gate_up_proj", "down_proj"):
+            bank = getattr(up_layer.experts, name)
+            noise = bank - bank[0:1]
+            # every expert differs from expert 0 by about 1% of its std (expert 0 carries noise too,
+            # so the difference of two has std ≈ sqrt(2)·1%)
+            ratio = noise[1:].std() / bank[0].std()
+            assert 0.01 < ratio < 0.02
+            off = ~torch.eye(bank.shape[0], dtype=torch.bool)
+            assert _expert_cosines(bank)[off].min() > 0.999                    # similarity starts at ~1
+            assert _expert_cosines(getattr(rand_layer.experts, name))[off].abs().max() < 0.2  # at chance
+    # everything but the expert banks starts as the random model does (same seed)
+    same = {k: v for k, v in random_start.state_dict().items() if "experts." not in k}
+    for k, v in same.items():
+        assert torch.equal(v, upcycled.state_dict()[k]), k
+
+
+def test_upcycled_init_is_deterministic_and_seeded():
+    cfg = _cfg("topk", init="upcycled")
+    a, b, c = _model(cfg, seed=3), _model(cfg, seed=3), _model(cfg, seed=4)
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.moe_layers()[0].experts.gate_up_proj, c.moe_layers()[0].experts.gate_up_proj)
+
+
+def test_bad_expert_init_is_refused():
+    with pytest.raises(ValueError, match="init must be one of random, upcycled"):
+        MoESpec(init="copied")
+    with pytest.raises(ValueError, match="upcycle_noise"):
+        MoESpec(init="upcycled", upcycle_noise=-0.1)
+
+
+def test_upcycled_spec_survives_json():
+    spec = RunSpec("up", _cfg("topk", init="upcycled"), TINY_TRAIN)
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+
+
+# -- the head at the predicted positions only --------------------------------------------------------
+@pytest.mark.parametrize("router", ["dense", "soft", "expert_choice"])
+def test_logits_at_targets_gives_the_same_loss_and_gradients(router):
+    cfg = replace(_cfg(router), bidirectional=True)
+    model = _model(cfg).train()
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, cfg.vocab_size, (3, cfg.seq_len), generator=g)
+    x, y = mask_tokens(idx, mask_id=1, rate=0.25, generator=g)
+    grads, losses = [], []
+    for sparse in (False, True):
+        model.zero_grad()
+        out = model(x, targets=y, logits_at_targets=sparse)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+        n = int((y != IGNORE_INDEX).sum())
+        assert out.logits.shape == ((n, cfg.vocab_size) if sparse else (3, cfg.seq_len, cfg.vocab_size))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    for full, sparse in zip(*grads, strict=True):
+        torch.testing.assert_close(full, sparse, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs targets"):
+        model(x, logits_at_targets=True)

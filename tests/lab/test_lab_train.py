@@ -256,3 +256,25 @@ def test_balance_loss_lowers_the_load_cv(tmp_path):
         last = ckpt.read_log(tmp_path / spec.name / LOG_FILE)[-20:]
         cv[alpha] = sum(sum(r["load_cv"]) / len(r["load_cv"]) for r in last) / len(last)
     assert cv[0.1] < 0.5 * cv[0.0]          # measured: 0.23 vs 0.83
+
+
+# -- upcycled start and the masked objective -------------------------------------------------------
+def test_upcycled_run_checkpoints_its_copied_experts_at_step_zero(tmp_path):
+    spec = tiny_spec("topk", name="up")
+    spec = replace(spec, lm=replace(spec.lm, moe=replace(spec.lm.moe, init="upcycled")))
+    result = train_run(spec, tiny_tokens(), tmp_path, progress=False)
+    assert sorted(result.checkpoints) == [0, 3, 6, 9, 12]
+    start, end = (load_model(result.checkpoints[s]).moe_layers()[0].experts.gate_up_proj for s in (0, 12))
+    spread = (start - start[0:1]).std() / start[0].std()                  # ~ sqrt(2) · 1% noise at step 0
+    assert spread < 0.02
+    assert (end - end[0:1]).std() / end[0].std() > spread                 # training moves the copies apart
+
+
+@pytest.mark.parametrize("router", ["soft", "expert_choice"])
+def test_masked_run_resumes_bit_identically(tmp_path, router):
+    # the masked objective trains with the head at the masked positions only (logits_at_targets)
+    spec, tokens = tiny_spec(router), tiny_tokens()
+    reference = train_run(spec, tokens, tmp_path / "ref", progress=False)
+    with pytest.raises(Interrupt):
+        train_run(spec, tokens, tmp_path / "cut", progress=False, on_step=_stop_at(7))
+    _assert_same_run(reference, train_run(spec, tokens, tmp_path / "cut", progress=False))

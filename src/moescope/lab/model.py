@@ -43,6 +43,7 @@ from moescope.moe import (
 )
 
 ROUTERS = ("topk", "switch", "deepseek_v3", "cosine", "soft", "expert_choice")
+EXPERT_INITS = ("random", "upcycled")
 NON_CAUSAL_ROUTERS = ("soft", "expert_choice")
 IGNORE_INDEX = -100  # targets at this value carry no loss (F.cross_entropy's default)
 
@@ -69,10 +70,18 @@ class MoESpec:
     temperature: float = 0.07       # cosine router's initial τ (X-MoE)
     normalize_topk: bool = True     # renormalise the k chosen weights (Mixtral)
     balance: str = "switch"         # load-balance convention: E Σ f_i P_i, 1 at balance (Fedus et al.)
+    # How the routed experts start: "random" (independent draws, similarity at chance) or
+    # "upcycled" (copies of one FFN plus 1% noise, as sparse upcycling starts; see upcycle_experts).
+    init: str = "random"
+    upcycle_noise: float = 0.01     # upcycled: noise std as a fraction of the copied tensor's std
 
     def __post_init__(self) -> None:
         if self.router not in ROUTERS:
             raise ValueError(f"router must be one of {', '.join(ROUTERS)}; got router={self.router!r}")
+        if self.init not in EXPERT_INITS:
+            raise ValueError(f"init must be one of {', '.join(EXPERT_INITS)}; got init={self.init!r}")
+        if not self.upcycle_noise >= 0:
+            raise ValueError(f"upcycle_noise must be >= 0; got {self.upcycle_noise!r}")
         for name in ("num_experts", "top_k", "expert_intermediate", "n_group", "topk_group"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -230,7 +239,7 @@ class LMOutput:
     """What :class:`TinyLM` returns.
 
     Attributes:
-        logits: (B, T, V).
+        logits: (B, T, V); (N, V) at the N predicted positions with ``logits_at_targets``.
         loss: mean cross entropy over targets != -100 (float32 scalar), None without targets.
         routing: one RouterResult per layer (tokens flattened B·T), None for a dense model.
         aux_losses: auxiliary losses summed over layers, by name (unscaled; empty if dense).
@@ -264,6 +273,9 @@ class TinyLM(nn.Module):
         for b in self.blocks:
             nn.init.normal_(b.attn.c_attn.weight, mean=0.0, std=0.02)
             nn.init.normal_(b.attn.c_proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.ffn == "moe" and cfg.moe.init == "upcycled":  # after every other draw: the rest stays as "random"
+            for layer in self.moe_layers():
+                upcycle_experts(layer.experts, noise=cfg.moe.upcycle_noise)
 
     def moe_layers(self) -> list[nn.Module]:
         """The MoE blocks, layer order (empty for a dense model)."""
@@ -279,7 +291,7 @@ class TinyLM(nn.Module):
         return allowed | torch.eye(T, dtype=torch.bool, device=attention_mask.device)  # never an empty row
 
     def forward(self, idx: Tensor, *, targets: Tensor | None = None,
-                attention_mask: Tensor | None = None) -> LMOutput:
+                attention_mask: Tensor | None = None, logits_at_targets: bool = False) -> LMOutput:
         """idx (B, T) int64 -> LMOutput.
 
         Args (keyword-only after ``idx``, so a routing recorder never mistakes targets for a mask):
@@ -288,6 +300,11 @@ class TinyLM(nn.Module):
                 -100 where there is nothing to predict.
             attention_mask: (B, T), 1 = real token, 0 = padding (kept out of attention, of the
                 routers' auxiliary losses and of the loss).
+            logits_at_targets: apply the output head only where a target is not -100, so
+                ``logits`` is (N, V) over those N positions in row-major order and the loss is
+                the same mean. The head (a V × d GEMM and a softmax over V per position, forward
+                and backward) is most of a tiny LM's step; the masked-token objective predicts
+                15% of the positions, so training it this way skips ~85% of that work.
         """
         T = idx.shape[1]
         if T > self.cfg.seq_len:
@@ -300,18 +317,47 @@ class TinyLM(nn.Module):
             x, r = block(x, attn_mask, attention_mask)
             if r is not None:
                 routing.append(r)
-        logits = F.linear(self.ln_f(x), self.wte.weight)                          # (B, T, V), tied head
         aux: dict[str, Tensor] = {}
         for r in routing:
             for name, value in r.aux_losses.items():
                 aux[name] = aux[name] + value if name in aux else value
+        if targets is not None and attention_mask is not None:
+            targets = targets.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        h = self.ln_f(x)                                                          # (B, T, C)
+        if logits_at_targets:
+            if targets is None:
+                raise ValueError("logits_at_targets=True needs targets (the positions to predict)")
+            keep = targets.reshape(-1) != IGNORE_INDEX                            # (B·T,)
+            h, targets = h.reshape(-1, h.shape[-1])[keep], targets.reshape(-1)[keep]  # (N, C), (N,)
+        logits = F.linear(h, self.wte.weight)                                     # (B, T, V) or (N, V), tied head
         loss = None
         if targets is not None:
-            if attention_mask is not None:
-                targets = targets.masked_fill(attention_mask == 0, IGNORE_INDEX)
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=IGNORE_INDEX)
         return LMOutput(logits=logits, loss=loss, routing=routing or None, aux_losses=aux)
+
+
+@torch.no_grad()
+def upcycle_experts(experts: Experts, *, noise: float = 0.01, generator: torch.Generator | None = None) -> None:
+    """Make every expert of ``experts`` a copy of expert 0 plus small Gaussian noise, in place.
+
+    Sparse upcycling (Komatsuzaki et al. 2022, "Sparse Upcycling", §2) starts an MoE from a
+    dense checkpoint by copying its FFN into every expert, so the experts start (nearly)
+    identical and diverge only through routing. Here the copied FFN is expert 0's own random
+    initialisation and each tensor W of expert e becomes ``W_0 + ε_e``, ε_e ~ N(0, (noise ·
+    std(W_0))²) (expert 0 gets its noise too), so the experts' pairwise similarity starts near
+    1 rather than at chance. Draws come from ``generator`` (the global one when None), in a
+    fixed order, so a seeded model is reproducible.
+    """
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0; got noise={noise!r}")
+    for bank in (experts.gate_up_proj, experts.down_proj, experts.gate_up_bias, experts.down_bias):
+        if bank is None:
+            continue
+        first = bank[0].clone()                                                   # (2I, H), (H, I) or bias
+        scale = noise * float(first.std()) if first.numel() > 1 else 0.0
+        eps = torch.randn(bank.shape, generator=generator, dtype=bank.dtype, device=bank.device)
+        bank.copy_(first.unsqueeze(0) + scale * eps)                              # (E, ...)
 
 
 def mask_tokens(idx: Tensor, *, mask_id: int, rate: float = 0.15,

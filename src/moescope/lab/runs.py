@@ -2,44 +2,62 @@
 
 Causal group (next-token LMs, compared with each other):
 
-==========================  ==========================================================  =====
-name                        knob                                                        seeds
-==========================  ==========================================================  =====
-``top2``                    baseline: top-2 of 8 experts, load-balance α = 0.01         all
-``top2-alpha0``             no load-balancing loss (α = 0)                              all
-``switch-top1``             Switch routing: top-1 with capacity factor 1.25             1
-``deepseek-moe``            fine-grained (4× more, 4× narrower experts, k = 6) +        1
-                            2 shared experts: the same active and ~total parameters
-``deepseek-v3-auxfree``     DeepSeek-V3 sigmoid router balanced by its selection bias,  1
-                            no auxiliary loss at all
-``cosine-top2``             cosine router (angle to the centroids, learnable τ)         1
-``dense-active``            dense FFN with the baseline's active parameters per token   1
-``dense-total``             dense FFN with the baseline's total parameters              1
-==========================  ==========================================================  =====
+=========================  ===========================================================
+name                       knob
+=========================  ===========================================================
+``top2``                   baseline: top-2 of 8 experts, load-balance α = 0.01
+``top2-alpha0``            no load-balancing loss (α = 0)
+``top2-upcycled``          the baseline started as sparse upcycling starts (Komatsuzaki
+                           et al. 2022): every expert a copy of one FFN (expert 0's
+                           initial weights) + Gaussian noise of 1% of each tensor's std
+``switch-top1``            Switch routing: top-1 with capacity factor 1.25
+``deepseek-moe``           fine-grained (4E experts of I/4, k = 4k − 2 = 6) + 2 shared
+                           experts of I/4: the baseline's active and total parameters
+``deepseek-moe-noshared``  the shared-expert ablation: 4E + 2 routed experts of I/4,
+                           k = 4k = 8, no shared one — the same 4k expert widths per token
+                           (active parameters equal but for 2 router rows; total +0.05%)
+``deepseek-v3-auxfree``    DeepSeek-V3 sigmoid router balanced by its selection bias, no
+                           auxiliary loss at all
+``cosine-top2``            cosine router (angle to the centroids, learnable τ)
+``dense-active``           dense FFN with the baseline's active parameters per token
+``dense-total``            dense FFN with the baseline's total parameters
+=========================  ===========================================================
 
 Masked group (bidirectional, masked-token objective — Soft MoE and Expert Choice are not
 causal, so they never share a table with the LMs above):
 
-==========================  ==========================================================
-``soft-moe``                Soft MoE, S = 2·seq_len/8 slots per expert (top-2's work per token)
-``expert-choice``           experts choose tokens, capacity factor 2 (2 experts per token)
-``dense-masked``            dense FFN with the baseline's active parameters per token
-==========================  ==========================================================
+=========================  ===========================================================
+``soft-moe``               Soft MoE, S = 2·seq_len/8 slots per expert (top-2's work per token)
+``expert-choice``          experts choose tokens, capacity factor 2 (2 experts per token)
+``dense-masked``           dense FFN with the baseline's active parameters per token
+=========================  ===========================================================
 
-Every run trains with ``train.seed``; the extra replicates of the baseline and of α = 0 use
-``train.seed + 1``, ``+ 2``, … and are named ``<name>-seed<k>`` (so changing ``train.seed``
-moves every run, replicates included).
+Replicates. Every run trains ``Profile.replicates`` times: with ``train.seed`` under its own
+name, and with ``train.seed + 1``, ``+ 2``, … as ``<name>-seed<train.seed + i>`` (so changing
+``train.seed`` moves every run, replicates included, and a claim finds a run's seeds as
+``name == prefix or name.startswith(prefix + "-seed")``). Only the seed differs: model
+initialisation, batch order and masks.
 
 Profiles (2-core VM, one thread per run, two runs at once):
 
 * ``quick`` — d_model 64, 2 layers, 4 heads, seq_len 64, 8 experts of I = 128, batch 16,
-  250 steps, 200k characters per domain, one seed: 11 runs, 249 CPU-seconds in all
-  (13–37 s a run); measured 153 s wall for the whole profile on a quiet machine (240–430 s
-  while other jobs shared the two cores).
+  200 steps, 200k characters per domain, 3 seeds of every run: 39 runs. Measured on a quiet
+  2-core VM (``time moescope train --profile quick``): 174 s wall (training 171 s), 332
+  CPU-seconds in all — 3.6–4 s a masked dense run, 6–7 s Switch, Soft MoE, Expert Choice and
+  dense-active, 8–11 s the top-2 and fine-grained MoEs, 12–13 s dense-total. What made 3× the
+  runs fit: 200 steps instead of 250 (the curves had *not* flattened at 250 — the baseline's
+  validation loss is 4.96 / 4.58 / 4.29 nats at 150 / 200 / 250 steps, each with its own cosine
+  schedule — so this costs quality: every causal run stays 1–2 nats under the unigram level of
+  6.08, the masked ones 0.35–0.5 under it); the masked-token runs apply the output head only at
+  the masked positions (``TinyLM(..., logits_at_targets=True)``: half their step); AdamW's fused
+  kernel. A step's time is the arithmetic (the tied 2048-token head and its softmax, ~35% of a
+  top-2 step; the experts; attention); evaluation (~0.2 s a run) and checkpoints (~25 ms each)
+  are noise. With 11 single-seed runs of 250 steps it was 68–97 s wall, 122–135 CPU-seconds.
 * ``full`` — d_model 128, 4 layers, seq_len 128, 8 experts of I = 256, batch 16, 400 steps,
-  300k characters per domain, 3 seeds of the baseline and of α = 0: 15 runs. Measured end to
-  end on a quiet 2-core VM: 2,571 s (43 min, budget 45), of which training 2,369 s (4,600
-  CPU-seconds) and the post-training claims 190 s. (At 500 steps it projected to ~47 min.)
+  300k characters per domain, 5 seeds of every run: 65 runs. Not measured since: with 3 seeds
+  of only the baseline and α = 0 (15 runs) it took 2,571 s end to end on a quiet 2-core VM, of
+  which training 2,369 s (4,600 CPU-seconds, ~300 a run); 65 runs project to ~18,000
+  CPU-seconds, about 2.5 hours of training on 2 cores.
 """
 
 from __future__ import annotations
@@ -71,6 +89,7 @@ PROFILES = ("quick", "full")
 BASELINE, NO_BALANCE, SWITCH, FINE_GRAINED = "top2", "top2-alpha0", "switch-top1", "deepseek-moe"
 AUX_FREE, COSINE, DENSE_ACTIVE, DENSE_TOTAL = "deepseek-v3-auxfree", "cosine-top2", "dense-active", "dense-total"
 SOFT, EXPERT_CHOICE, DENSE_MASKED = "soft-moe", "expert-choice", "dense-masked"
+UPCYCLED, FINE_NO_SHARED = "top2-upcycled", "deepseek-moe-noshared"
 SUMMARY_FILE = "training.json"
 LAB_TRAINING_DIR = "training"  # moescope lab --out DIR trains (and finds) its runs in DIR/training (lab/run.py)
 
@@ -83,7 +102,7 @@ class Profile:
     corpus: CorpusConfig
     lm: LMConfig                 # the baseline (top-2 of 8); the other runs are derived from it
     train: TrainConfig
-    replicates: int = 1          # seeds of the baseline and α = 0 runs: train.seed, train.seed + 1, ...
+    replicates: int = 1          # seeds of every run: train.seed, train.seed + 1, ... (1: tests and smoke runs)
     jobs: int | None = None      # runs trained at once (one process, one thread each); None: min(2, CPUs)
     bias_update_rate: float = 1e-2  # DeepSeek-V3's γ: 10× the report's 1e-3, for 10²–10³ steps, not 10⁵
 
@@ -105,36 +124,56 @@ def profile(name: str = "quick") -> Profile:
         return Profile(name="quick", corpus=CorpusConfig(chars_per_domain=200_000),
                        lm=LMConfig(vocab_size=2048, d_model=64, n_layer=2, n_head=4, seq_len=64,
                                    moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=128)),
-                       train=TrainConfig(steps=250, batch_size=16, warmup_steps=20, checkpoint_every=50),
-                       replicates=1)
+                       train=TrainConfig(steps=200, batch_size=16, warmup_steps=20, checkpoint_every=50),
+                       replicates=3)
     if name == "full":
         return Profile(name="full", corpus=CorpusConfig(chars_per_domain=300_000),
                        lm=LMConfig(vocab_size=2048, d_model=128, n_layer=4, n_head=4, seq_len=128,
                                    moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=256)),
                        train=TrainConfig(steps=400, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=40,
                                          checkpoint_every=100, eval_windows=64),
-                       replicates=3)
+                       replicates=5)
     raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {name!r}")
 
 
 def standard_runs(p: Profile) -> list[RunSpec]:
-    """Every run of profile ``p``, causal group first (see the module docstring)."""
+    """Every run of profile ``p``: causal group first, each run followed by its replicates.
+
+    Replicate i (1 <= i < ``p.replicates``) of run ``NAME`` is ``NAME-seed<s>`` with
+    ``s = train.seed + i``: only the seed differs (model init, batch order, masks).
+    """
+    return [replicate for spec in _base_runs(p) for replicate in _replicates(spec, p.replicates)]
+
+
+def _replicates(spec: RunSpec, count: int) -> list[RunSpec]:
+    """``spec`` and its ``count - 1`` reseeded copies (named ``<name>-seed<seed>``)."""
+    seed = spec.train.seed
+    return [spec] + [replace(spec, name=f"{spec.name}-seed{seed + i}", train=replace(spec.train, seed=seed + i))
+                     for i in range(1, count)]
+
+
+def _base_runs(p: Profile) -> list[RunSpec]:
+    """The seed-``train.seed`` run of every knob (see the module docstring)."""
     lm, tc, moe = p.lm, p.train, p.lm.moe
     no_balance = {**tc.aux, "load_balance": 0.0}
     fine = replace(moe, num_experts=4 * moe.num_experts, expert_intermediate=moe.expert_intermediate // 4,
                    top_k=4 * moe.top_k - 2, shared_experts=2, shared_intermediate=moe.expert_intermediate // 4)
-    runs = []
-    for i in range(p.replicates):
-        seed = tc.seed + i
-        suffix, t = ("" if i == 0 else f"-seed{seed}"), replace(tc, seed=seed)
-        runs.append(RunSpec(BASELINE + suffix, lm, t, knob="baseline: top-2 of 8, α = 0.01"))
-        runs.append(RunSpec(NO_BALANCE + suffix, lm, replace(t, aux=no_balance), knob="α = 0 (no load balancing)"))
-    runs += [
+    # the ablation: the 2 always-on experts become 2 more routed ones, each token still uses 4k widths of I/4
+    fine_routed = replace(fine, num_experts=fine.num_experts + fine.shared_experts, top_k=4 * moe.top_k,
+                          shared_experts=0, shared_intermediate=0)
+    runs = [
+        RunSpec(BASELINE, lm, tc, knob="baseline: top-2 of 8, α = 0.01"),
+        RunSpec(NO_BALANCE, lm, replace(tc, aux=no_balance), knob="α = 0 (no load balancing)"),
+        RunSpec(UPCYCLED, replace(lm, moe=replace(moe, init="upcycled")), tc,
+                knob=f"upcycled start: every expert a copy of one FFN + {moe.upcycle_noise:.0%} noise"),
         RunSpec(SWITCH, replace(lm, moe=replace(moe, router="switch", top_k=1, capacity_factor=1.25)), tc,
                 knob="Switch top-1, capacity factor 1.25"),
         RunSpec(FINE_GRAINED, replace(lm, moe=fine), tc,
                 knob=f"fine-grained {fine.num_experts} experts of I={fine.expert_intermediate}, k={fine.top_k}, "
                      f"+{fine.shared_experts} shared"),
+        RunSpec(FINE_NO_SHARED, replace(lm, moe=fine_routed), tc,
+                knob=f"fine-grained {fine_routed.num_experts} routed experts of I={fine_routed.expert_intermediate}, "
+                     f"k={fine_routed.top_k}, no shared expert"),
         RunSpec(AUX_FREE, replace(lm, moe=replace(moe, router="deepseek_v3", bias_update_rate=p.bias_update_rate)),
                 replace(tc, aux={k: 0.0 for k in tc.aux}),
                 knob=f"DeepSeek-V3 bias balancing (γ = {p.bias_update_rate}), no auxiliary loss"),
@@ -249,9 +288,12 @@ def train_lab_runs(p: Profile, lab_dir: str | Path, *, only: tuple[str, ...] | N
 
 
 def _cost(spec: RunSpec) -> float:
-    """A proxy of a run's CPU time: steps × (active + a quarter of the idle expert parameters)."""
+    """A proxy of a run's CPU time: steps × (active + a quarter of the idle expert parameters),
+    less the output head at the positions a masked-token run does not predict."""
     active, total = active_params_per_token(spec.lm), total_params(spec.lm)
-    return spec.train.steps * (active + 0.25 * (total - active))
+    masked = spec.objective == "masked"
+    skipped_head = (1 - spec.train.mask_rate) * spec.lm.vocab_size * spec.lm.d_model if masked else 0
+    return spec.train.steps * (active + 0.25 * (total - active) - skipped_head)
 
 
 def _run_parallel(specs: list[RunSpec], tokens: CorpusTokens, runs_dir: Path, jobs: int,
