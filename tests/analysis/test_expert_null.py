@@ -28,7 +28,7 @@ def test_overlap_equals_sum_of_squared_cosines_of_principal_angles():
         bases = torch.linalg.svd(w, full_matrices=False).Vh[:, :4].transpose(1, 2)         # (3, 16, 4)
         pairs = [(0, 1), (0, 2), (1, 2)]
         ref = np.mean([torch.cos(principal_angles(bases[a], bases[b])).square().sum().item() for a, b in pairs])
-        assert got[d].item() == pytest.approx(ref, rel=1e-9)
+        assert got[d].item() == pytest.approx(ref, rel=1e-5)      # eigenvectors in float32
 
 
 def test_iid_units_match_their_null():

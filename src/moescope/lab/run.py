@@ -118,7 +118,18 @@ def _training(cfg: LabConfig) -> dict:
 
     from moescope.lab import trained
     from moescope.lab.claims._trained import seeds
-    from moescope.lab.runs import BASELINE, SOFT, prepare, profile, run_profile, standard_runs
+    from moescope.lab.runs import (
+        BASELINE,
+        DENSE_TOTAL,
+        FINE_GRAINED,
+        FINE_NO_SHARED,
+        SOFT,
+        UPCYCLED,
+        prepare,
+        profile,
+        run_profile,
+        standard_runs,
+    )
 
     p = profile(cfg.profile)
     p = replace(p, train=replace(p.train, seed=cfg.seed))
@@ -126,10 +137,14 @@ def _training(cfg: LabConfig) -> dict:
     results = run_profile(p, workdir, progress=False, tensorboard=cfg.tensorboard)
     _, tokens = prepare(p, workdir)
     specs = {s.name: s for s in standard_runs(p)}
-    baseline = {id(r) for r in seeds(results, BASELINE)}
-    dynamic = baseline | {id(r) for r in seeds(results, "top2-upcycled")}
+    def ids(*names: str) -> set[int]:
+        return {id(r) for n in names for r in seeds(results, n)}
+
+    baseline = ids(BASELINE)
+    dynamic = baseline | ids(UPCYCLED)                        # claim 7
+    experts = ids(FINE_GRAINED, FINE_NO_SHARED, DENSE_TOTAL)  # claim 10's ablation, claim 6's dense control
     runs = {name: trained.measure_run(specs[name], r, tokens.val, dynamics=id(r) in dynamic,
-                                      null=id(r) in baseline, seed=cfg.seed)
+                                      null=id(r) in baseline, experts=id(r) in experts, seed=cfg.seed)
             for name, r in results.items()}
     base = trained.load_run(specs[BASELINE], results[BASELINE].checkpoints[max(results[BASELINE].checkpoints)])
     soft = trained.load_run(specs[SOFT], results[SOFT].checkpoints[max(results[SOFT].checkpoints)])

@@ -28,8 +28,13 @@ from moescope.models import RoutingRecorder, find_moe_layers
 SAMPLE_TOKENS = 32        # tokens per domain in the token x expert heatmaps
 MAX_WINDOWS = 64          # validation windows per domain routed for the statistics
 NULL_WINDOWS = 16         # windows per domain routed by the trained router and by each random router (same text)
-EXPERT_NULL_DRAWS = 200   # regroupings of the hidden units for a final model (claims 6, 10)
-DYNAMICS_DRAWS = 100      # ... for each checkpoint of a run's trajectory (claim 7)
+# Regroupings of the hidden units. The lab's rules read each seed's ratio to the null *mean* and take the
+# interval over seeds, so the draws only need to pin that mean (null sd ~1%: 100 draws give ±0.1%);
+# a single checkpoint (lab --model) takes its interval from the draws themselves and uses 200.
+EXPERT_NULL_DRAWS = 100   # a final model (claims 6, 10)
+DYNAMICS_DRAWS = 60       # the first and last checkpoints of a trajectory (claim 7's rule reads those)
+FIGURE_DRAWS = 30         # the checkpoints in between (drawn in the figure only), and each random drift
+DRIFTS = 3                # random drifts averaged in claim 7's no-learning control
 SHARE = 0.9               # claim 12: how many heads / experts carry this share of a token's output norm
 
 
@@ -152,7 +157,7 @@ def expert_nulls(model: TinyLM, *, draws: int = EXPERT_NULL_DRAWS, seed: int = 0
             for i, v in enumerate(views)]
 
 
-def drift_null(first: TinyLM, last: TinyLM, ranks: list[int], *, drifts: int = 5, draws: int = DYNAMICS_DRAWS,
+def drift_null(first: TinyLM, last: TinyLM, ranks: list[int], *, drifts: int = DRIFTS, draws: int = FIGURE_DRAWS,
                seed: int = 0) -> list[float]:
     """Claim 7's no-learning control: the expert overlap after a random drift as large as training's.
 
@@ -296,27 +301,28 @@ def output_shares(model: TinyLM, val: dict[str, torch.Tensor], share: float = SH
 
 
 def measure_run(spec: RunSpec, result: RunResult, val: dict[str, torch.Tensor], *, dynamics: bool = False,
-                null: bool = False, seed: int = 0) -> dict:
+                null: bool = False, experts: bool = False, seed: int = 0) -> dict:
     """Everything the claims read from one run: final model routing + geometry, and per checkpoint.
 
     ``dynamics``: the weight geometry and the permutation-relative expert overlap (at the final
     checkpoint's rank) of every kept checkpoint (claim 7). ``null``: the random-router null
     (:func:`router_null`, claims 11, 13, 14), the angle agreement and the head/expert output shares
-    (claim 12). Every MoE run gets the permutation null of its experts (:func:`expert_nulls`); dense
-    causal runs the random split of their FFN (:func:`dense_split_null`).
+    (claim 12). ``experts`` (implied by ``dynamics``): the permutation null of the experts
+    (:func:`expert_nulls`), or for a dense causal run the random split of its FFN (:func:`dense_split_null`).
     """
     steps = sorted(result.checkpoints)
     final = load_run(spec, result.checkpoints[steps[-1]])
     out = {"name": spec.name, "objective": spec.objective, "val_loss": result.val_loss,
            "val_loss_by_domain": result.val_loss_by_domain, "params_active": result.params_active,
            "params_total": result.params_total, "moe": bool(final.moe_layers())}
+    experts = experts or dynamics
     if not out["moe"]:
-        if spec.objective == "causal":
-            out["expert_null"] = dense_split_null(final, groups=8, seed=seed)
+        if experts and spec.objective == "causal":
+            out["expert_null"] = dense_split_null(final, groups=spec.lm.moe.num_experts, seed=seed)
         return out
     out["routing"] = routing_measurements(final, val)
     out["weights"] = weight_measurements(final)
-    if spec.lm.moe.router != "soft":
+    if experts and spec.lm.moe.router != "soft":
         out["expert_null"] = expert_nulls(final, seed=seed)
     if null:
         out["router_null"] = router_null(final, val, seed=seed)
@@ -326,8 +332,9 @@ def measure_run(spec: RunSpec, result: RunResult, val: dict[str, torch.Tensor], 
         out["dynamics"] = []
         for s in steps:
             model = load_run(spec, result.checkpoints[s])
+            draws = DYNAMICS_DRAWS if s in (steps[0], steps[-1]) else FIGURE_DRAWS
             out["dynamics"].append({"step": s, "weights": weight_measurements(model),
-                                    "expert_null": expert_nulls(model, draws=DYNAMICS_DRAWS, seed=seed, ranks=ranks)})
+                                    "expert_null": expert_nulls(model, draws=draws, seed=seed, ranks=ranks)})
         out["drift_null"] = drift_null(load_run(spec, result.checkpoints[steps[0]]), final, ranks, seed=seed)
     return out
 

@@ -12,7 +12,7 @@ ID = 8
 NEEDS = ("training",)
 FIGURES = ("balance_load.png",)
 # Dropping the balance loss must raise the load's coefficient of variation by more than 0.1 (same-seed
-# pairs; a balanced 8-expert layer sits at CV ~0.1-0.3, the quick profile's seed-to-seed spread is ~0.05).
+# pairs; a balanced 8-expert layer sits at CV ~0.1-0.3, so 0.1 is the least change that reads as imbalance).
 # A difference, not a ratio: a ratio of two near-zero CVs would be noise.
 MARGIN = 0.1
 

@@ -23,7 +23,7 @@ ID = 11
 NEEDS = ("training",)
 FIGURES = ("angle_agreement.png",)
 # Training must make the angle reproduce 2 points more first choices than random directions with the
-# trained norms do (the seed-to-seed spread of the agreement is ~1 point) ...
+# trained norms do (2 of every 100 choices: less is not a router that "decides by angle" more) ...
 AGREEMENT_MARGIN = 0.02
 # ... and a cosine router must train to within 0.02 nats of the dot-product router's validation loss
 # (the loss difference claims 5 and 15 count as real).
