@@ -19,36 +19,18 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))  # tiny_checkpoints.py
 
 import tiny_checkpoints
+from conftest import SMALL
 
 from moescope.cli import app
 from moescope.lab.claims import c10_shared_expert
-from moescope.lab.external import ExternalConfig, ModelInputError, measure_checkpoint
+from moescope.lab.external import ModelInputError, measure_checkpoint
 from moescope.lab.recheck import recheck
 from moescope.lab.run import MODEL_CLAIMS, LabConfig, run_lab
 from moescope.lab.verdict import VERDICTS
 from moescope.report.lab import lab_figures, write_lab_report
 
 runner = CliRunner()
-# ~1.5k tokens; 40 random routers on 256 tokens per domain (the order-statistic 95% interval of
-# moescope.stats needs >= 39 draws, or it is unbounded); 50 regroupings: a second or two per checkpoint
-SMALL = ExternalConfig(max_tokens=512, seq_len=32, null_draws=40, null_tokens=256, expert_draws=50)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; several oversubscribe the CPUs when other tests run beside these."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _small(monkeypatch):
-    """run_lab measures checkpoints with the small config (the default routes 4k tokens per domain)."""
-    import moescope.lab.external as external
-
-    monkeypatch.setattr(external, "ExternalConfig", lambda seed=0: SMALL)
+pytestmark = pytest.mark.usefixtures("one_thread", "small_external")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import planted_checkpoints as pc
 import pytest
-import torch
 
 from moescope.lab.run import LabConfig, run_lab
 from moescope.stats import Evidence, assess
@@ -38,22 +37,9 @@ SCALE = 20.0            # router rows of norm 20: routing is sharp (the random r
 DOMAIN_STRENGTH = 2.0   # the domain directions in the embeddings (token rows have norm ~0.3·√32 ≈ 1.7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; several oversubscribe the CPUs when other tests run beside these."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-@pytest.fixture(autouse=True)
-def _small(monkeypatch):
-    """run_lab measures checkpoints with a small config (the default routes 4k tokens per domain)."""
-    import moescope.lab.external as external
-
-    small = external.ExternalConfig(max_tokens=512, seq_len=32, null_draws=40, null_tokens=256, expert_draws=50)
-    monkeypatch.setattr(external, "ExternalConfig", lambda seed=0: small)
+pytestmark = pytest.mark.usefixtures("one_thread", "small_external")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from moescope.models.view import MoELayerView
 
-__all__ = ["DEFAULT_DRAWS", "angle_agreement_top1", "random_router_rows", "swappable"]
+__all__ = ["DEFAULT_DRAWS", "angle_agreement_top1", "random_router_rows", "router_scalars", "swappable"]
 
 DEFAULT_DRAWS = 40   # >= 39: with one model the 95% interval is an order statistic of the draws (stats.py)
 
@@ -66,3 +66,21 @@ def angle_agreement_top1(x: Tensor, router: Tensor, bias: Tensor | None = None) 
     dot = x @ c.t() + (0 if bias is None else bias.float())
     cos = F.normalize(x, dim=-1) @ F.normalize(c, dim=-1).t()
     return float((dot.argmax(-1) == cos.argmax(-1)).float().mean()) if x.shape[0] else float("nan")
+
+
+def router_scalars(views: Sequence[MoELayerView], summaries: Sequence[dict], inputs: Sequence[Tensor]) -> list[dict]:
+    """Per MoE layer, the four numbers the router nulls compare (claims 11, 13, 14).
+
+    Args:
+        views: the layers; summaries: their :class:`~moescope.analysis.routing.RoutingStats` summaries by domain;
+        inputs: per layer the (T, H) router inputs of the same pass.
+
+    Returns:
+        ``nmi`` (domain ↔ expert), ``repetition`` (first-choice repetition / uniform), ``router_entropy``
+        (normalised) and ``angle_top1`` (:func:`angle_agreement_top1` with the layer's current rows).
+    """
+    return [{"nmi": lay["domains"]["nmi"],
+             "repetition": lay["repetition"]["first"] / lay["repetition"]["uniform_first"],
+             "router_entropy": lay["router_entropy"],
+             "angle_top1": angle_agreement_top1(x, v.router_weight, v.router_bias)}
+            for v, lay, x in zip(views, summaries, inputs, strict=True)]

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.analysis.expert_null import view_grouping_null
-from moescope.analysis.router_null import angle_agreement_top1, random_router_rows, swappable
+from moescope.analysis.router_null import random_router_rows, router_scalars, swappable
 from moescope.analysis.routing import RoutingStats
 from moescope.analysis.weights import overlap_zscore, subspace_geometry, top_subspace, view_geometry
 from moescope.geometry import principal_angles, random_overlap_mean
@@ -392,14 +392,8 @@ def _router_null(model: nn.Module, views: list[MoELayerView], ids: dict[str, lis
                     model(input_ids=batch, attention_mask=torch.ones_like(batch))
                     for r in rec.pop():
                         stats.update(r, domain)
-        out = []
-        for v, lay in zip(views, stats.summaries(), strict=True):
-            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[v.index]])
-            out.append({"nmi": lay["domains"]["nmi"],
-                        "repetition": lay["repetition"]["first"] / lay["repetition"]["uniform_first"],
-                        "router_entropy": lay["router_entropy"],
-                        "angle_top1": angle_agreement_top1(x, v.router_weight, v.router_bias)})
-        return out
+        return router_scalars(views, stats.summaries(),
+                              [torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[v.index]]) for v in views])
 
     try:
         observed = measure()

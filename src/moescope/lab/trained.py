@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from moescope.analysis.expert_null import grouping_null, hidden_units, view_grouping_null
-from moescope.analysis.router_null import DEFAULT_DRAWS, angle_agreement_top1, random_router_rows
+from moescope.analysis.router_null import DEFAULT_DRAWS, random_router_rows, router_scalars
 from moescope.analysis.routing import RoutingStats
 from moescope.analysis.weights import view_geometry
 from moescope.lab.checkpoint import load_weights
@@ -222,14 +222,8 @@ def router_null(model: TinyLM, val: dict[str, torch.Tensor], *, draws: int = DEF
                 model(wins)
                 for r in rec.pop():
                     stats.update(r, domain)
-        out = []
-        for i, (v, lay) in enumerate(zip(views, stats.summaries(), strict=True)):
-            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[i]])
-            out.append({"nmi": lay["domains"]["nmi"],
-                        "repetition": lay["repetition"]["first"] / lay["repetition"]["uniform_first"],
-                        "router_entropy": lay["router_entropy"],
-                        "angle_top1": angle_agreement_top1(x, v.router_weight, v.router_bias)})
-        return out
+        return router_scalars(views, stats.summaries(),
+                              [torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[i]]) for i in range(len(views))])
 
     try:
         observed = measure()

@@ -1,0 +1,27 @@
+"""Fixtures the lab's checkpoint tests share (``lab --model`` on tiny Hugging Face checkpoints)."""
+
+import pytest
+import torch
+
+from moescope.lab.external import ExternalConfig
+
+# ~1.5k tokens; 40 random routers on 256 tokens per domain (the order-statistic 95% interval of
+# moescope.stats needs >= 39 draws, or it is unbounded); 50 regroupings: a second or two per checkpoint
+SMALL = ExternalConfig(max_tokens=512, seq_len=32, null_draws=40, null_tokens=256, expert_draws=50)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; several oversubscribe the CPUs when other tests run beside these."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def small_external(monkeypatch):
+    """run_lab measures checkpoints with :data:`SMALL` (the default routes 4k tokens per domain)."""
+    import moescope.lab.external as external
+
+    monkeypatch.setattr(external, "ExternalConfig", lambda seed=0: SMALL)
