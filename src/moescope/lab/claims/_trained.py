@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from moescope.stats import Evidence
+
 
 def mean(values) -> float:
     values = list(values)
@@ -65,3 +67,11 @@ def fmt_interval(a) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "no interval (one replicate)"
     return f"[{lo:.3g}, {hi:.3g}]"
+
+
+def loss_gain(runs: dict, model: str, dense: str, name: str, margin: float) -> tuple[list[tuple[dict, dict]], Evidence]:
+    """Same-seed pairs of ``model`` and ``dense`` runs, and the evidence that ``model``'s validation loss is lower:
+    per seed, dense − model (nats), a t-interval over seeds, ``margin`` on the side of the model."""
+    pairs = paired(runs, model, dense)
+    return pairs, Evidence(name, "t", [d["val_loss"] - m["val_loss"] for m, d in pairs], reference=0.0,
+                           margin=margin, side="greater", unit="seed", extra={"unit_of_effect": "nats"})

@@ -14,10 +14,9 @@ import time
 
 import torch
 
-from moescope.lab.claims._trained import fmt_interval, mean, paired
+from moescope.lab.claims._trained import fmt_interval, loss_gain, mean, paired
 from moescope.lab.verdict import Verdict, judge, rule_text
 from moescope.moe import DenseFFN, Experts, MoELayer, TopKRouter
-from moescope.stats import Evidence
 
 CLAIM = "Sparse activation saves compute: k of E experts per token"
 LECTURE = "計算効率: 全パラメータを使わずに推論（例：8つのExpertのうち2つだけ活性化）"
@@ -61,11 +60,9 @@ def measure(*, hidden: int = 256, intermediate: int = 512, experts: int = 8, top
 def evaluate(m: dict, runs: dict) -> Verdict:
     """``m``: :func:`measure`; ``runs``: the lab's runs (``top2``, ``dense-active``, ``dense-total``, seeds)."""
     flop_ratio = m["flops_per_token_moe"] / m["flops_per_token_dense"]
-    pairs = paired(runs, "top2", "dense-active")
-    diffs = [d["val_loss"] - t["val_loss"] for t, d in pairs]
-    evidence = [Evidence("validation loss, dense (equal active parameters) − top-2 MoE",
-                         "t", diffs, reference=0.0, margin=MARGIN, side="greater",
-                         unit="seed", extra={"unit_of_effect": "nats"})]
+    pairs, gain = loss_gain(runs, "top2", "dense-active",
+                            "validation loss, dense (equal active parameters) − top-2 MoE", MARGIN)
+    evidence = [gain]
     j = judge(evidence)
     a = j.assessments[0]
     total = [r["val_loss"] for r, in paired(runs, "dense-total")]

@@ -9,9 +9,8 @@ only with the dense masked-token model of the same active parameters, never with
 
 from __future__ import annotations
 
-from moescope.lab.claims._trained import fmt_interval, mean, paired
+from moescope.lab.claims._trained import fmt_interval, loss_gain, mean
 from moescope.lab.verdict import Verdict, judge, rule_text
-from moescope.stats import Evidence
 
 CLAIM = "Soft MoE makes routing continuous; Switch top-1 is sparser than top-2"
 LECTURE = "Switch Transformer: Top-1 routing でさらにスパース化 / Soft MoE: 離散的ルーティングを連続化"
@@ -25,11 +24,9 @@ MARGIN = 0.02
 
 
 def evaluate(runs: dict, soft_stats: dict) -> Verdict:
-    pairs = paired(runs, "soft-moe", "dense-masked")
-    diffs = [d["val_loss"] - s["val_loss"] for s, d in pairs]
-    evidence = [Evidence("validation loss, dense − Soft MoE at equal active parameters (masked objective)",
-                         "t", diffs, reference=0.0, margin=MARGIN, side="greater",
-                         unit="seed", extra={"unit_of_effect": "nats"})]
+    pairs, gain = loss_gain(runs, "soft-moe", "dense-masked",
+                            "validation loss, dense − Soft MoE at equal active parameters (masked objective)", MARGIN)
+    evidence = [gain]
     j = judge(evidence)
     a = j.assessments[0]
     top2, switch = runs["top2"], runs["switch-top1"]
