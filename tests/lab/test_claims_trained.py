@@ -296,6 +296,7 @@ def test_claim5_quality_at_equal_active_compute_and_the_flops_hold_by_constructi
     worse = _runs_with_losses(top2=[4.3, 4.33, 4.28], dense_active=[4.0, 4.01, 3.99], dense_total=[3.9] * 3)
     v = c05_sparse_compute.evaluate(m, better)
     assert v.verdict == "supported" and v.construction and "FLOPs" in v.construction[0]
+    assert "× the time" in v.timing and "time" not in v.measured     # the wall clock is reported apart, never compared
     assert c05_sparse_compute.evaluate(m, worse).verdict == "not supported"
     one_seed = {k: r for k, r in better.items() if "-seed" not in k}
     assert c05_sparse_compute.evaluate(m, one_seed).verdict == "inconclusive"    # one seed: no interval

@@ -44,6 +44,7 @@ def test_wall_clock_keys_and_timed_claims_are_skipped_but_not_other_verdicts():
     a, b = _results(), _results()
     b["seconds"], b["timings"]["sphere"] = 99.0, 7.0
     b["data"]["training"]["runs"]["top2"]["elapsed"] = 1.0
+    a["verdicts"][0]["timing"], b["verdicts"][0]["timing"] = "runs in 0.2× the time", "runs in 0.3× the time"
     b["verdicts"][1]["verdict"], b["verdicts"][1]["key"]["value"] = "not supported", 0.7
     assert differences(a, b) == ([], [5])
     b["verdicts"][0]["verdict"] = "inconclusive"

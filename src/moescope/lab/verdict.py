@@ -77,6 +77,7 @@ class Verdict:
     figures: tuple[str, ...] = ()
     evidence: tuple[dict, ...] = ()        # Evidence.to_dict() of every condition, in rule order
     construction: tuple[str, ...] = ()     # statements that hold by construction (never findings)
+    timing: str = ""                       # a wall-clock measurement, reported but never deciding (varies by run)
 
     def __post_init__(self) -> None:
         if self.verdict not in KINDS:

@@ -72,8 +72,9 @@ def evaluate(m: dict, runs: dict) -> Verdict:
                   f"{mean(t['val_loss'] for t, _ in pairs):.3f} "
                   f"against {mean(d['val_loss'] for _, d in pairs):.3f} for the dense model with the same active "
                   f"parameters ({a.effect:+.3f} nats {fmt_interval(a)}) and {mean(total):.3f} for the dense model "
-                  f"with the same total parameters. Timed interleaved ({m['threads']} threads, {m['tokens']} tokens), "
-                  f"one MoE layer runs in {m['time_ratio']:.2f}× the time of the dense FFN of equal total parameters."),
+                  f"with the same total parameters."),
+        timing=(f"timed interleaved ({m['threads']} threads, {m['tokens']} tokens), one MoE layer runs in "
+                f"{m['time_ratio']:.2f}× the time of the dense FFN of equal total parameters."),
         baseline="dense SwiGLU models with the MoE's active (and total) parameters, same data and seed",
         numbers={"flop_ratio": flop_ratio, "val_loss_top2": [t["val_loss"] for t, _ in pairs],
                  "val_loss_dense_active": [d["val_loss"] for _, d in pairs], "val_loss_dense_total": total, **m},
