@@ -12,8 +12,10 @@ same structure the claim evaluators read from the ``training`` experiment
   lab corpus (:func:`moescope.lab.corpus.build_corpus`) tokenized with the checkpoint's own
   tokenizer, recorded by :class:`~moescope.models.RoutingRecorder`, and token × expert weights
   of a short sample per domain: claims 13 and 14;
-* ``angle`` — how often the angle alone, top-1 of cos(x, c_e), reproduces the top-1 of the
-  router's logit x·c_e (+ bias), with x the router's captured input: claim 11;
+* ``runs[RUN]["router_null"]`` — nmi, repetition, router entropy and how often the angle alone
+  reproduces the router's first choice, for the trained router and for random-direction routers of
+  the same norms on the same text: claims 11, 13 and 14; ``runs[RUN]["expert_null"]`` — the experts'
+  overlap against random regroupings of their hidden units: claim 6;
 * ``subspaces_used`` — the share of attention heads whose output (the ``o_proj`` input) is
   non-zero per token against the share of routed experts that process it, plus the geometry
   of the heads' read subspaces (per head, the rows of q/k/v that read the token) against the
@@ -31,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.analysis.expert_null import view_grouping_null
@@ -40,6 +41,7 @@ from moescope.analysis.routing import RoutingStats
 from moescope.analysis.weights import overlap_zscore, subspace_geometry, top_subspace, view_geometry
 from moescope.geometry import principal_angles, random_overlap_mean
 from moescope.lab.corpus import DOMAINS, CorpusConfig, build_corpus
+from moescope.lab.trained import carrying_count, head_contributions
 from moescope.models import MODEL_TYPES, READERS, MoELayerView, RoutingRecorder, load_moe_model
 
 RUN = "checkpoint"  # the run name under which the checkpoint's measurements appear in ``runs``
@@ -247,57 +249,20 @@ def _dense(r) -> list[list[float]]:
     return out.tolist()
 
 
-class _Angle:
-    """Running counts of claim 11's agreement for one layer: top-1 of x·c (+ b) vs of cos(x, c)."""
-
-    def __init__(self, view: MoELayerView) -> None:
-        self.c = view.router_weight.detach().float()                               # (E, H)
-        self.b = None if view.router_bias is None else view.router_bias.detach().float()
-        self.k = view.top_k
-        self.top1 = self.topk_set = self.recorded = self.tokens = 0
-
-    def update(self, x: Tensor, chosen: Tensor) -> None:
-        """x (T, H) the router's input; chosen (T, k) the experts the layer actually used (-1: none)."""
-        x = x.reshape(-1, x.shape[-1]).float()
-        dot = x @ self.c.t() + (0 if self.b is None else self.b)                    # (T, E)
-        cos = F.normalize(x, dim=-1) @ F.normalize(self.c, dim=-1).t()
-        k = min(self.k, self.c.shape[0])
-        top_dot, top_cos = dot.topk(k, -1).indices, cos.topk(k, -1).indices
-        self.top1 += int((top_dot[:, 0] == top_cos[:, 0]).sum())
-        self.topk_set += int((top_dot.sort(-1).values == top_cos.sort(-1).values).all(-1).sum())
-        self.recorded += int((chosen[:, 0] == top_cos[:, 0]).sum())
-        self.tokens += x.shape[0]
-
-    def summary(self) -> dict:
-        t = max(self.tokens, 1)
-        norms = self.c.norm(dim=-1)
-        return {"top1": self.top1 / t, "topk_set": self.topk_set / t, "top1_vs_recorded": self.recorded / t,
-                "tokens": self.tokens, "chance_top1": 1.0 / self.c.shape[0],
-                "centroid_norm_cv": float(norms.std() / norms.mean()), "router_bias": self.b is not None}
-
-
 def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]], cfg: ExternalConfig,
-           seq_len: int, tokenizer) -> tuple[dict, dict, dict, dict]:
+           seq_len: int, tokenizer) -> tuple[dict, dict, dict]:
     """One pass over every domain's windows, batches of (B, S) token ids with no padding.
 
     Returns ``routing`` ({"layers": RoutingStats summaries by domain, "samples": per domain the first
-    ``sample_tokens`` ids and their (T, E) combine weights per MoE layer}), ``angle`` ({"layers": per
-    layer :class:`_Angle` summary}), ``used`` (head and expert shares per token, claim 12) and the
-    number of windows per domain.
+    ``sample_tokens`` ids and their (T, E) combine weights per MoE layer}), ``used`` (head and expert
+    shares per token, claim 12) and the number of windows per domain.
     """
     stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], domains=DOMAINS)
-    angle = [_Angle(v) for v in views]
-    router_inputs: dict[int, Tensor] = {}
     heads: dict[int, Tensor] = {}
     attns = {v.index: attention_for(model, v) for v in views}
     n_head = {i: _num_heads(model, a) for i, a in attns.items() if a is not None}
     hooks = []
     for v in views:
-        path = READERS[v.family][0]
-        router = v.module.get_submodule(path) if path else v.module
-        hooks.append(router.register_forward_pre_hook(
-            lambda mod, args, kw, i=v.index: router_inputs.__setitem__(i, (args or tuple(kw.values()))[0].detach()),
-            with_kwargs=True))
         if attns[v.index] is not None:
             hooks.append(_out_proj(attns[v.index]).register_forward_pre_hook(
                 lambda mod, args, i=v.index: heads.__setitem__(i, args[0].detach())))
@@ -307,7 +272,6 @@ def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]
     samples = {}
 
     def forward(batch: Tensor) -> list:
-        router_inputs.clear()
         heads.clear()
         rec.set_batch(batch, torch.ones_like(batch))
         model(input_ids=batch, attention_mask=torch.ones_like(batch))
@@ -320,14 +284,14 @@ def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]
                 for start in range(0, wins.shape[0], cfg.batch_size):
                     for r in forward(wins[start : start + cfg.batch_size]):
                         stats.update(r, domain)
-                        angle[r.layer].update(router_inputs[r.layer], r.indices)
                         acting = ((r.indices >= 0) & (r.weights > 0)).sum(-1).float()         # (T,)
                         expert_shares.append(float(acting.mean()) / r.scores.shape[-1])
                     fractions = []
                     for i, y in heads.items():  # (B, S, nh·dv): the heads' outputs, concatenated
                         norms = y.reshape(*y.shape[:-1], n_head[i], -1).float().norm(dim=-1)   # (B, S, nh)
                         head_shares.append(float((norms > 1e-6 * norms.amax(-1, keepdim=True)).float().mean()))
-                        fractions.append(_head_fraction(y, _out_proj(attns[i]).weight, n_head[i]))
+                        carried = carrying_count(head_contributions(y, _out_proj(attns[i]).weight, n_head[i]))
+                        fractions.append(float(carried.mean()) / n_head[i])
                     if fractions:
                         output_shares.append({"head_fraction": sum(fractions) / len(fractions), "n_head": n_head[
                             next(iter(heads))]})
@@ -343,22 +307,8 @@ def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]
             "n_head": next(iter(n_head.values()), 0), "output_shares": output_shares}
     if not head_shares:
         used["reason"] = "no self-attention module with an output projection was found next to the MoE layers"
-    return ({"layers": stats.summaries(), "samples": samples}, {"layers": [a.summary() for a in angle]}, used,
+    return ({"layers": stats.summaries(), "samples": samples}, used,
             {"windows_per_domain": {d: int(_windows(i, seq_len).shape[0]) for d, i in ids.items()}})
-
-
-def _head_fraction(y: Tensor, w_o: Tensor, n_head: int, share: float = 0.9) -> float:
-    """Mean over tokens of the fewest heads whose contributions y_h·W_o,hᵀ carry ``share`` of their norm sum.
-
-    y (B, S, nh·dv) the concatenated head outputs; w_o (H, nh·dv) the output projection. As
-    :func:`moescope.lab.trained.output_shares`, as a share of the heads.
-    """
-    y = y.reshape(-1, n_head, y.shape[-1] // n_head).float()                         # (T, nh, dv)
-    wo = w_o.detach().float().view(w_o.shape[0], n_head, -1)                          # (H, nh, dv)
-    norms = torch.einsum("thd,chd->thc", y, wo).norm(dim=-1)                          # (T, nh)
-    srt = norms.sort(-1, descending=True).values
-    cum = srt.cumsum(-1) / srt.sum(-1, keepdim=True).clamp_min(1e-30)
-    return float(((cum < share).sum(-1) + 1).clamp_max(n_head).float().mean()) / n_head
 
 
 def _router_null(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]], cfg: ExternalConfig,
@@ -414,8 +364,9 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
     """Everything claims 6 and 10–14 read, measured on the checkpoint in ``path``.
 
     Returns:
-        JSON-ready dict: ``runs`` ({RUN: {"name", "moe", "routing", "routing_null" (the same with an
-        untrained router, claim 13's null), "weights"}}), ``angle``,
+        JSON-ready dict: ``runs`` ({RUN: {"name", "moe", "routing", "router_null" (the trained and the
+        random-direction routers, claims 11, 13, 14), "weights", "expert_null" (claim 6)}}), ``output_shares``
+        (claim 12),
         ``subspaces_used`` (with ``geometry``: per MoE layer :func:`head_expert_geometry`, or
         ``geometry_skipped``: why), ``top_k`` and ``num_experts`` (of the first MoE layer),
         ``baseline`` and ``shared_run`` (both RUN: the run the figures draw), ``model``
@@ -439,7 +390,7 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
                                                                                            cfg.chars_per_domain),
                                        seed=cfg.seed))
     ids = _token_ids(tokenizer, corpus, cfg.max_tokens, model.get_input_embeddings().num_embeddings, path)
-    routing, angle, used, windows = _route(model, views, ids, cfg, seq_len, tokenizer)
+    routing, used, windows = _route(model, views, ids, cfg, seq_len, tokenizer)
     router_null = _router_null(model, views, ids, cfg, seq_len)
     if router_null is None:
         raise ModelInputError(f"--model {path}: the router weights of {type(model).__name__} are copies, not the "
@@ -471,7 +422,7 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
         "runs": {RUN: {"name": RUN, "moe": True, "routing": routing, "router_null": router_null,
                        "weights": weights, "expert_null": expert_null}},
         "output_shares": used["output_shares"],
-        "angle": angle, "subspaces_used": used, "top_k": first.top_k, "num_experts": first.num_experts,
+        "subspaces_used": used, "top_k": first.top_k, "num_experts": first.num_experts,
         "baseline": RUN, "shared_run": RUN, "model": info,
         "provenance": {"checkpoint": info, "tokens": tokens, "tokens_total": sum(tokens.values()),
                        "seq_len": seq_len, **windows, "settings": cfg.__dict__.copy(),

@@ -148,8 +148,7 @@ def _training(cfg: LabConfig) -> dict:
             for name, r in results.items()}
     base = trained.load_run(specs[BASELINE], results[BASELINE].checkpoints[max(results[BASELINE].checkpoints)])
     soft = trained.load_run(specs[SOFT], results[SOFT].checkpoints[max(results[SOFT].checkpoints)])
-    return {"runs": runs, "angle": trained.angle_agreement(base, tokens.val),
-            "subspaces_used": trained.subspaces_used(base, tokens.val),
+    return {"runs": runs,
             "output_shares": [r["output_shares"] for r in seeds(runs, BASELINE)],
             "soft": trained.soft_statistics(soft, tokens.val),
             "top_k": base.cfg.moe.top_k, "num_experts": base.cfg.moe.num_experts,

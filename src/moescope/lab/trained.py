@@ -4,9 +4,10 @@ For one trained run (and optionally each of its kept checkpoints), routes the va
 windows of every domain through the model with a :class:`~moescope.models.RoutingRecorder`,
 accumulates :class:`~moescope.analysis.routing.RoutingStats` by domain, records token ×
 expert weights for a short sample per domain, and measures each MoE layer's weight geometry
-(:func:`~moescope.analysis.weights.view_geometry`). Also: how much of the dot-product
-router's choice the angle alone reproduces (claim 11) and how many attention heads vs
-experts act on each token (claim 12).
+(:func:`~moescope.analysis.weights.view_geometry`). Also the nulls the claims are held against:
+random regroupings of each layer's hidden units (claims 6, 7, 10), random-direction routers on the
+same hidden states (claims 11, 13, 14), a random drift as large as training's (claim 7), and how
+many heads vs experts carry a token's output (claim 12).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from moescope.analysis.expert_null import grouping_null, hidden_units, view_grouping_null
 from moescope.analysis.router_null import DEFAULT_DRAWS, random_router_rows, router_scalars
@@ -80,69 +80,6 @@ def _dense(r) -> list[list[float]]:
 def weight_measurements(model: TinyLM) -> list[dict]:
     """view_geometry of every MoE layer (router centroids, expert subspaces, shared experts)."""
     return [view_geometry(v) for v in find_moe_layers(model)]
-
-
-def angle_agreement(model: TinyLM, val: dict[str, torch.Tensor]) -> dict:
-    """Share of the router's top-k (and top-1) choices that the angle alone reproduces.
-
-    Captures each MoE layer's input x, and compares top-k of x·c_e (what a dot-product router
-    computes) with top-k of cos(x, c_e): the norms of the centroids c_e are what the angle
-    ignores. Random agreement of top-1 is 1/E.
-    """
-    layers = model.moe_layers()
-    inputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
-    handles = [m.register_forward_pre_hook(lambda mod, args, kw, i=i: inputs[i].append(args[0].detach()),
-                                           with_kwargs=True) for i, m in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            for tokens in val.values():
-                model(_windows(tokens, model.cfg.seq_len, 16))
-    finally:
-        for h in handles:
-            h.remove()
-    out = []
-    for i, m in enumerate(layers):
-        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[i]])
-        c = m.router.weight.detach()
-        k = getattr(m.router, "top_k", 1)
-        dot, cos = x @ c.t(), F.normalize(x, dim=-1) @ F.normalize(c, dim=-1).t()
-        top_dot, top_cos = dot.topk(k, -1).indices, cos.topk(k, -1).indices
-        same_set = (torch.sort(top_dot, -1).values == torch.sort(top_cos, -1).values).all(-1).float().mean()
-        same_first = (top_dot[:, 0] == top_cos[:, 0]).float().mean()
-        norms = c.norm(dim=-1)
-        out.append({"top1": float(same_first), "topk_set": float(same_set), "tokens": x.shape[0],
-                    "chance_top1": 1.0 / c.shape[0], "centroid_norm_cv": float(norms.std() / norms.mean())})
-    return {"layers": out}
-
-
-def subspaces_used(model: TinyLM, val: dict[str, torch.Tensor]) -> dict:
-    """Per token, the share of attention heads that contribute (all of them) vs of experts (k of E).
-
-    A head "contributes" when its output for the token has a norm above 1e-6 of the largest
-    head's; an expert when the token was dispatched to it with non-zero weight.
-    """
-    head_shares, expert_shares = [], []
-    captured = []
-    blocks = model.blocks
-    hooks = [b.attn.c_proj.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach()))
-             for b in blocks]
-    try:
-        with torch.no_grad(), RoutingRecorder(model) as rec:
-            for tokens in val.values():
-                model(_windows(tokens, model.cfg.seq_len, 8))
-                for r in rec.pop():
-                    expert_shares.append(((r.indices >= 0) & (r.weights > 0)).sum(-1).float().mean().item()
-                                         / r.scores.shape[-1])
-    finally:
-        for h in hooks:
-            h.remove()
-    nh = model.cfg.n_head
-    for y in captured:  # (B, T, C) concatenated heads before the output projection
-        heads = y.view(*y.shape[:-1], nh, -1).norm(dim=-1)                      # (B, T, nh)
-        active = heads > 1e-6 * heads.amax(-1, keepdim=True)
-        head_shares.append(active.float().mean().item())
-    return {"head_share": sum(head_shares) / max(len(head_shares), 1),
-            "expert_share": sum(expert_shares) / max(len(expert_shares), 1), "n_head": nh}
 
 
 def expert_nulls(model: TinyLM, *, draws: int = EXPERT_NULL_DRAWS, seed: int = 0,
@@ -240,6 +177,23 @@ def router_null(model: TinyLM, val: dict[str, torch.Tensor], *, draws: int = DEF
                     f"({draws} draws, seed {seed})"}
 
 
+def carrying_count(norms: torch.Tensor, share: float = SHARE) -> torch.Tensor:
+    """(T, n) norms -> (T,) the fewest entries (heads, experts) whose norms sum to ``share`` of the total."""
+    srt = norms.sort(-1, descending=True).values
+    cum = srt.cumsum(-1) / srt.sum(-1, keepdim=True).clamp_min(1e-30)
+    return ((cum < share).sum(-1) + 1).clamp_max(norms.shape[-1]).float()
+
+
+def head_contributions(y: torch.Tensor, w_o: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(T, nh) norms of each head's contribution to the residual stream, y_h · W_o,hᵀ.
+
+    y (..., nh·dv) the concatenated head outputs (the output projection's input); w_o (H, nh·dv).
+    """
+    y = y.reshape(-1, n_head, y.shape[-1] // n_head).float()                        # (T, nh, dv)
+    wo = w_o.detach().float().view(w_o.shape[0], n_head, -1)                         # (H, nh, dv)
+    return torch.einsum("thd,chd->thc", y, wo).norm(dim=-1)
+
+
 def output_shares(model: TinyLM, val: dict[str, torch.Tensor], share: float = SHARE) -> dict:
     """Claim 12 measured on activations: how many heads vs experts carry ``share`` of a token's output.
 
@@ -256,11 +210,6 @@ def output_shares(model: TinyLM, val: dict[str, torch.Tensor], share: float = SH
     hooks += [b.ffn.register_forward_pre_hook(lambda mod, args, kw, i=i: moe_in.__setitem__(i, args[0].detach()),
                                               with_kwargs=True) for i, b in enumerate(model.blocks)]
 
-    def needed(norms: torch.Tensor) -> torch.Tensor:  # (T, n) -> (T,) fewest entries reaching `share` of the sum
-        srt = norms.sort(-1, descending=True).values
-        cum = srt.cumsum(-1) / srt.sum(-1, keepdim=True).clamp_min(1e-30)
-        return ((cum < share).sum(-1) + 1).clamp_max(norms.shape[-1]).float()
-
     heads, experts = [], []
     try:
         with torch.no_grad(), RoutingRecorder(model) as rec:
@@ -271,10 +220,8 @@ def output_shares(model: TinyLM, val: dict[str, torch.Tensor], share: float = SH
                 for r in rec.pop():
                     i = r.layer
                     b = model.blocks[i]
-                    y = head_in[i].reshape(-1, nh, head_in[i].shape[-1] // nh)             # (T, nh, hs)
-                    wo = b.attn.c_proj.weight.view(b.attn.c_proj.weight.shape[0], nh, -1)  # (C, nh, hs)
-                    contrib = torch.einsum("thd,chd->thc", y, wo).norm(dim=-1)             # (T, nh)
-                    heads.append((i, needed(contrib) / nh))
+                    contrib = head_contributions(head_in[i], b.attn.c_proj.weight, nh)       # (T, nh)
+                    heads.append((i, carrying_count(contrib, share) / nh))
                     x = moe_in[i].reshape(-1, moe_in[i].shape[-1])
                     exp = b.ffn.experts
                     norms = torch.zeros(x.shape[0], exp.num_experts)
@@ -283,7 +230,7 @@ def output_shares(model: TinyLM, val: dict[str, torch.Tensor], share: float = SH
                         if rows.numel():
                             out = exp.expert(e, x[rows]) * r.weights[rows, slot, None]
                             norms[rows, e] = out.norm(dim=-1)
-                    experts.append((i, needed(norms) / exp.num_experts))
+                    experts.append((i, carrying_count(norms, share) / exp.num_experts))
     finally:
         for h in hooks:
             h.remove()

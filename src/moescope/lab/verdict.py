@@ -48,17 +48,6 @@ class KeyNumber:
             object.__setattr__(self, "interval", tuple(None if x is None or not math.isfinite(x) else float(x)
                                                        for x in self.interval))
 
-    def text(self) -> str:
-        v = f"{self.value:.4g}"
-        if self.interval is None:
-            u = ""
-        elif None in self.interval:
-            u = " (no interval: one replicate)"
-        else:
-            u = f" [{self.interval[0]:.3g}, {self.interval[1]:.3g}]" + (
-                f" ({self.level:.0%})" if self.level is not None else "")
-        return f"{self.name} = {v}{u}{(' ' + self.unit) if self.unit else ''}"
-
 
 @dataclass(frozen=True)
 class Verdict:

@@ -75,29 +75,45 @@ def _balance(t: dict) -> bytes:
 
 
 def _angle(t: dict) -> bytes:
+    """Claim 11's numbers: per layer, the angle agreement of the trained router and of the random-direction
+    routers with the same norms (their spread as an error bar), seed 0."""
     fig, axes = new_figure(width=5.0, height=3.4)
     ax = axes[0, 0]
-    lays = t["angle"]["layers"]
-    ax.bar([f"layer {j}" for j in range(len(lays))], [x["top1"] for x in lays], label="first choice kept")
-    ax.axhline(lays[0]["chance_top1"], color="grey", ls="--", label="chance 1/E")
+    rn = t["runs"][_base(t)]["router_null"]
+    x = np.arange(len(rn["observed"]))
+    null = np.array([[draw[i]["angle_top1"] for draw in rn["null"]] for i in range(len(x))])   # (L, draws)
+    lo, hi = np.quantile(null, [0.025, 0.975], axis=1)
+    ax.bar(x - 0.2, [o["angle_top1"] for o in rn["observed"]], width=0.4, label="trained router")
+    ax.bar(x + 0.2, null.mean(1), width=0.4, yerr=[null.mean(1) - lo, hi - null.mean(1)], color="C7",
+           label="random directions, same norms (95% of draws)")
+    ax.set_xticks(x, [f"layer {j}" for j in x])
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"Routing by angle alone (cos) vs the dot-product router\n{_label(t, 'trained top-2 run')}",
+    ax.set_ylabel("first choices the angle alone reproduces")
+    ax.set_title(f"Routing by angle alone (cos) vs the dot-product router\n{_label(t, 'trained top-2 run, seed 0')}",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     return png_bytes(fig)
 
 
 def _heads(t: dict) -> bytes:
-    u = t["subspaces_used"]
-    geo = u.get("geometry") or []
+    """Claim 12's numbers: the share of heads (and of experts) carrying 90% of a token's output, per seed or
+    batch; with a checkpoint also the heads' read subspaces against the experts'."""
+    shares = t["output_shares"]
+    geo = (t.get("subspaces_used") or {}).get("geometry") or []
     fig, axes = new_figure(1, 2 if geo else 1, width=9.0 if geo else 4.5, height=3.4)
     ax = axes[0, 0]
-    head = u["head_share"]
-    ax.bar(["attention heads", "experts"], [0.0 if head is None else head, u["expert_share"]], color=["C0", "C1"])
+    heads = [s["head_fraction"] for s in shares]
+    experts = [s["expert_fraction"] for s in shares if s.get("expert_fraction") is not None]
+    ax.bar(["attention heads", "experts"][: 2 if experts else 1],
+           [float(np.mean(heads)) if heads else 0.0] + ([float(np.mean(experts))] if experts else []),
+           color=["C0", "C1"][: 2 if experts else 1])
+    for j, values in enumerate((heads, experts)):
+        ax.scatter([j] * len(values), values, color="k", s=10, zorder=3)
+    ax.axhline(t["top_k"] / t["num_experts"], color="grey", ls="--", label="k/E: the most experts can carry")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("share acting on each token")
-    ax.set_title("All heads at once vs the chosen experts" + ("" if head is not None else " (heads not measured)"),
-                 fontsize=9)
+    ax.set_ylabel("share carrying 90% of a token's output")
+    ax.set_title("All heads at once vs the chosen experts" + ("" if heads else " (heads not measured)"), fontsize=9)
+    ax.legend(fontsize=7)
     if geo:  # checkpoint: head read subspaces vs expert input subspaces, per MoE layer
         ax = axes[0, 1]
         x = np.arange(len(geo))
