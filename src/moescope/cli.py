@@ -10,6 +10,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from moescope._paths import (
+    check_checkpoint_dir,
+    check_domain_spec,
+    check_in_file,
+    check_out_dir,
+    check_out_file,
+    option,
+)
+
 app = typer.Typer(
     name="moescope",
     help="Measure the geometry of high-dimensional spaces and of Mixture-of-Experts models.",
@@ -18,6 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+# Every path a command is given is checked while the command line is parsed, before any work starts.
+_OUT_DIR, _OUT_FILE, _IN_FILE = option(check_out_dir), option(check_out_file), option(check_in_file)
+_CHECKPOINT, _DOMAIN = option(check_checkpoint_dir), option(check_domain_spec)
 
 
 @app.callback()
@@ -44,7 +56,8 @@ def sphere(
     ] = 20_000,
     points: Annotated[int, typer.Option(min=2, help="Points per query for the relative distance contrast.")] = 999,
     seed: Annotated[int, typer.Option(help="Seed of every random draw; the same seed gives the same numbers.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json and the PNG figures.")]
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR,
+                                      help="Folder for report.html, results.json and the PNG figures.")]
     = Path("out/sphere"),
 ) -> None:
     """Exact sphere laws against Monte Carlo: near-orthogonality, equidistance, the equator."""
@@ -69,19 +82,12 @@ def sphere(
 
 
 def _read_sources(texts: list[Path], domains: list[str]):
+    """The --text files and --domain NAME=FILE texts (checked while parsing) as analysis sources."""
     from moescope.analysis.analyze import Source
 
-    sources = []
-    for path in texts:
-        if not path.is_file():
-            raise typer.BadParameter(f"--text {path}: no such file")
-        sources.append(Source(label=path.stem, text=path.read_text(errors="replace")))
+    sources = [Source(label=path.stem, text=path.read_text(errors="replace")) for path in texts]
     for spec in domains:
-        name, sep, file = spec.partition("=")
-        if not sep or not name or not file:
-            raise typer.BadParameter(f"--domain expects NAME=FILE (e.g. code=src.py); got {spec!r}")
-        if not Path(file).is_file():
-            raise typer.BadParameter(f"--domain {spec}: no such file {file!r}")
+        name, _, file = spec.partition("=")
         sources.append(Source(label=name, text=Path(file).read_text(errors="replace"), domain=name))
     return tuple(sources)
 
@@ -98,16 +104,20 @@ def _parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 @app.command()
 def analyze(
-    path: Annotated[Path, typer.Argument(help="A Hugging Face MoE checkpoint directory (config.json, "
+    path: Annotated[Path, typer.Argument(callback=_CHECKPOINT,
+                                         help="A Hugging Face MoE checkpoint directory (config.json, "
                                               "safetensors weights, tokenizer).")],
-    text: Annotated[list[Path], typer.Option("--text", help="A text file to route (repeatable).")] = [],  # noqa: B006
-    domain: Annotated[list[str], typer.Option("--domain", help="NAME=FILE: a text labelled with a domain, for "
-                                                               "domain specialisation (repeatable).")] = [],  # noqa: B006
+    text: Annotated[list[Path], typer.Option("--text", callback=_IN_FILE,
+                                             help="A text file to route (repeatable).")] = [],  # noqa: B006
+    domain: Annotated[list[str], typer.Option("--domain", callback=_DOMAIN,
+                                              help="NAME=FILE: a text labelled with a domain, for domain "
+                                                   "specialisation (repeatable).")] = [],  # noqa: B006
     layers: Annotated[str | None, typer.Option(help="Comma-separated MoE layer indices (default: all).")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 50_000,
     seq_len: Annotated[int, typer.Option(min=1, help="Tokens per sequence fed to the model.")] = 256,
     weights: Annotated[bool, typer.Option(help="Also measure expert and router weight geometry.")] = True,
-    out: Annotated[Path, typer.Option(help="Folder for report.html and results.json.")] = Path("out/analyze"),
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for report.html and results.json.")]
+    = Path("out/analyze"),
 ) -> None:
     """Routing health and expert geometry of an MoE checkpoint (no text given: a built-in
     code / language / math sample)."""
@@ -140,11 +150,14 @@ def analyze(
 
 @app.command()
 def compare(
-    checkpoint_a: Annotated[Path, typer.Argument(help="The earlier checkpoint directory.")],
-    checkpoint_b: Annotated[Path, typer.Argument(help="The later checkpoint directory (same architecture).")],
-    text: Annotated[list[Path], typer.Option("--text", help="A text file to route (repeatable).")] = [],  # noqa: B006
+    checkpoint_a: Annotated[Path, typer.Argument(callback=_CHECKPOINT,
+                                                 help="The earlier checkpoint directory.")],
+    checkpoint_b: Annotated[Path, typer.Argument(callback=_CHECKPOINT,
+                                                 help="The later checkpoint directory (same architecture).")],
+    text: Annotated[list[Path], typer.Option("--text", callback=_IN_FILE,
+                                             help="A text file to route (repeatable).")] = [],  # noqa: B006
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 50_000,
-    out: Annotated[Path, typer.Option(help="Folder for results.json.")] = Path("out/compare"),
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for results.json.")] = Path("out/compare"),
 ) -> None:
     """Router saturation (share of top-k choices kept) and weight drift between two checkpoints."""
     from moescope._files import write_json_atomic
@@ -182,28 +195,30 @@ def attack_command(
     eps: Annotated[str | None, typer.Option(
         help="Comma-separated budgets, e.g. 0,0.05,0.1 (default: the data set's own list).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every draw and initialisation.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json and the PNG figures.")]
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR,
+                                      help="Folder for report.html, results.json and the PNG figures.")]
     = Path("out/attack"),
 ) -> None:
     """Adversarial examples and why high dimension makes them easy: attacks, √d shortcuts, spheres."""
-    from moescope.adversarial.experiment import AttackConfig
-    from moescope.report.attack import run_attack
+    from moescope.adversarial.experiment import AttackConfig, run_experiment
+    from moescope.report.attack import write_attack_report
 
     eps_list = _parse_eps(eps)
     try:  # validate before any work
-        AttackConfig(dataset=dataset, attack=attack, eps=None if eps_list is None else tuple(eps_list), seed=seed)
+        cfg = AttackConfig(dataset=dataset, attack=attack, eps=None if eps_list is None else tuple(eps_list),
+                           seed=seed)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
-        results = run_attack(dataset, attack, eps_list, out, seed,
-                             lambda stage, done, total: progress.update(task, description=stage, completed=done,
-                                                                        total=total))
+        results = run_experiment(cfg, progress=lambda stage, done, total: progress.update(
+            task, description=stage, completed=done, total=total))
+    written = write_attack_report(results, out)
     for sentence in results["sentences"]:
         console.print(f"[bold]{sentence['title']}.[/bold] {sentence['sentence']}")
-    console.print(f"Report: {out / 'report.html'}  (results: {out / 'results.json'}) "
+    console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 
 
@@ -218,7 +233,8 @@ def curvature(
     steps: Annotated[int, typer.Option(min=1, help="Riemannian Adam steps per space.")] = 1000,
     restarts: Annotated[int, typer.Option(min=1, help="Random restarts per space; the lowest loss is kept.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of every random draw; the same seed gives the same numbers.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json and the PNG figures.")]
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR,
+                                      help="Folder for report.html, results.json and the PNG figures.")]
     = Path("out/curvature"),
 ) -> None:
     """Trees need hyperbolic space: distortion in E, H, S and products, and Sarkar's construction."""
@@ -252,7 +268,8 @@ def lab(
                                               "more samples and seeds).")] = "quick",
     claims: Annotated[str | None, typer.Option(help="Comma-separated claim numbers to test (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random draw; the same seed gives the same numbers.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for report.html, results.json, figures, checkpoints and logs.")]
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR,
+                                      help="Folder for report.html, results.json, figures, checkpoints and logs.")]
     = Path("out/lab"),
     model: Annotated[Path | None, typer.Option(
         "--model", help="A local Hugging Face MoE checkpoint folder (config.json, safetensors, tokenizer): claims "
@@ -295,7 +312,8 @@ def train(
     runs: Annotated[str | None, typer.Option(help="Comma-separated run names, e.g. top2,top2-alpha0 "
                                                   "(default: all of the profile's).")] = None,
     seed: Annotated[int, typer.Option(help="The seed `moescope lab --seed` will use.")] = 0,
-    out: Annotated[Path, typer.Option(help="The lab's folder: runs go to OUT/training/runs/, where "
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR,
+                                      help="The lab's folder: runs go to OUT/training/runs/, where "
                                            "`moescope lab --out OUT` finds them finished.")] = Path("out/lab"),
     tensorboard: Annotated[bool, typer.Option(help="Also write each training run's curves as TensorBoard events "
                                                    "(OUT/training/runs/*/tensorboard; needs "
@@ -352,7 +370,8 @@ def bench_analyze(
 def bench_moe_command(
     quick: Annotated[bool, typer.Option(help="Only T = 16 and 1024, fewer repeats (about half a minute on 2 cores).")]
     = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the machine and rows to this JSON file.")] = None,
+    out: Annotated[Path | None, typer.Option(callback=_OUT_FILE,
+                                             help="Also write the machine and rows to this JSON file.")] = None,
     stat: Annotated[str, typer.Option(help="Table of the 'median' run or of the 'best' (on a shared machine).")]
     = "median",
     system_malloc: Annotated[bool, typer.Option(help="Leave glibc's malloc as it is: every fresh buffer of 32 MiB "
@@ -395,7 +414,8 @@ def bench_train_command(
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (the median is over all timed steps).")] = 9,
     steps_per_round: Annotated[int, typer.Option(min=1, help="Timed steps of each implementation per round.")] = 5,
     threads: Annotated[int, typer.Option(min=1, help="torch threads (the lab trains each run on one).")] = 1,
-    out: Annotated[Path | None, typer.Option(help="Also write the machine and rows to this JSON file.")] = None,
+    out: Annotated[Path | None, typer.Option(callback=_OUT_FILE,
+                                             help="Also write the machine and rows to this JSON file.")] = None,
 ) -> None:
     """The lab LM's training step (TinyLM top-2 of 8, quick shape) against transformers' MixtralForCausalLM."""
     from moescope._files import write_json_atomic
@@ -431,7 +451,8 @@ def bench_parallel_command(
     tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per rank (default 1024, or 256 with --quick).")]
     = None,
     quick: Annotated[bool, typer.Option(help="The coarse layer only, 256 tokens per rank, fewer repeats.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the machine and rows to this JSON file.")] = None,
+    out: Annotated[Path | None, typer.Option(callback=_OUT_FILE,
+                                             help="Also write the machine and rows to this JSON file.")] = None,
 ) -> None:
     """Expert parallelism over 1, 2, 4 CPU processes: all-to-all bytes per token, time split, ratio to one process."""
     from moescope._files import write_json_atomic

@@ -8,18 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jinja2
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from moescope import __version__
-from moescope._files import write_json_atomic, write_text_atomic
+from moescope.report.writer import write_report
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("moescope.report", "templates"),
-    autoescape=jinja2.select_autoescape(["html", "j2"]),
-    undefined=jinja2.StrictUndefined,
-)
 _SCALE = "Viridis"
 
 
@@ -125,18 +118,13 @@ def weight_figures(res: dict) -> list[tuple[str, str]]:
 
 def write_analyze_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write ``results.json`` and a self-contained ``report.html`` into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = [load_heatmap(results)] if results.get("routing") else []
+    plots = [load_heatmap(results)] if results.get("routing") else []
     if results.get("routing"):
         mid = len(results["routing"]) // 2
-        figures.append(coactivation_heatmap(results, mid))
+        plots.append(coactivation_heatmap(results, mid))
         dom = domain_heatmap(results, mid)
         if dom:
-            figures.append(dom)
-    figures += token_heatmaps(results) + weight_figures(results)
-    written = {"results": write_json_atomic(out / "results.json", results)}
-    html = _TEMPLATES.get_template("analyze.html.j2").render(
-        results=results, figures=figures, plotly_js=get_plotlyjs(), version=__version__)
-    written["report"] = write_text_atomic(out / "report.html", html)
-    return written
+            plots.append(dom)
+    plots += token_heatmaps(results) + weight_figures(results)
+    return write_report(results, {}, "analyze.html.j2", out_dir, context={"plots": plots,
+                                                                          "plotly_js": get_plotlyjs()})

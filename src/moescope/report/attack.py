@@ -1,27 +1,18 @@
 """The report of ``moescope attack``: figures, ``results.json`` and ``report.html``.
 
-:func:`write_attack_report` only renders what :func:`moescope.adversarial.experiment.run_experiment`
-measured; :func:`run_attack` is the command's one call: measure, then render.
+Only renders what :func:`moescope.adversarial.experiment.run_experiment` measured; it computes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import jinja2
 import numpy as np
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-from moescope import __version__
-from moescope._files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from moescope.report.figures import data_uri, new_figure, png_bytes
-
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("moescope.report", "templates"),
-    autoescape=jinja2.select_autoescape(["html", "j2"]),
-    undefined=jinja2.StrictUndefined,
-)
+from moescope.report.figures import new_figure, png_bytes
+from moescope.report.writer import FigureSpecs, draw_figures, write_report
 
 _ATTACK_STYLE = {"fgsm": ("C3", "o-"), "pgd": ("C0", "s-"), "noise": ("C7", "^--")}
 
@@ -174,7 +165,7 @@ def _gilmer_figure(res: dict) -> bytes:
     return png_bytes(fig)
 
 
-def figures_for(results: dict) -> dict[str, tuple[str, Callable[[dict], bytes]]]:
+def figures_for(results: dict) -> FigureSpecs:
     """The figures a run has, by file name: (caption, draw)."""
     out = {
         "accuracy_vs_eps.png": ("Accuracy vs budget for FGSM, PGD and random noise", _accuracy_figure),
@@ -196,52 +187,5 @@ def write_attack_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     Returns:
         The paths written, by kind ("report", "results", and one per figure name).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    figures = []
-    for name, (caption, draw) in figures_for(results).items():
-        png = draw(results)
-        written[name] = write_bytes_atomic(out / name, png)
-        figures.append({"name": name, "caption": caption, "uri": data_uri(png)})
-    written["results"] = write_json_atomic(out / "results.json", results)
-    html = _TEMPLATES.get_template("attack.html.j2").render(
-        results=results, figures=figures, version=__version__,
-        num=lambda v, spec=".3g": "n/a" if v is None else format(v, spec),
-    )
-    written["report"] = write_text_atomic(out / "report.html", html)
-    return written
-
-
-def run_attack(
-    dataset: str = "digits",
-    attack: str = "pgd",
-    eps_list: Sequence[float] | None = None,
-    out_dir: str | Path = "out/attack",
-    seed: int = 0,
-    progress: Callable[[str, int, int], None] | None = None,
-    **overrides: object,
-) -> dict:
-    """Measure (``moescope.adversarial.experiment``) and write the report; returns the results.
-
-    Args:
-        dataset: "digits" or "spheres".
-        attack: the featured attack, "fgsm", "pgd" or "deepfool".
-        eps_list: budgets (L∞ for digits, L2 for spheres); None for the dataset's defaults.
-        out_dir: folder for report.html, results.json and the PNG figures.
-        seed: seeds every draw and every initialisation.
-        progress: called as ``progress(stage, done, total)`` as each stage starts.
-        overrides: any other :class:`~moescope.adversarial.experiment.AttackConfig` field
-            (smaller settings for tests).
-
-    Returns:
-        The results dict, exactly as written to ``out_dir/results.json``; the report is
-        ``out_dir/report.html``.
-    """
-    from moescope.adversarial.experiment import AttackConfig, run_experiment
-
-    cfg = AttackConfig(dataset=dataset, attack=attack, eps=None if eps_list is None else tuple(eps_list), seed=seed,
-                       **overrides)
-    results = run_experiment(cfg, progress=progress)
-    write_attack_report(results, out_dir)
-    return results
+    return write_report(results, draw_figures(figures_for(results), results), "attack.html.j2", out_dir, context={
+        "num": lambda v, spec=".3g": "n/a" if v is None else format(v, spec)})

@@ -9,18 +9,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import jinja2
 import numpy as np
 
-from moescope import __version__
-from moescope._files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from moescope.report.figures import data_uri, new_figure, png_bytes
+from moescope.report.figures import new_figure, png_bytes
+from moescope.report.writer import FigureSpecs, draw_figures, write_report
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("moescope.report", "templates"),
-    autoescape=jinja2.select_autoescape(["html", "j2"]),
-    undefined=jinja2.StrictUndefined,
-)
 _CIRCLE = np.linspace(0, 2 * np.pi, 361)
 
 
@@ -130,7 +123,7 @@ def _curvature_figure(res: dict) -> bytes:
     return png_bytes(fig)
 
 
-FIGURES = {
+FIGURES: FigureSpecs = {
     "volume_growth.png": ("Volume growth: tree vs hyperbolic vs Euclidean", _volume_figure),
     "poincare_disk.png": ("The tree in the Poincaré disk: Sarkar's construction and learned embeddings", _disk_figure),
     "distortion.png": ("Average distortion by space, this run beside Gu et al. 2019", _distortion_figure),
@@ -149,17 +142,5 @@ def write_curvature_report(results: dict, out_dir: str | Path) -> dict[str, Path
     Returns:
         The paths written, by kind ("report", "results", and one per figure name).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    figures = []
-    for name, (caption, draw) in FIGURES.items():
-        png = draw(results)
-        written[name] = write_bytes_atomic(out / name, png)
-        figures.append({"name": name, "caption": caption, "uri": data_uri(png)})
-    written["results"] = write_json_atomic(out / "results.json", results)
-    html = _TEMPLATES.get_template("curvature.html.j2").render(
-        results=results, figures=figures, version=__version__, fmt=_fmt,
-    )
-    written["report"] = write_text_atomic(out / "report.html", html)
-    return written
+    return write_report(results, draw_figures(FIGURES, results), "curvature.html.j2", out_dir,
+                        context={"fmt": _fmt})

@@ -17,21 +17,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import jinja2
 from rich.markup import escape
 from rich.table import Table
 
-from moescope import __version__
-from moescope._files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from moescope.lab.verdict import BY_CONSTRUCTION, VERDICTS
 from moescope.report.evidence import describe, evidence_figures, figure_name, interval_text
-from moescope.report.figures import data_uri
+from moescope.report.writer import Figure, write_report
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("moescope.report", "templates"),
-    autoescape=jinja2.select_autoescape(["html", "j2"]),
-    undefined=jinja2.StrictUndefined,
-)
 _STYLE = {"supported": "green", "not supported": "red", "inconclusive": "yellow", BY_CONSTRUCTION: "blue"}
 
 
@@ -85,25 +77,19 @@ def write_lab_report(results: dict, figures: dict[str, bytes], out_dir: str | Pa
         figures: PNG bytes by file name; a verdict's ``figures`` name entries of it. Evidence
             figures (:func:`moescope.report.evidence.figure_name`) it lacks are drawn here.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     verdicts = results["verdicts"]
     missing = sorted({f for v in verdicts for f in v["figures"]} - set(figures))
     if missing:
         raise ValueError(f"verdicts name figures that were not produced: {missing}")
     figures = {**figures, **evidence_figures(verdicts, skip=set(figures))}
-    written = {name: write_bytes_atomic(out / name, png) for name, png in figures.items()}
-    uris = {name: data_uri(png) for name, png in figures.items()}
     evidence = {v["claim_id"]: [{**describe(ev), "figure": figure_name(v["claim_id"], i)}
                                 for i, ev in enumerate(v.get("evidence") or ())] for v in verdicts}
-    written["results"] = write_json_atomic(out / "results.json", _json_ready(results))
-    html = _TEMPLATES.get_template("lab.html.j2").render(
-        results=results, uris=uris, anchor=_anchor, version=__version__, evidence=evidence,
-        key_text=key_text, counts=finding_counts(verdicts), counts_text=counts_text(verdicts), css=_css,
-        by_construction=BY_CONSTRUCTION,
-        constructed=[v for v in verdicts if v.get("construction") or v["verdict"] == BY_CONSTRUCTION])
-    written["report"] = write_text_atomic(out / "report.html", html)
-    return written
+    return write_report(
+        results, {name: Figure(png) for name, png in figures.items()}, "lab.html.j2", out_dir,
+        saved=_json_ready(results),
+        context={"anchor": _anchor, "evidence": evidence, "key_text": key_text, "counts": finding_counts(verdicts),
+                 "counts_text": counts_text(verdicts), "css": _css, "by_construction": BY_CONSTRUCTION,
+                 "constructed": [v for v in verdicts if v.get("construction") or v["verdict"] == BY_CONSTRUCTION]})
 
 
 def lab_figures(results: dict) -> dict[str, bytes]:

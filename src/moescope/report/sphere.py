@@ -8,18 +8,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import jinja2
 import numpy as np
 
-from moescope import __version__
-from moescope._files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from moescope.report.figures import data_uri, new_figure, png_bytes
-
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("moescope.report", "templates"),
-    autoescape=jinja2.select_autoescape(["html", "j2"]),
-    undefined=jinja2.StrictUndefined,
-)
+from moescope.report.figures import new_figure, png_bytes
+from moescope.report.writer import FigureSpecs, draw_figures, write_report
 
 
 def _equator_figure(res: dict) -> bytes:
@@ -108,7 +100,7 @@ def _shell_figure(res: dict) -> bytes:
     return png_bytes(fig)
 
 
-FIGURES = {
+FIGURES: FigureSpecs = {
     "equator_band.png": ("Equator band mass vs d", _equator_figure),
     "cosine_histograms.png": ("Cosine histograms over the exact density", _cosine_figure),
     "distance_contrast.png": ("Relative distance contrast vs d", _contrast_figure),
@@ -122,18 +114,5 @@ def write_sphere_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     Returns:
         The paths written, by kind ("report", "results", and one per figure name).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    figures = []
-    for name, (caption, draw) in FIGURES.items():
-        png = draw(results)
-        written[name] = write_bytes_atomic(out / name, png)
-        figures.append({"name": name, "caption": caption, "uri": data_uri(png)})
-    written["results"] = write_json_atomic(out / "results.json", results)
-    html = _TEMPLATES.get_template("sphere.html.j2").render(
-        results=results, figures=figures, version=__version__,
-        log10_welch=lambda w: "no limit" if w is None else f"{math.log10(w):.2f}",
-    )
-    written["report"] = write_text_atomic(out / "report.html", html)
-    return written
+    return write_report(results, draw_figures(FIGURES, results), "sphere.html.j2", out_dir, context={
+        "log10_welch": lambda w: "no limit" if w is None else f"{math.log10(w):.2f}"})
