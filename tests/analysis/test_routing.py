@@ -189,3 +189,31 @@ def test_uniform_any_baseline_matches_mixtral_table5():
     stats.update(_record([[0, 1]], [[1 / 8] * 8], (1, 1)))
     assert stats.summary(0)["repetition"]["uniform_any"] == pytest.approx(1 - 15 / 28)  # 46%
     assert math.isclose(stats.summary(0)["repetition"]["uniform_first"], 0.125)
+
+
+@pytest.mark.parametrize(("experts", "k", "seed"), [(3, 1, 0), (6, 2, 1), (16, 4, 2)])
+def test_balance_losses_equal_the_token_level_losses(experts, k, seed):
+    """The analyzer's streamed balance losses are :func:`moescope.moe.losses.load_balancing_loss`
+    on the concatenation of the same records, for every convention: two batches of sequences,
+    padding, empty (-1) slots. (Every sequence keeps a real token: a sequence that is all padding
+    counts in the token-level loss's mean over sequences but is skipped by the analyzer.)"""
+    from moescope.moe.losses import CONVENTIONS, load_balancing_loss
+
+    g = torch.Generator().manual_seed(seed)
+    seq = 7
+    stats = RoutingStats(experts, k, num_layers=1)
+    scores, indices, masks = [], [], []
+    for b in (2, 3):
+        s = torch.softmax(torch.randn(b * seq, experts, generator=g) * 2, -1)
+        idx = s.topk(k, -1).indices
+        idx[1, -1] = -1
+        mask = torch.rand(b * seq, generator=g) > 0.3
+        mask.view(b, seq)[:, 0] = True
+        stats.update(_record(idx, s, (b, seq), mask))
+        scores.append(s), indices.append(idx), masks.append(mask)
+    reported = stats.summary(0)["balance_loss"]
+    assert set(reported) == set(CONVENTIONS)
+    scores, indices, mask = torch.cat(scores), torch.cat(indices), torch.cat(masks).float()
+    for convention in CONVENTIONS:
+        ref = load_balancing_loss(scores, indices, convention=convention, attention_mask=mask, sequence_length=seq)
+        assert reported[convention] == pytest.approx(ref.item(), rel=1e-6), convention

@@ -146,3 +146,23 @@ def test_switch_and_gshard_equal_transformers_switch_loss(experts, tokens, seed)
     batched = torch.randn(3, tokens, experts, generator=g) * 5
     assert router_z_loss(batched.reshape(-1, experts)).item() == pytest.approx(router_z_loss_func(batched).item(),
                                                                                 rel=1e-6)
+
+
+def test_loss_from_counts_by_hand():
+    """E = 2, k = 2, T = 4: first choices (3, 1), all choices (4, 4), probability sums (3, 1)."""
+    from moescope.moe.losses import balance_loss_from_counts
+
+    sums = {"counts": torch.tensor([4.0, 4.0]), "first_counts": torch.tensor([3.0, 1.0]),
+            "prob_sum": torch.tensor([3.0, 1.0]), "tokens": 4, "top_k": 2}
+    # switch: 2 * (3/4 * 3/4 + 1/4 * 1/4) = 1.25; hf: 2 * (1 * 3/4 + 1 * 1/4) = 2; megablocks: hf / k = 1
+    expected = {"switch": 1.25, "gshard": 1.25, "hf": 2.0, "megablocks": 1.0, "deepseek_seq": 1.0}
+    for convention, value in expected.items():
+        assert balance_loss_from_counts(convention, **sums).item() == pytest.approx(value, rel=1e-6), convention
+    per_seq = balance_loss_from_counts("deepseek_seq", counts=torch.tensor([[2.0, 0.0], [0.0, 0.0]]),
+                                       prob_sum=torch.tensor([[1.0, 0.0], [0.0, 0.0]]), tokens=torch.tensor([1, 0]),
+                                       top_k=2)
+    assert per_seq.tolist() == pytest.approx([2.0, 0.0])       # one token on expert 0: 2 · (2/2 · 1); no tokens: 0
+    with pytest.raises(ValueError, match="needs first_counts"):
+        balance_loss_from_counts("switch", counts=sums["counts"], prob_sum=sums["prob_sum"], tokens=4)
+    with pytest.raises(ValueError, match="convention must be one of"):
+        balance_loss_from_counts("deepspeed", counts=sums["counts"], prob_sum=sums["prob_sum"], tokens=4)

@@ -78,8 +78,8 @@ class AttackConfig:
     linearity_dims: tuple[int, ...] = (10, 100, 1000, 10000)
     linearity_eps: float = 0.01
     # torch intra-op threads during the run, restored afterwards: the models are small, and one
-    # thread avoids the stalls of oversubscribed cores (measured 20 s vs 73 s for the digits run
-    # with 2 threads on 2 busy cores); None keeps torch's own setting
+    # thread avoids the stalls of oversubscribed cores (several times slower with 2 threads on 2
+    # busy cores); None keeps torch's own setting
     threads: int | None = 1
 
     def __post_init__(self) -> None:

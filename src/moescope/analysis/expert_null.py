@@ -58,8 +58,8 @@ def feasible_min_overlap(num_experts: int, rank: int, hidden: int) -> float:
 def _bases(units: Tensor, rank: int) -> Tensor:
     """(G, n, m, H) units of G groups -> (G, H, r) orthonormal top-r read subspaces (Gram eigenvectors).
 
-    The Gram matrix is summed in the units' precision and decomposed in float32 (1.6× faster than
-    float64 for a batch of 64×64; overlaps agree with float64 to ~1e-6, far below the 1% effects read).
+    The Gram matrix is summed in the units' precision and decomposed in float32 (faster than
+    float64; overlaps agree with float64 to ~1e-6, far below the 1% effects read).
     """
     g, n, m, h = units.shape
     w = units.reshape(g, n * m, h)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from moescope.models.view import RoutingRecord
+from moescope.moe.losses import CONVENTIONS, balance_loss_from_counts
 from moescope.stats import normalized_mutual_information
 
 # An expert is "starved" below this share of the mean load (and "dead" at zero).
@@ -118,7 +119,7 @@ class RoutingStats:
         onehot.scatter_add_(1, real.clamp_min(0), valid.long())
         acc.coact += onehot.t() @ onehot
         self._consecutive(acc, record, onehot)
-        self._sequence_balance(acc, record, probs)
+        self._sequence_balance(acc, record, onehot, probs)
         if domain is not None:
             if domain not in self.domains:
                 raise ValueError(f"unknown domain {domain!r}; the stats were built for {self.domains}")
@@ -147,24 +148,18 @@ class RoutingStats:
         acc.repeat_any += int((share & both).sum())
 
     @staticmethod
-    def _sequence_balance(acc: _Layer, record: RoutingRecord, probs_real: Tensor) -> None:
-        """DeepSeek-V3's sequence-wise Σ f_i P_i, summed over sequences (eq. 17–20)."""
+    def _sequence_balance(acc: _Layer, record: RoutingRecord, onehot_real: Tensor, probs_real: Tensor) -> None:
+        """DeepSeek-V3's sequence-wise loss (eq. 17–20), summed over the sequences with a real token."""
         b, s = record.batch_shape
-        e, k = acc.num_experts, acc.top_k
-        mask = record.mask.bool().view(b, s)
-        idx = record.indices.long().view(b, s, -1)
-        scores = record.scores.double().view(b, s, e)
-        probs = scores / scores.sum(-1, keepdim=True).clamp_min(1e-300)
-        for i in range(b):
-            m = mask[i]
-            n = int(m.sum())
-            if n == 0:
-                continue
-            chosen = idx[i][m]
-            counts = torch.bincount(chosen[chosen >= 0], minlength=e).double()
-            f = e / (k * n) * counts
-            acc.seq_balance_sum += (f * probs[i][m].mean(0)).sum()
-            acc.sequences += 1
+        seq = torch.arange(b).repeat_interleave(s)[record.mask.bool()]          # (N,) sequence of each real token
+        tokens = torch.bincount(seq, minlength=b)                                # (B,)
+        counts = torch.zeros(b, acc.num_experts, dtype=torch.float64).index_add_(0, seq, onehot_real.double())
+        prob_sum = torch.zeros(b, acc.num_experts, dtype=torch.float64).index_add_(0, seq, probs_real)
+        per_seq = balance_loss_from_counts("deepseek_seq", counts=counts, prob_sum=prob_sum, tokens=tokens,
+                                           top_k=acc.top_k)                      # (B,)
+        real = tokens > 0
+        acc.seq_balance_sum += per_seq[real].sum()
+        acc.sequences += int(real.sum())
 
     def merge(self, other: RoutingStats) -> RoutingStats:
         """In place: add ``other``'s sums (same layers, experts and domains). Returns self."""
@@ -207,13 +202,7 @@ class RoutingStats:
             "load": f_all.tolist(),
             "load_first_choice": f_first.tolist(),
             "mean_score": p.tolist(),
-            "balance_loss": {
-                "switch": float(e * (f_first * p).sum()),
-                "gshard": float(e * (f_first * p).sum()),
-                "hf": float(e * (counts / t * p).sum()),
-                "megablocks": float(e * (f_all * p).sum()),
-                "deepseek_seq": float(acc.seq_balance_sum / max(int(acc.sequences), 1)),
-            },
+            "balance_loss": self._balance(acc),
             "load_cv": float(counts.std(unbiased=False) / mean) if mean > 0 else 0.0,
             "max_over_mean": float(counts.max() / mean) if mean > 0 else 0.0,
             "load_entropy": load_entropy,
@@ -233,6 +222,19 @@ class RoutingStats:
             out["domains"] = self._domains(acc)
         if acc.token_expert is not None and int(acc.token_expert.sum()) > 0:
             out["tokens_specialisation"] = self._tokens(acc)
+        return out
+
+    @staticmethod
+    def _balance(acc: _Layer) -> dict[str, float]:
+        """Every convention of :mod:`moescope.moe.losses`, from this layer's sums."""
+        out = {}
+        for convention in CONVENTIONS:
+            if convention == "deepseek_seq":                 # per sequence, summed at update: the mean
+                out[convention] = float(acc.seq_balance_sum / max(int(acc.sequences), 1))
+            else:
+                out[convention] = float(balance_loss_from_counts(
+                    convention, counts=acc.counts, first_counts=acc.first, prob_sum=acc.prob_sum,
+                    tokens=int(acc.tokens), top_k=acc.top_k))
         return out
 
     def _domains(self, acc: _Layer) -> dict:

@@ -29,9 +29,10 @@ projection W_e = [gate; up] (2I × H), i.e. the r input directions it reads most
 r is the smallest rank that captures ``energy`` of ||W_e||_F² (default 50%), capped at
 ``max_rank`` (default 128) and at H/2, and one r per layer (the median over experts, rounded
 down) so that all pairs compare equal dimensions. Why these defaults: 50% keeps the dominant
-half of what an expert reads; the cap keeps the randomized SVD at ~2 s per Mixtral-8x7B expert on two
-cores (cost ∝ r) and, with r <= H/2, keeps r + r <= H so that two subspaces are never forced
-to intersect (above H/2 every pair would share 2r − H dimensions whatever the training did).
+half of what an expert reads; the cap bounds the randomized SVD's cost per expert at
+Mixtral-8x7B scale (cost ∝ r; ``moescope bench analyze`` times the pass) and, with r <= H/2,
+keeps r + r <= H so that two subspaces are never forced to intersect (above H/2 every pair
+would share 2r − H dimensions whatever the training did).
 A flat spectrum needs many directions (an i.i.d. 28672×4096 matrix needs 1426, 35% of H, for
 50%), so at scale r is often the cap; the results report each expert's captured energy at r,
 which makes that visible. Large matrices use ``torch.svd_lowrank`` (Halko, Martinsson & Tropp

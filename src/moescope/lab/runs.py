@@ -38,26 +38,18 @@ name, and with ``train.seed + 1``, ``+ 2``, … as ``<name>-seed<train.seed + i>
 ``name == prefix or name.startswith(prefix + "-seed")``). Only the seed differs: model
 initialisation, batch order and masks.
 
-Profiles (2-core VM, one thread per run, two runs at once):
+Profiles (sized for a 2-core VM, one thread per run, two runs at once; ``time moescope train
+--profile quick`` measures one, and the README quotes the lab's times):
 
 * ``quick`` — d_model 64, 2 layers, 4 heads, seq_len 64, 8 experts of I = 128, batch 16,
-  200 steps, 200k characters per domain, 3 seeds of every run: 39 runs. Measured on a quiet
-  2-core VM (``time moescope train --profile quick``): 174 s wall (training 171 s), 332
-  CPU-seconds in all — 3.6–4 s a masked dense run, 6–7 s Switch, Soft MoE, Expert Choice and
-  dense-active, 8–11 s the top-2 and fine-grained MoEs, 12–13 s dense-total. What made 3× the
-  runs fit: 200 steps instead of 250 (the curves had *not* flattened at 250 — the baseline's
-  validation loss is 4.96 / 4.58 / 4.29 nats at 150 / 200 / 250 steps, each with its own cosine
-  schedule — so this costs quality: every causal run stays 1–2 nats under the unigram level of
-  6.08, the masked ones 0.35–0.5 under it); the masked-token runs apply the output head only at
-  the masked positions (``TinyLM(..., logits_at_targets=True)``: half their step); AdamW's fused
-  kernel. A step's time is the arithmetic (the tied 2048-token head and its softmax, ~35% of a
-  top-2 step; the experts; attention); evaluation (~0.2 s a run) and checkpoints (~25 ms each)
-  are noise. With 11 single-seed runs of 250 steps it was 68–97 s wall, 122–135 CPU-seconds.
+  200 steps, 200k characters per domain, 3 seeds of every run: 39 runs. What makes 3 seeds fit
+  the budget of one: 200 steps instead of 250, which costs quality (the curves have *not*
+  flattened at 250; each step count has its own cosine schedule); the masked-token runs apply
+  the output head only at the masked positions (``TinyLM(..., logits_at_targets=True)``: about
+  half their step); AdamW's fused kernel. A step's time is the arithmetic (the tied 2048-token
+  head and its softmax, the experts, attention); evaluation and checkpoints are noise.
 * ``full`` — d_model 128, 4 layers, seq_len 128, 8 experts of I = 256, batch 16, 400 steps,
-  300k characters per domain, 5 seeds of every run: 65 runs. Not measured since: with 3 seeds
-  of only the baseline and α = 0 (15 runs) it took 2,571 s end to end on a quiet 2-core VM, of
-  which training 2,369 s (4,600 CPU-seconds, ~300 a run); 65 runs project to ~18,000
-  CPU-seconds, about 2.5 hours of training on 2 cores.
+  300k characters per domain, 5 seeds of every run: 65 runs, hours of training on 2 cores.
 """
 
 from __future__ import annotations
@@ -119,7 +111,7 @@ class Profile:
 
 
 def profile(name: str = "quick") -> Profile:
-    """The ``quick`` or ``full`` profile (timings measured on 2 CPU cores; see the module docstring)."""
+    """The ``quick`` or ``full`` profile (sized for 2 CPU cores; see the module docstring)."""
     if name == "quick":
         return Profile(name="quick", corpus=CorpusConfig(chars_per_domain=200_000),
                        lm=LMConfig(vocab_size=2048, d_model=64, n_layer=2, n_head=4, seq_len=64,

@@ -5,47 +5,41 @@ Every path computes, for tokens x (T, H) and a routing (indices, weights) of sha
     out_t = Σ_j w_tj · expert_{i_tj}(x_t)          (output weighting, the default)
     out_t = Σ_j expert_{i_tj}(w_tj · x_t)          (input weighting, Llama 4)
 
-skipping slots with i_tj = -1. The paths:
+skipping slots with i_tj = -1. The paths differ only in how they batch the S ≤ T·k
+(token, expert) pairs into GEMMs:
 
 * ``loop``   — for each expert that received tokens, gather them, run it, ``index_add_``
-               the result (the transformers "eager" algorithm).
-* ``sorted`` — sort the S ≤ T·k (token, expert) pairs by expert once, then run the whole
-               expert MLP chunk by chunk over the sorted rows: gather a chunk's tokens, one
-               GEMM per expert into one buffer, the activation once per chunk with the
-               routing weight folded in, one GEMM per expert again, ``index_add_`` into the
-               output. Forward and backward are one custom autograd function
-               (:class:`_SortedExperts`).
+               the result (the transformers "eager" algorithm). The simplest; it pays autograd
+               bookkeeping and an allocation per expert, which dominate with many experts.
+* ``sorted`` — sort the pairs by expert once, then run the whole expert MLP chunk by chunk
+               over the sorted rows: gather a chunk's tokens, one GEMM per expert into one
+               buffer, the activation once per chunk with the routing weight folded in, one
+               GEMM per expert again, ``index_add_`` into the output. Forward and backward are
+               one custom autograd function (:class:`_SortedExperts`). The same GEMMs as
+               ``loop``, without its per-expert overhead; the general-purpose path.
 * ``bmm``    — pad every expert's rows to m, the most any expert received, and run each
-               projection as one ``torch.bmm`` over the whole (E, ·, ·) bank (one MKL batched
-               GEMM, no per-expert Python loop), weight-side (W·xᵀ, the weights streamed as
-               the left operand) from m = 4 rows on; the backward (``moescope.moe.padded``)
-               writes each weight gradient with one more ``bmm``, zero for experts without
-               tokens. It reads every expert's weights and computes E·m ≥ S rows, so it pays
-               off where the routing is balanced and every expert has rows to do.
+               projection as one ``torch.bmm`` over the whole (E, ·, ·) bank (one batched GEMM,
+               no per-expert Python loop), weight-side (W·xᵀ) from m = 4 rows on; the backward
+               (``moescope.moe.padded``) writes each weight gradient with one more ``bmm``, zero
+               for experts without tokens. It reads every expert's weights and computes
+               E·m ≥ S rows, so it pays off only where the routing is balanced and every expert
+               has rows to do.
 * ``reference`` — a per-token loop, the slow oracle the tests hold the others against.
 
-``auto`` (:func:`auto_method`) runs ``bmm`` where every expert gets 8 rows or more on average,
-the routing is balanced enough that padding at most doubles the rows, and the padded buffers
-stay under ``_CHUNK_ELEMENTS``; else ``sorted``. Measured (interleaved medians, 2 CPU cores,
-float32, torch 2.13 + MKL, H=512, forward): with I=1024 E=8 k=2, ``bmm`` takes 9.5 / 7.3 /
-11.2 / 18.4 / 23.6 ms at T = 32 / 64 / 128 / 256 / 512 against ``sorted``'s 12.9 / 8.9 / 13.8 /
-21.6 / 26.3, and 51 against 41 ms at T=1024 (buffers past the chunk size, out of cache); with I=128
-E=64 k=6, 8.2 / 11.9 / 20.4 ms at T = 128 / 256 / 512 against 9.1 / 17.0 / 24.8, but 6.3
-against 5.1 ms at T=16 (52 of 64 experts hit, the rest read for nothing) and 52 against 38
-ms at T=1024. Forward+backward follows the same pattern (T=256, 64 experts: 36 against 58
-ms). ``loop`` runs the same GEMMs as ``sorted`` but pays autograd and an allocation per
-expert: 1.05–2.6× slower forward, 1.2–6× (8 experts) and 5–27× (64 experts)
-forward+backward.
+``auto`` (:func:`auto_method`) picks ``bmm`` where its conditions hold — enough rows per expert
+on average, padding that at most doubles the rows, padded buffers within ``_CHUNK_ELEMENTS`` —
+and ``sorted`` everywhere else. ``moescope bench moe`` times every path on the benchmark's
+shapes (one column per path beside the one ``auto`` ran); the README quotes its results.
 
-What makes ``sorted`` fast on CPU (each measured on that machine):
+What ``sorted`` does to be fast on CPU:
 
-* Chunks. glibc serves allocations of 32 MiB and more with fresh ``mmap`` pages, so each
-  call paid ~0.3 ms per MiB in page faults (one (S, 2I) float32 buffer is 64 MiB at T=4096
-  for Mixtral's proportions). Chunks whose widest buffer holds at most ``_CHUNK_ELEMENTS``
-  values keep every temporary small enough to be reused and in cache; the backward keeps
-  only the chunks' (n, 2I) pre-activations and recomputes the activation from them.
-* GEMM orientation. MKL's ``x @ w.T`` (n rows) runs 2–3× slower for 16 ≤ n < 64 than
-  ``(w @ x.T).T`` (``_mm_t``); below and above, ``x @ w.T`` is the faster.
+* Chunks. glibc serves allocations of 32 MiB and more with fresh ``mmap`` pages, which
+  page-fault on first touch, and an (S, 2I) buffer passes that size at prefill-sized batches.
+  Chunks whose widest buffer holds at most ``_CHUNK_ELEMENTS`` values keep every temporary
+  small enough to be reused and in cache; the backward keeps only the chunks' (n, 2I)
+  pre-activations and recomputes the activation from them.
+* GEMM orientation. For some row counts n (``_TRANSPOSED_ROWS``) MKL's ``x @ w.T`` is much
+  slower than ``(w @ x.T).T``; :func:`_mm_t` takes whichever orientation is fast for n.
 * Python overhead. Per-expert weight views and row blocks come from one ``unbind`` /
   ``split`` each (indexing and transposing per expert cost as much as a small GEMM), and
   chunks in which every expert has fewer than 16 rows (small batches, many experts) run

@@ -22,6 +22,10 @@ convention       definition                                              at bala
                  averaged over sequences (DeepSeek-V3 report, eq. 17–20)
 ===============  ======================================================  ==============
 
+The table is written once, in :func:`balance_loss_from_counts`, on token sums (expert counts,
+probability sums, token counts): :func:`load_balancing_loss` calls it on one batch, and
+:class:`moescope.analysis.routing.RoutingStats` on sums streamed over a corpus.
+
 A batch without tokens (T = 0, or every token padding) contributes 0 to every loss here, not
 the NaN of a mean over nothing (inside :func:`global_token_sums`: when no rank has a token).
 
@@ -128,6 +132,57 @@ def _counts(indices: Tensor, num_experts: int, weight: Tensor) -> Tensor:
     return out.scatter_add_(0, indices.clamp_min(0).reshape(-1), w.reshape(-1).float())
 
 
+def balance_loss_from_counts(
+    convention: str,
+    *,
+    prob_sum: Tensor,
+    tokens: Tensor | int,
+    top_k: int = 1,
+    counts: Tensor | None = None,
+    first_counts: Tensor | None = None,
+) -> Tensor:
+    r"""The load-balancing loss of ``convention`` from token sums: :math:`E \sum_i f_i P_i`.
+
+    The one place the formula is written. :func:`load_balancing_loss` calls it on the sums of
+    one batch, :class:`moescope.analysis.routing.RoutingStats` on sums streamed over a corpus.
+    With :math:`T = \max(\text{tokens}, 1)` (no tokens: loss 0),
+
+    .. math:: f_i = \frac{c_i}{m \, T}, \qquad P_i = \frac{\text{prob\_sum}_i}{T},
+
+    where ``switch`` and ``gshard`` count first choices (c = ``first_counts``, m = 1), ``hf``
+    all k choices not divided by k (c = ``counts``, m = 1), and ``megablocks`` and
+    ``deepseek_seq`` all k choices divided by k (c = ``counts``, m = ``top_k``). How sums are
+    pooled is the caller's: ``hf`` over layers pools the sums and passes tokens = T·L;
+    ``deepseek_seq`` passes one row of sums per sequence and averages the per-sequence results.
+
+    Args:
+        convention: one of :data:`CONVENTIONS`.
+        prob_sum: (..., E) Σ_t P_{t,i} over the counted tokens (the full score distribution).
+        tokens: T, an int or a () / (...) tensor (one per leading index, e.g. per sequence).
+        top_k: k, the chosen slots per token.
+        counts: (..., E) how often expert i is among a token's chosen experts (all k slots).
+        first_counts: (..., E) how often expert i is a token's first choice.
+
+    Returns:
+        (...) the loss per leading index, in ``prob_sum``'s dtype.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}; got convention={convention!r}")
+    first = convention in ("switch", "gshard")
+    chosen = first_counts if first else counts
+    if chosen is None:
+        raise ValueError(f"convention={convention!r} needs {'first_counts' if first else 'counts'}")
+    slots = top_k if convention in ("megablocks", "deepseek_seq") else 1
+    if isinstance(tokens, Tensor):
+        t = tokens.to(prob_sum.dtype).clamp_min(1.0)
+        t = t.unsqueeze(-1) if t.ndim else t
+    else:
+        t = max(1, int(tokens))
+    f = chosen.to(prob_sum.dtype) / (t * slots)
+    p = prob_sum / t
+    return prob_sum.shape[-1] * torch.sum(f * p, dim=-1)
+
+
 def load_balancing_loss(
     scores: Tensor | Sequence[Tensor],
     indices: Tensor | Sequence[Tensor],
@@ -170,26 +225,19 @@ def load_balancing_loss(
         counts = sum(_counts(i, num_experts, mask) for i in index_layers)
         probs = sum((s.float() * mask.unsqueeze(-1)).sum(0) for s in score_layers)
         counts, probs, rows = _global(counts, probs, mask.sum() * len(score_layers))
-        rows = rows.clamp_min(1.0)                                   # no tokens: counts = probs = 0, loss 0
-        return num_experts * torch.sum((counts / rows) * (probs / rows))
+        return balance_loss_from_counts("hf", counts=counts, prob_sum=probs, tokens=rows)
 
     per_layer = []
     for s, i in zip(score_layers, index_layers, strict=True):
         s = s.float()
-        if convention in ("switch", "gshard"):
-            counts, probs, rows = _global(_counts(i[:, :1], num_experts, mask), (s * mask.unsqueeze(-1)).sum(0),
-                                          mask.sum())
-            rows = rows.clamp_min(1.0)
-            f, p = counts / rows, probs / rows
-            per_layer.append(num_experts * torch.sum(f * p))
-        elif convention == "megablocks":
-            k = i.shape[-1]
-            counts, probs, rows = _global(_counts(i, num_experts, mask), (s * mask.unsqueeze(-1)).sum(0), mask.sum())
-            rows = rows.clamp_min(1.0)
-            f, p = counts / (rows * k), probs / rows
-            per_layer.append(num_experts * torch.sum(f * p))
-        else:  # deepseek_seq
+        if convention == "deepseek_seq":
             per_layer.append(_deepseek_sequence_loss(s, i, mask, sequence_length))
+            continue
+        first = convention in ("switch", "gshard")                      # f reads the first choice only
+        counts, probs, rows = _global(_counts(i[:, :1] if first else i, num_experts, mask),
+                                      (s * mask.unsqueeze(-1)).sum(0), mask.sum())
+        per_layer.append(balance_loss_from_counts(convention, prob_sum=probs, tokens=rows, top_k=i.shape[-1],
+                                                  **{"first_counts" if first else "counts": counts}))
     return torch.stack(per_layer).mean()
 
 
@@ -200,16 +248,16 @@ def _unmasked(score_layers: list[Tensor], index_layers: list[Tensor], convention
     several times the router itself."""
     num_experts = score_layers[0].shape[-1]
     if convention == "hf":
-        rows = max(1, score_layers[0].shape[0] * len(score_layers))
         counts = sum(count_tokens(i, num_experts).float() for i in index_layers)
         probs = sum(s.float().sum(0) for s in score_layers)
-        return num_experts * torch.sum((counts / rows) * (probs / rows))
+        return balance_loss_from_counts("hf", counts=counts, prob_sum=probs,
+                                        tokens=score_layers[0].shape[0] * len(score_layers))
     per_layer = []
     for s, i in zip(score_layers, index_layers, strict=True):
-        k = 1 if convention in ("switch", "gshard") else i.shape[-1]
-        rows = max(1, s.shape[0])
-        f = count_tokens(i[:, :k], num_experts).float() / (rows * k)
-        per_layer.append(num_experts * torch.sum(f * (s.float().sum(0) / rows)))
+        first = convention in ("switch", "gshard")
+        counts = count_tokens(i[:, :1] if first else i, num_experts).float()
+        per_layer.append(balance_loss_from_counts(convention, prob_sum=s.float().sum(0), tokens=s.shape[0],
+                                                  top_k=i.shape[-1], **{"first_counts" if first else "counts": counts}))
     return per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).mean()
 
 
@@ -225,10 +273,10 @@ def _deepseek_sequence_loss(scores: Tensor, indices: Tensor, mask: Tensor, seq_l
     valid = (indices >= 0).float()
     onehot.scatter_add_(1, indices.clamp_min(0), valid)                     # (T, E) chosen
     m = mask.view(n_seq, seq_len, 1)
-    n_real = m.sum(1).clamp_min(1.0)                                         # (n_seq, 1)
-    f = num_experts / (k * n_real) * (onehot.view(n_seq, seq_len, num_experts) * m).sum(1)
-    p = (normed.view(n_seq, seq_len, num_experts) * m).sum(1) / n_real
-    total, count = (f * p).sum(), torch.tensor(float(n_seq), device=scores.device)
+    counts = (onehot.view(n_seq, seq_len, num_experts) * m).sum(1)         # (n_seq, E)
+    probs = (normed.view(n_seq, seq_len, num_experts) * m).sum(1)           # (n_seq, E)
+    per_seq = balance_loss_from_counts("deepseek_seq", counts=counts, prob_sum=probs, tokens=m.sum((1, 2)), top_k=k)
+    total, count = per_seq.sum(), torch.tensor(float(n_seq), device=scores.device)
     if _GROUPS:
         total, count = _global(total, count)                                  # mean over all sequences
     return total / count.clamp_min(1.0)                                      # no sequences: 0

@@ -3,10 +3,10 @@
 glibc's ``malloc`` serves every allocation of 32 MiB and more with fresh ``mmap`` pages and
 gives them back on ``free``. A new (E, 2I, H) float32 weight gradient — 32 MiB for 8 experts
 of Mixtral's proportions at H=512, I=1024, and for 64 experts at I=128 — then page-faults on
-its first write on every backward: measured on a 2-core VM, ``torch.bmm`` into a fresh
-32 MiB output took 12.7 ms against 2.2 ms into a reused one (``torch.empty`` + ``fill_``:
-10.2 ms against 2.0). At a 16-token batch that is half the MoE layer's forward+backward,
-whichever implementation runs it (transformers' experts pay it alike).
+its first write on every backward, which costs several times the write itself. At a small
+batch that is a large share of the MoE layer's forward+backward, whichever implementation
+runs it (transformers' experts pay it alike); ``moescope bench moe --system-malloc`` shows
+the difference.
 
 :func:`retain_freed_memory` asks glibc (``mallopt``) to serve every allocation from its heap
 and to keep what is freed there: later allocations reuse warm pages. The process then keeps its
