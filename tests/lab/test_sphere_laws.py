@@ -78,3 +78,14 @@ def test_progress_callback_counts_every_row():
 def test_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SphereConfig(**kwargs)
+
+
+def test_too_few_queries_gives_no_interval_and_valid_json():
+    """Few queries per d: no distribution-free median interval (None, not ±inf, which JSON cannot hold)."""
+    import json
+
+    res = run_sphere(SphereConfig(dims=(3, 20), samples=400, points_per_query=99, seed=3))
+    trials = [r["contrast"]["trials"] for r in res["per_dim"]]
+    assert min(trials) < 6  # the binomial rule needs n >= 6 for a 95% interval
+    assert any(r["contrast"]["median_ci95"] == [None, None] for r in res["per_dim"])
+    json.dumps(res, allow_nan=False)

@@ -131,7 +131,8 @@ def _measure_dim(d: int, cfg: SphereConfig, on_rows: Callable[[int], None] | Non
                      "mean": float(contrast.mean()), "median": float(np.median(contrast)),
                      "std": float(contrast.std(ddof=1)),
                      "sem": float(contrast.std(ddof=1) / math.sqrt(contrast.size)),
-                     "median_ci95": list(median_interval(contrast, 0.95)),
+                     # None: too few queries for a distribution-free 95% interval (JSON has no inf)
+                     "median_ci95": [v if math.isfinite(v) else None for v in median_interval(contrast, 0.95)],
                      "prediction": float(geo.relative_contrast_prediction(cfg.points_per_query, d))},
         "distance": {"mean_exact": float(geo.distance_mean(d)), "std_exact": float(geo.distance_std(d))},
         "gaussian_norm": {"mean_mc": float(draws["norm_dev"].mean() + math.sqrt(d)),
