@@ -1,19 +1,30 @@
-"""Router semantics by hand: what each family chooses, how it weights, what it reports."""
+"""Router semantics by hand (what each family chooses, how it weights, what it reports), and
+the checks every router in the catalogue :data:`moescope.moe.routers.ROUTERS` goes through."""
 
+import importlib
+import inspect
 import math
+import pkgutil
+import sys
 
 import pytest
 import torch
+from router_specs import E, H, make_router, router_id
+from torch import nn
 
 from moescope.moe import (
     CosineRouter,
     DeepSeekV3Router,
     ExpertChoiceRouter,
+    Experts,
     GptOssRouter,
     Llama4Router,
+    SoftMoELayer,
     SwitchRouter,
     TopKRouter,
+    routers,
 )
+from moescope.moe.routers import ROUTERS, by_lab_name
 
 
 def _set(router, weight):
@@ -144,16 +155,124 @@ def test_wrong_hidden_size():
         TopKRouter(4, 3, 1)(torch.randn(2, 5))
 
 
-LAZY_ROUTERS = {
-    "topk": lambda: TopKRouter(12, 6, 2),
-    "switch": lambda: SwitchRouter(12, 6, capacity_factor=0.8),
-    "deepseek_v3": lambda: DeepSeekV3Router(12, 6, 2, n_group=3, topk_group=2),
-    "llama4": lambda: Llama4Router(12, 6, 2),
-    "expert_choice": lambda: ExpertChoiceRouter(12, 6, capacity_factor=1.5),
+# -- the catalogue: every router describes itself and goes through the same checks ----------------
+# Each router as its spec builds it, plus settings the shared checks must also see.
+CASES = {
+    **{router_id(kind): (lambda kind=kind: make_router(kind)) for kind in ROUTERS},
+    "SwitchRouter-batch": lambda: SwitchRouter(H, E, capacity_factor=0.8),     # batch-wide capacity, drops
+    "DeepSeekV3Router-groups": lambda: DeepSeekV3Router(H, E, 2, n_group=3, topk_group=2),
+    "ExpertChoiceRouter-c1.5": lambda: ExpertChoiceRouter(H, E, capacity_factor=1.5),
 }
+DESCRIPTION = {"scoring": str, "causal": bool, "lab_name": (str, type(None))}  # class attributes and types
+PER_INSTANCE = ("max_experts_per_token", "mean_experts_per_token")          # properties
 
 
-@pytest.mark.parametrize("name", list(LAZY_ROUTERS))
+def _router_classes_in_package() -> set[type]:
+    """Every nn.Module class a module of moescope.moe.routers defines (scikit-learn's all_estimators)."""
+    found = set()
+    for info in pkgutil.iter_modules(routers.__path__):
+        module = importlib.import_module(f"{routers.__name__}.{info.name}")
+        found |= {obj for obj in vars(module).values()
+                  if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__}
+    return found
+
+
+def _missing_description(kind: type) -> list[str]:
+    """The parts of a router's self-description that ``kind`` lacks (or has of the wrong type)."""
+    missing = [name for name, kinds in DESCRIPTION.items() if not isinstance(getattr(kind, name, ...), kinds)]
+    if not inspect.ismethod(getattr(kind, "from_spec", None)):                 # a classmethod, bound to kind
+        missing.append("from_spec")
+    return missing + [name for name in PER_INSTANCE if not isinstance(getattr(kind, name, None), property)]
+
+
+def test_every_router_class_is_catalogued_and_describes_itself():
+    found = _router_classes_in_package()
+    assert found, "no router class found: the discovery is broken"
+    missing = found - set(ROUTERS)
+    assert not missing, f"router classes missing from moescope.moe.routers.ROUTERS: {missing}"
+    assert len(set(ROUTERS)) == len(ROUTERS)
+    problems = {kind.__name__: m for kind in ROUTERS if (m := _missing_description(kind))}
+    assert not problems, f"routers that do not describe themselves: {problems}"
+    assert all(kind.scoring in ("softmax", "sigmoid") for kind in ROUTERS)
+    lab = [kind.lab_name for kind in ROUTERS if kind.lab_name is not None]
+    assert len(set(lab)) == len(lab) and list(by_lab_name()) == lab
+    assert all(by_lab_name()[kind.lab_name] is kind for kind in ROUTERS if kind.lab_name is not None)
+
+
+def test_the_checks_catch_an_uncatalogued_or_undescribed_router(tmp_path, monkeypatch):
+    (tmp_path / "newrouter.py").write_text("from torch import nn\n\nclass NewRouter(nn.Module):\n"
+                                           "    scoring = 'softmax'\n    causal = 1\n")
+    monkeypatch.setattr(routers, "__path__", [*routers.__path__, str(tmp_path)])
+    try:
+        (new,) = _router_classes_in_package() - set(ROUTERS)               # found, and not in the catalogue
+    finally:
+        monkeypatch.delitem(sys.modules, f"{routers.__name__}.newrouter", raising=False)
+    assert new.__name__ == "NewRouter"
+    assert _missing_description(new) == ["causal", "lab_name", "from_spec", *PER_INSTANCE]
+    assert _missing_description(TopKRouter) == []
+
+
+@pytest.mark.parametrize("kind", ROUTERS, ids=router_id)
+def test_router_builds_from_a_spec_and_reports_its_experts_per_token(kind):
+    torch.manual_seed(0)
+    r = make_router(kind, top_k=3, capacity_factor=1.5)
+    assert type(r) is kind and r.num_experts == E and r.hidden == H
+    assert isinstance(r.max_experts_per_token, int) and 1 <= r.max_experts_per_token <= E
+    assert isinstance(r.mean_experts_per_token, float) and 0 < r.mean_experts_per_token <= r.max_experts_per_token
+    x = torch.randn(4, 10, H)
+    res = r(x)
+    routed = (res.indices >= 0).sum(-1)                                    # (T,) experts each token got
+    assert res.indices.shape[-1] <= r.max_experts_per_token and int(routed.max()) <= r.max_experts_per_token
+    # on average at most the stated mean (+E/T: expert choice rounds each expert's capacity up)
+    assert float(routed.float().mean()) <= r.mean_experts_per_token + E / routed.numel() + 1e-6
+    if not hasattr(r, "capacity"):                                         # no capacity: exactly k each
+        assert (routed == r.max_experts_per_token).all() and r.mean_experts_per_token == r.max_experts_per_token
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_scores_are_the_stated_scoring_of_the_logits(name):
+    torch.manual_seed(0)
+    r = CASES[name]()
+    res = r(torch.randn(2, 7, H))
+    expected = {"softmax": lambda z: torch.softmax(z, -1), "sigmoid": torch.sigmoid}[type(r).scoring](res.logits)
+    torch.testing.assert_close(res.scores, expected)
+    if type(r).scoring == "softmax":
+        torch.testing.assert_close(res.scores.sum(-1), torch.ones(res.scores.shape[0]))
+
+
+@pytest.mark.parametrize("kind", ROUTERS, ids=router_id)
+def test_causal_flag_is_true_to_the_router(kind):
+    """A causal router's choices at positions < cut ignore every token at >= cut; a non-causal
+    one (here: experts choosing among the batch) changes some of them."""
+    torch.manual_seed(0)
+    r = make_router(kind, capacity_factor=0.5)            # small capacity: Switch drops, in order
+    x = torch.randn(3, 12, H)
+    changed = x.clone()
+    cut = 5
+    changed[:, cut:] = torch.randn(3, 12 - cut, H)
+    a, b = r(x), r(changed)
+    early = torch.arange(36).view(3, 12)[:, :cut].reshape(-1)             # flattened positions < cut
+
+    def same(u, v):
+        return u.shape == v.shape and torch.equal(u, v)
+
+    kept = same(a.indices[early], b.indices[early]) and same(a.weights[early], b.weights[early])
+    assert kept == kind.causal
+
+
+def test_soft_moe_describes_itself_like_a_router():
+    """Soft MoE is a layer, not a router, but the lab offers it beside them: same description."""
+    assert SoftMoELayer.causal is False and SoftMoELayer.lab_name == "soft" and SoftMoELayer.scoring == "soft"
+    layer = SoftMoELayer(hidden=H, experts=Experts(E, H, 8), slots_per_expert=2)
+    assert layer.max_experts_per_token == E
+    x = torch.randn(2, 9, H)
+    changed = x.clone()
+    changed[:, 5:] += 1.0
+    with torch.no_grad():
+        assert not torch.allclose(layer(x).hidden[:, :5], layer(changed).hidden[:, :5])   # not causal
+
+
+@pytest.mark.parametrize("name", list(CASES))
 def test_aux_losses_lazy_only_in_inference(name):
     """Under no_grad the losses wait for their first read and then equal the eager ones; with
     gradients (training) and inside global_token_sums (ranks must all-reduce in step) they are
@@ -162,8 +281,8 @@ def test_aux_losses_lazy_only_in_inference(name):
     from moescope.moe.result import LazyLosses
 
     torch.manual_seed(0)
-    router = LAZY_ROUTERS[name]()
-    x = torch.randn(2, 5, 12)
+    router = CASES[name]()
+    x = torch.randn(2, 5, H)
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
     eager = router(x, attention_mask=mask)
     assert isinstance(eager.aux_losses, dict) and eager.aux_losses
@@ -189,28 +308,20 @@ def test_aux_losses_lazy_only_in_inference(name):
         torch.testing.assert_close(summed[key], value.detach())
 
 
-EMPTY_LAYERS = {
-    **{name: make for name, make in LAZY_ROUTERS.items()},
-    "gpt_oss": lambda: GptOssRouter(12, 6, 2),
-    "cosine": lambda: CosineRouter(12, 6, 2),
-    "switch_per_sequence": lambda: SwitchRouter(12, 6, capacity_scope="sequence"),
-}
-
-
-@pytest.mark.parametrize("name", list(EMPTY_LAYERS))
+@pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize(("shape", "all_padding"), [((0, 12), False), ((2, 0, 12), False), ((0, 4, 12), False),
                                                      ((2, 3, 12), True)])
 def test_no_tokens_gives_empty_output_and_zero_losses(name, shape, all_padding):
     """An empty batch (or one of padding only) is no error and no NaN: the output is empty (or
     zero), every auxiliary loss is 0 — a mean over nothing would poison the training loss."""
-    from moescope.moe import Experts, MoELayer
+    from moescope.moe import MoELayer
 
     torch.manual_seed(0)
-    layer = MoELayer(router=EMPTY_LAYERS[name](), experts=Experts(6, 12, 8))
+    layer = MoELayer(router=CASES[name](), experts=Experts(E, H, 8))
     x = torch.randn(shape, requires_grad=True)
     mask = torch.zeros(shape[:-1]) if all_padding else None
     out = layer(x, attention_mask=mask)
-    assert out.hidden.shape == x.shape and out.routing.tokens_per_expert.shape == (6,)
+    assert out.hidden.shape == x.shape and out.routing.tokens_per_expert.shape == (E,)
     losses = dict(out.routing.aux_losses)
     assert losses and all(float(v.detach()) == 0.0 for v in losses.values()), losses
     (out.hidden.sum() + sum(losses.values())).backward()

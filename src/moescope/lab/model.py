@@ -7,6 +7,10 @@ a SwiGLU :class:`~moescope.moe.DenseFFN`, or a :class:`~moescope.moe.MoELayer` /
 :class:`~moescope.moe.SoftMoELayer` built from a :class:`MoESpec` (every FFN is SwiGLU, so
 routing is the only difference between runs).
 
+The routers the lab offers are read from the router catalogue (:data:`moescope.moe.routers.ROUTERS`,
+each router's ``lab_name``) plus :class:`~moescope.moe.SoftMoELayer`; each builds itself from
+the :class:`MoESpec` (``from_spec``), and its ``causal`` flag says whether the LM stays causal.
+
 Causality. Token-choice routers (``topk``, ``switch``, ``deepseek_v3``, ``cosine``) decide
 per token, so the LM stays causal (Switch's capacity is counted per sequence, in sequence
 order, so a token's fate depends only on earlier tokens). **Soft MoE** (dispatch is a
@@ -28,23 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moescope.moe import (
-    CosineRouter,
-    DeepSeekV3Router,
-    DenseFFN,
-    ExpertChoiceRouter,
-    Experts,
-    MoELayer,
-    RouterResult,
-    SharedExpert,
-    SoftMoELayer,
-    SwitchRouter,
-    TopKRouter,
-)
+from moescope.moe import DenseFFN, Experts, MoELayer, RouterResult, SharedExpert, SoftMoELayer
+from moescope.moe import routers as _routers
 
-ROUTERS = ("topk", "switch", "deepseek_v3", "cosine", "soft", "expert_choice")
+# The lab's FFN kinds by MoESpec.router: every catalogued router with a lab_name, and Soft MoE
+# (a layer with its own slots, not a router). Derived from the classes, never listed here.
+FFN_KINDS: dict[str, type[nn.Module]] = {
+    kind.lab_name: kind for kind in (*_routers.ROUTERS, SoftMoELayer) if kind.lab_name is not None}
+ROUTERS = tuple(FFN_KINDS)
+NON_CAUSAL_ROUTERS = tuple(name for name, kind in FFN_KINDS.items() if not kind.causal)
 EXPERT_INITS = ("random", "upcycled")
-NON_CAUSAL_ROUTERS = ("soft", "expert_choice")
 IGNORE_INDEX = -100  # targets at this value carry no loss (F.cross_entropy's default)
 
 
@@ -62,7 +59,7 @@ class MoESpec:
     expert_intermediate: int = 128  # I of each expert: 2·d_model at d_model 64, a small FFN
     shared_experts: int = 0         # DeepSeek-MoE's always-on experts (fused into one MLP)
     shared_intermediate: int = 0    # I of each shared expert; the fused MLP is count · this wide
-    capacity_factor: float | None = None  # None: Switch 1.25 (Fedus et al.), Expert Choice 2.0 (Zhou et al.)
+    capacity_factor: float | None = None  # None: the router's default_capacity_factor (its paper's value)
     slots_per_expert: int | None = None   # Soft MoE; None: top_k·seq_len/num_experts (top-k's expert work)
     n_group: int = 1                # DeepSeek-V3 group-limited routing: off at this scale
     topk_group: int = 1
@@ -99,15 +96,17 @@ class MoESpec:
             raise ValueError(f"slots_per_expert must be >= 1 or None; got {self.slots_per_expert!r}")
 
     @property
-    def capacity(self) -> float:
-        """The capacity factor in force (the family default when ``capacity_factor`` is None)."""
+    def capacity(self) -> float | None:
+        """The capacity factor in force: ``capacity_factor``, else the router's
+        ``default_capacity_factor`` (None for a router without capacity)."""
         if self.capacity_factor is not None:
             return self.capacity_factor
-        return 2.0 if self.router == "expert_choice" else 1.25
+        return getattr(FFN_KINDS[self.router], "default_capacity_factor", None)
 
     @property
     def causal(self) -> bool:
-        return self.router not in NON_CAUSAL_ROUTERS
+        """The router's own ``causal`` flag."""
+        return FFN_KINDS[self.router].causal
 
 
 @dataclass(frozen=True)
@@ -194,21 +193,10 @@ def build_ffn(cfg: LMConfig) -> nn.Module:
     if cfg.ffn == "dense":
         return DenseFFN(d, cfg.dense_intermediate)
     experts = Experts(spec.num_experts, d, spec.expert_intermediate)
-    if spec.router == "soft":
+    kind = FFN_KINDS[spec.router]
+    if kind is SoftMoELayer:
         return SoftMoELayer(hidden=d, experts=experts, slots_per_expert=cfg.slots_per_expert)
-    E, k = spec.num_experts, spec.top_k
-    if spec.router == "topk":
-        router = TopKRouter(d, E, k, normalize_topk=spec.normalize_topk, balance=spec.balance)
-    elif spec.router == "switch":  # capacity per sequence, in sequence order: stays causal
-        router = SwitchRouter(d, E, capacity_factor=spec.capacity, capacity_scope="sequence", balance=spec.balance)
-    elif spec.router == "deepseek_v3":
-        router = DeepSeekV3Router(d, E, k, n_group=spec.n_group, topk_group=spec.topk_group,
-                                  normalize_topk=spec.normalize_topk, bias_update_rate=spec.bias_update_rate)
-    elif spec.router == "cosine":
-        router = CosineRouter(d, E, k, temperature=spec.temperature, normalize_topk=spec.normalize_topk,
-                              balance=spec.balance)
-    else:
-        router = ExpertChoiceRouter(d, E, capacity_factor=spec.capacity)
+    router = kind.from_spec(d, spec)  # after the experts, before the shared expert: the seeded draw order
     shared = (SharedExpert(d, spec.shared_experts * spec.shared_intermediate) if spec.shared_experts else None)
     return MoELayer(router=router, experts=experts, shared=shared)
 
@@ -381,22 +369,31 @@ def mask_tokens(idx: Tensor, *, mask_id: int, rate: float = 0.15,
 
 
 # -- parameter accounting ------------------------------------------------------------------------
+def _numel(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
 def _ffn_params(cfg: LMConfig) -> tuple[int, float]:
-    """(total, active per token) parameters of one layer's FFN block (router included)."""
-    d, spec = cfg.d_model, cfg.moe
-    if cfg.ffn == "dense":
-        n = 3 * d * cfg.dense_intermediate                                    # gate, up, down
-        return n, float(n)
-    E, expert = spec.num_experts, 3 * d * spec.expert_intermediate            # SwiGLU expert
-    if spec.router == "soft":
-        S = cfg.slots_per_expert
-        router = d * E * S + 1                                                 # slots Φ and scale
-        per_token = E * S / cfg.seq_len                                        # expert work per token
+    """(total, active per token) parameters of one layer's FFN block (router included).
+
+    Counted on the block :func:`build_ffn` builds, on the meta device (no memory, no random
+    draws), so a router's own parameters (centroids, a bias, a temperature) and its expert
+    evaluations per token (``mean_experts_per_token``) come from the router itself.
+    """
+    with torch.device("meta"):
+        block = build_ffn(cfg)
+    total = _numel(block)
+    if isinstance(block, DenseFFN):
+        return total, float(total)
+    E = block.experts.num_experts
+    expert = _numel(block.experts) // E                                        # one SwiGLU expert
+    shared = _numel(getattr(block, "shared", None))
+    router = total - E * expert - shared                                       # centroids, slots, τ...
+    if isinstance(block, SoftMoELayer):
+        per_token = E * block.slots_per_expert / cfg.seq_len                   # E·S slots per sequence
     else:
-        router = d * E + (1 if spec.router == "cosine" else 0)                 # centroids (+ log τ)
-        per_token = {"switch": 1.0, "expert_choice": spec.capacity}.get(spec.router, float(spec.top_k))
-    shared = 3 * d * spec.shared_experts * spec.shared_intermediate
-    return router + E * expert + shared, router + per_token * expert + shared
+        per_token = block.router.mean_experts_per_token
+    return total, router + per_token * expert + shared
 
 
 def total_params(cfg: LMConfig) -> int:

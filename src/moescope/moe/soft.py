@@ -20,6 +20,7 @@ There is no auxiliary loss: every slot is filled, so load is balanced by constru
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -121,7 +122,16 @@ class SoftMoELayer(nn.Module):
     token's combine mass per expert (rows sum to 1); ``tokens_per_expert`` (E,) the number of
     real tokens every expert mixes over (T_total without a mask); no auxiliary losses; ``stats``
     from :func:`soft_stats`. Padded tokens keep their computed combine rows, but zero output.
+
+    Like the routers (:data:`moescope.moe.routers.ROUTERS`) it describes itself, though it is a
+    layer with its own slots rather than a router an :class:`~moescope.moe.MoELayer` takes.
     """
+
+    # Dispatch is a softmax over tokens and combine one over slots: no per-token distribution
+    # over experts of the softmax or sigmoid kind, so the scoring is its own.
+    scoring: ClassVar[str] = "soft"
+    causal: ClassVar[bool] = False                # dispatch mixes every position of the group
+    lab_name: ClassVar[str | None] = "soft"       # the lab's MoESpec.router
 
     def __init__(self, *, hidden: int, experts: Experts, slots_per_expert: int = 1, normalize: bool = True) -> None:
         super().__init__()
@@ -139,6 +149,11 @@ class SoftMoELayer(nn.Module):
         std = 1 / math.sqrt(self.hidden * self.num_experts) / 0.87962566103423978
         nn.init.trunc_normal_(self.slots, std=std, a=-2 * std, b=2 * std)
         nn.init.ones_(self.scale)
+
+    @property
+    def max_experts_per_token(self) -> int:
+        """E: every token contributes to every expert's slots."""
+        return self.num_experts
 
     def _experts(self, slots: Tensor) -> Tensor:
         """(G, E·S, H) slot inputs -> (G, E·S, H): expert e on its S slots of every group."""

@@ -1,9 +1,11 @@
-"""Pieces every router shares: the centroid matrix, argument checks, the result assembly."""
+"""Pieces every router shares: the centroid matrix, argument checks, the result assembly, and the
+:class:`BlockSpec` a router builds itself from."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,34 @@ from torch import Tensor, nn
 
 from moescope.moe.losses import in_global_token_sums, load_balancing_loss, router_z_loss
 from moescope.moe.result import LazyLosses, RouterResult, count_tokens
+
+
+class BlockSpec(Protocol):
+    """What a router's ``from_spec`` reads from the description of an MoE block.
+
+    The lab's ``MoESpec`` is one (moe does not import it: layers import only downwards, so the
+    router states the fields it needs and any object with them will do). Each router reads only
+    the fields of its own family; ``capacity_factor`` None means the router's own default.
+    """
+
+    @property
+    def num_experts(self) -> int: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def normalize_topk(self) -> bool: ...
+    @property
+    def balance(self) -> str: ...
+    @property
+    def capacity_factor(self) -> float | None: ...
+    @property
+    def n_group(self) -> int: ...
+    @property
+    def topk_group(self) -> int: ...
+    @property
+    def bias_update_rate(self) -> float: ...
+    @property
+    def temperature(self) -> float: ...
 
 
 def check_positive(**values: int) -> None:

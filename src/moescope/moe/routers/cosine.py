@@ -9,13 +9,14 @@ X-MoE, Chi et al. 2022, which also routes by cosine in a low-dimensional project
 from __future__ import annotations
 
 import math
+from typing import ClassVar, Self
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32, jitter, softmax_result
+from moescope.moe.routers._common import BlockSpec, centroids, check_top_k, flat_tokens, fp32, jitter, softmax_result
 
 
 class CosineRouter(nn.Module):
@@ -25,6 +26,10 @@ class CosineRouter(nn.Module):
         hidden, num_experts, top_k, normalize_topk, jitter, balance: as :class:`TopKRouter`.
         temperature: initial τ (0.07 after X-MoE's choice; smaller = sharper).
     """
+
+    scoring: ClassVar[str] = "softmax"            # scores: a softmax over the E experts of cos/τ
+    causal: ClassVar[bool] = True                 # a token's choice depends on that token alone
+    lab_name: ClassVar[str | None] = "cosine"     # the lab's MoESpec.router
 
     def __init__(self, hidden: int, num_experts: int, top_k: int = 2, *, temperature: float = 0.07,
                  normalize_topk: bool = True, jitter: float = 0.0, balance: str = "switch") -> None:
@@ -36,6 +41,22 @@ class CosineRouter(nn.Module):
         self.normalize_topk, self.jitter, self.balance = normalize_topk, jitter, balance
         self.weight = centroids(num_experts, hidden)            # (E, H) centroid directions
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+
+    @classmethod
+    def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
+        """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
+        return cls(hidden, spec.num_experts, spec.top_k, temperature=spec.temperature,
+                   normalize_topk=spec.normalize_topk, balance=spec.balance)
+
+    @property
+    def max_experts_per_token(self) -> int:
+        """k: every token gets exactly its top k experts."""
+        return self.top_k
+
+    @property
+    def mean_experts_per_token(self) -> float:
+        """Expert evaluations per token on average: k."""
+        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing of the T = prod(...) tokens."""

@@ -17,12 +17,15 @@ Matches transformers' ``DeepseekV3TopkRouter`` (its ``e_score_correction_bias`` 
 
 from __future__ import annotations
 
+from typing import ClassVar, Self
+
 import torch
 from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
 from moescope.moe.result import RouterResult, count_tokens
 from moescope.moe.routers._common import (
+    BlockSpec,
     aux_losses,
     centroids,
     check_positive,
@@ -46,6 +49,10 @@ class DeepSeekV3Router(nn.Module):
         bias_update_rate: γ of the auxiliary-loss-free bias update (1e-3 in the report).
     """
 
+    scoring: ClassVar[str] = "sigmoid"              # scores: one sigmoid per expert (eq. 15)
+    causal: ClassVar[bool] = True                   # a token's choice depends on that token alone
+    lab_name: ClassVar[str | None] = "deepseek_v3"  # the lab's MoESpec.router
+
     def __init__(self, hidden: int, num_experts: int, top_k: int = 8, *, n_group: int = 1, topk_group: int = 1,
                  routed_scaling_factor: float = 1.0, normalize_topk: bool = True,
                  bias_update_rate: float = 1e-3) -> None:
@@ -65,6 +72,22 @@ class DeepSeekV3Router(nn.Module):
         self.bias_update_rate = bias_update_rate
         self.weight = centroids(num_experts, hidden)
         self.register_buffer("selection_bias", torch.zeros(num_experts))
+
+    @classmethod
+    def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
+        """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
+        return cls(hidden, spec.num_experts, spec.top_k, n_group=spec.n_group, topk_group=spec.topk_group,
+                   normalize_topk=spec.normalize_topk, bias_update_rate=spec.bias_update_rate)
+
+    @property
+    def max_experts_per_token(self) -> int:
+        """k: every token gets exactly its top k experts."""
+        return self.top_k
+
+    @property
+    def mean_experts_per_token(self) -> float:
+        """Expert evaluations per token on average: k."""
+        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (T, H) or (B, S, H) (sequences for the sequence-wise loss) -> routing."""

@@ -13,25 +13,52 @@ can depend on later positions. Use it for non-causal objectives only.
 from __future__ import annotations
 
 import math
+from typing import ClassVar, Self
 
 import torch
 from torch import Tensor, nn
 
 from moescope.moe.losses import router_z_loss
 from moescope.moe.result import RouterResult, count_tokens
-from moescope.moe.routers._common import aux_losses, centroids, check_positive, flat_tokens, fp32_linear
+from moescope.moe.routers._common import BlockSpec, aux_losses, centroids, check_positive, flat_tokens, fp32_linear
 
 
 class ExpertChoiceRouter(nn.Module):
-    """Each expert picks its top-C tokens; token-major (T, k_max) result padded with -1."""
+    """Each expert picks its top-C tokens; token-major (T, k_max) result padded with -1.
 
-    def __init__(self, hidden: int, num_experts: int, *, capacity_factor: float = 2.0) -> None:
+    ``capacity_factor`` c: C = ceil(c · T / E) tokens per expert; None: ``default_capacity_factor``.
+    """
+
+    scoring: ClassVar[str] = "softmax"                # scores: a softmax over the E experts
+    causal: ClassVar[bool] = False                    # experts choose among all tokens of the batch
+    lab_name: ClassVar[str | None] = "expert_choice"  # the lab's MoESpec.router
+    default_capacity_factor: ClassVar[float] = 2.0    # c = 2 of the paper's main results (Zhou et al. 2022)
+
+    def __init__(self, hidden: int, num_experts: int, *, capacity_factor: float | None = None) -> None:
         super().__init__()
         check_positive(hidden=hidden, num_experts=num_experts)
+        if capacity_factor is None:
+            capacity_factor = self.default_capacity_factor
         if not capacity_factor > 0:
             raise ValueError(f"capacity_factor must be > 0; got capacity_factor={capacity_factor!r}")
         self.hidden, self.num_experts, self.capacity_factor = hidden, num_experts, capacity_factor
         self.weight = centroids(num_experts, hidden)
+
+    @classmethod
+    def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
+        """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
+        return cls(hidden, spec.num_experts, capacity_factor=spec.capacity_factor)
+
+    @property
+    def max_experts_per_token(self) -> int:
+        """E: a token may be chosen by every expert (or by none)."""
+        return self.num_experts
+
+    @property
+    def mean_experts_per_token(self) -> float:
+        """Expert evaluations per token on average: c (E experts × c·T/E tokens each, over T tokens;
+        C's rounding up ignored)."""
+        return float(self.capacity_factor)
 
     def capacity(self, tokens: int) -> int:
         return min(tokens, math.ceil(self.capacity_factor * tokens / self.num_experts))

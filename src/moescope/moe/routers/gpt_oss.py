@@ -6,16 +6,22 @@ chosen logits only; ``scores`` (and P_i of the balance loss) are the softmax ove
 
 from __future__ import annotations
 
+from typing import ClassVar, Self
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32, softmax_result
+from moescope.moe.routers._common import BlockSpec, centroids, check_top_k, flat_tokens, fp32, softmax_result
 
 
 class GptOssRouter(nn.Module):
     """Top-k on biased logits; weights = softmax of the chosen k logits (k = 4 in gpt-oss)."""
+
+    scoring: ClassVar[str] = "softmax"            # scores: a softmax over all E experts
+    causal: ClassVar[bool] = True                 # a token's choice depends on that token alone
+    lab_name: ClassVar[str | None] = None         # the lab does not train it
 
     def __init__(self, hidden: int, num_experts: int, top_k: int = 4, *, balance: str = "switch") -> None:
         super().__init__()
@@ -23,6 +29,21 @@ class GptOssRouter(nn.Module):
         self.hidden, self.num_experts, self.top_k, self.balance = hidden, num_experts, top_k, balance
         self.weight = centroids(num_experts, hidden)
         self.bias = nn.Parameter(torch.zeros(num_experts))
+
+    @classmethod
+    def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
+        """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
+        return cls(hidden, spec.num_experts, spec.top_k, balance=spec.balance)
+
+    @property
+    def max_experts_per_token(self) -> int:
+        """k: every token gets exactly its top k experts."""
+        return self.top_k
+
+    @property
+    def mean_experts_per_token(self) -> float:
+        """Expert evaluations per token on average: k."""
+        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing."""

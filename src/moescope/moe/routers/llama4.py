@@ -8,13 +8,15 @@ always added (build the layer with ``shared=SharedExpert(...)``).
 
 from __future__ import annotations
 
+from typing import ClassVar, Self
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
 from moescope.moe.result import RouterResult, count_tokens
-from moescope.moe.routers._common import aux_losses, centroids, check_top_k, flat_tokens, fp32
+from moescope.moe.routers._common import BlockSpec, aux_losses, centroids, check_top_k, flat_tokens, fp32
 
 
 class Llama4Router(nn.Module):
@@ -24,11 +26,30 @@ class Llama4Router(nn.Module):
     experts, the way DeepSeek-V3's sequence-wise loss does for sigmoid routers.
     """
 
+    scoring: ClassVar[str] = "sigmoid"            # scores: one sigmoid per expert
+    causal: ClassVar[bool] = True                 # a token's choice depends on that token alone
+    lab_name: ClassVar[str | None] = None         # the lab does not train it
+
     def __init__(self, hidden: int, num_experts: int, top_k: int = 1) -> None:
         super().__init__()
         check_top_k(top_k, num_experts)
         self.hidden, self.num_experts, self.top_k = hidden, num_experts, top_k
         self.weight = centroids(num_experts, hidden)
+
+    @classmethod
+    def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
+        """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
+        return cls(hidden, spec.num_experts, spec.top_k)
+
+    @property
+    def max_experts_per_token(self) -> int:
+        """k: every token gets exactly its top k experts."""
+        return self.top_k
+
+    @property
+    def mean_experts_per_token(self) -> float:
+        """Expert evaluations per token on average: k."""
+        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing with ``weight_input=True``."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Self
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import centroids, check_top_k, flat_tokens, fp32, jitter, softmax_result
+from moescope.moe.routers._common import BlockSpec, centroids, check_top_k, flat_tokens, fp32, jitter, softmax_result
 
 
 class TopKRouter(nn.Module):
@@ -25,6 +27,10 @@ class TopKRouter(nn.Module):
         balance: load-balancing convention of :func:`moescope.moe.losses.load_balancing_loss`.
     """
 
+    scoring: ClassVar[str] = "softmax"            # scores: a softmax over the E experts
+    causal: ClassVar[bool] = True                 # a token's choice depends on that token alone
+    lab_name: ClassVar[str | None] = "topk"       # the lab's MoESpec.router
+
     def __init__(self, hidden: int, num_experts: int, top_k: int = 2, *, normalize_topk: bool = True,
                  jitter: float = 0.0, balance: str = "switch") -> None:
         super().__init__()
@@ -32,6 +38,21 @@ class TopKRouter(nn.Module):
         self.hidden, self.num_experts, self.top_k = hidden, num_experts, top_k
         self.normalize_topk, self.jitter, self.balance = normalize_topk, jitter, balance
         self.weight = centroids(num_experts, hidden)  # (E, H)
+
+    @classmethod
+    def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
+        """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
+        return cls(hidden, spec.num_experts, spec.top_k, normalize_topk=spec.normalize_topk, balance=spec.balance)
+
+    @property
+    def max_experts_per_token(self) -> int:
+        """k: every token gets exactly its top k experts."""
+        return self.top_k
+
+    @property
+    def mean_experts_per_token(self) -> float:
+        """Expert evaluations per token on average: k."""
+        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing of the T = prod(...) tokens."""
