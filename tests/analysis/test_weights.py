@@ -36,7 +36,7 @@ from moescope.analysis.weights import (
     weight_geometry,
 )
 from moescope.geometry import coordinate_pdf, principal_angles, random_subspace
-from moescope.moe.from_hf import from_hf
+from moescope.moe import from_hf
 
 ORACLE_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "llama4_text", "gpt_oss"]
 FORWARD_FAMILIES = ["phimoe", "granitemoeshared", "jamba", "glm4_moe"]

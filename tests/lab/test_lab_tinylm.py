@@ -7,6 +7,7 @@ from lab_fixtures import TINY_LM, TINY_TRAIN
 
 from moescope.lab.model import (
     IGNORE_INDEX,
+    NON_CAUSAL_ROUTERS,
     ROUTERS,
     LMConfig,
     MoESpec,
@@ -20,8 +21,9 @@ from moescope.lab.model import (
 from moescope.lab.train import RunSpec
 from moescope.models import RoutingRecorder
 
-CAUSAL = ("dense", "topk", "switch", "deepseek_v3", "cosine")
-NON_CAUSAL = ("soft", "expert_choice")
+# From the router catalogue (whether each router is causal is checked by behaviour in test_lab_routers.py).
+CAUSAL = ("dense", *(r for r in ROUTERS if r not in NON_CAUSAL_ROUTERS))
+NON_CAUSAL = NON_CAUSAL_ROUTERS
 
 
 def _cfg(router: str, **moe) -> LMConfig:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tiny_checkpoints.py: the tiny saved models
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_checkpoints.py and tiny/: the tiny saved models
 
 import tiny_checkpoints
 
@@ -16,8 +16,7 @@ def checkpoint(tmp_path_factory):
 
     def get(family: str) -> Path:
         if family not in saved:
-            saved[family] = tiny_checkpoints.save(family, root / family, seed=sorted(tiny_checkpoints.BUILDERS)
-                                                  .index(family))
+            saved[family] = tiny_checkpoints.save(family, root / family, seed=tiny_checkpoints.seed_of(family))
         return saved[family]
 
     return get

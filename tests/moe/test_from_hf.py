@@ -6,8 +6,8 @@ import pytest
 import torch
 from hf_blocks import FAMILIES, H, deepseek_v3, qwen2_moe, qwen3_moe, switch
 
-from moescope.moe import from_hf as from_hf_module
-from moescope.moe.from_hf import from_hf
+from moescope.moe import from_hf
+from moescope.moe.lift import converters, register_converter
 from moescope.moe.losses import load_balancing_loss
 
 
@@ -229,6 +229,32 @@ def test_hf_convention_equals_load_balancing_loss_func(with_mask):
 
 
 def test_unsupported_block_is_a_clear_error():
-    with pytest.raises(TypeError, match="supported blocks: MixtralSparseMoeBlock"):
+    with pytest.raises(TypeError, match=r"from_hf does not know Linear; supported blocks: .*MixtralSparseMoeBlock"):
         from_hf(torch.nn.Linear(3, 3))
-    assert len(from_hf_module.CONVERTERS) >= 8
+    assert len(converters()) >= 8
+
+
+def test_from_hf_of_the_package_is_the_function():
+    """``from moescope.moe import from_hf`` is the converter, not a module (the README's usage)."""
+    import moescope.moe
+
+    assert callable(moescope.moe.from_hf) and moescope.moe.from_hf.__module__ == "moescope.moe.lift"
+    block = FAMILIES["mixtral"]()
+    layer = moescope.moe.from_hf(block)
+    x = torch.randn(2, 3, H, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(layer(x).hidden, _hidden(block, x), atol=1e-5, rtol=1e-5)
+
+
+def test_converters_are_registered_by_the_families():
+    """Every family with a converter registers it for each of its block classes; a second,
+    different converter for a registered class is refused."""
+    from moescope.models.families import FAMILIES as REGISTRY
+
+    table = converters()
+    for family in REGISTRY:
+        for block in family.blocks:
+            if family.from_hf is not None and isinstance(block, str):
+                assert table[block] is family.from_hf
+    register_converter("MixtralSparseMoeBlock", table["MixtralSparseMoeBlock"])  # the same one again: fine
+    with pytest.raises(ValueError, match="already registered"):
+        register_converter("MixtralSparseMoeBlock", lambda block: block)

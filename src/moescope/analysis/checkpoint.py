@@ -8,54 +8,12 @@ stays in the process's resident set until the map is closed (measured: +117 MB o
 14336×4096 bf16 tensor read through one long-lived handle, +0 when reopened per read). So a
 pass over a checkpoint larger than RAM holds about one expert at a time.
 
-On-disk layouts: what ``save_pretrained`` of transformers 5.x writes (it converts back to the
-hub layout), found by saving tiny models built from the real config classes; the tests in
-``tests/analysis/test_weights.py`` re-check them against the live models. Keys are relative
-to the layer prefix ``model.layers.{i}`` unless said otherwise; ``{e}`` is the expert number;
-``*`` stands for ``gate_proj|up_proj|down_proj``.
-
-mixtral, minimax, phimoe
-    router   block_sparse_moe.gate.weight
-    experts  block_sparse_moe.experts.{e}.w1|w3|w2.weight          gate | up | down
-qwen2_moe
-    router   mlp.gate.weight
-    experts  mlp.experts.{e}.*.weight
-    shared   mlp.shared_expert.*.weight, sigmoid gate mlp.shared_expert_gate.weight (1, H)
-qwen3_moe, olmoe
-    router   mlp.gate.weight
-    experts  mlp.experts.{e}.*.weight
-deepseek_v2, deepseek_v3, glm4_moe, dots1 (the first first_k_dense_replace layers are dense)
-    router   mlp.gate.weight (+ mlp.gate.e_score_correction_bias (E,), all but v2)
-    experts  mlp.experts.{e}.*.weight
-    shared   mlp.shared_experts.*.weight                         all n_shared experts in one MLP
-ernie4_5_moe
-    router   mlp.gate.weight, mlp.moe_statics.e_score_correction_bias (1, E)
-    experts  mlp.experts.{e}.*.weight
-    shared   mlp.shared_experts.*.weight
-hunyuan_v1_moe
-    router   mlp.gate.wg.weight
-    experts  mlp.experts.{e}.*.weight
-    shared   mlp.shared_mlp.*.weight
-jamba
-    router   feed_forward.router.weight
-    experts  feed_forward.experts.{e}.*.weight
-llama4, llama4_text (prefix [language_model.]model.layers.{i})
-    router   feed_forward.router.weight                          sigmoid scoring
-    experts  feed_forward.experts.gate_up_proj (E, H, 2I)        columns [gate | up] (halves)
-             feed_forward.experts.down_proj (E, I, H)
-    shared   feed_forward.shared_expert.*.weight
-gpt_oss
-    router   mlp.router.weight, mlp.router.bias
-    experts  mlp.experts.gate_up_proj (E, H, 2I)                 gate in even, up in odd columns
-             mlp.experts.down_proj (E, I, H), *_bias             hub files are MXFP4 *_blocks/*_scales
-granitemoe, granitemoeshared
-    router   block_sparse_moe.router.layer.weight
-    experts  block_sparse_moe.input_linear.weight (E, 2I, H)     rows [gate; up] (halves)
-             block_sparse_moe.output_linear.weight (E, H, I)
-    shared   shared_mlp.input_linear.weight (2I, H), shared_mlp.output_linear.weight (granitemoeshared)
-switch_transformers (prefixes encoder.block.{i}.layer.1 and decoder.block.{i}.layer.2)
-    router   mlp.router.classifier.weight (+ .bias with router_bias)
-    experts  mlp.experts.expert_{e}.wi|wo.weight                 up | down; ReLU, no gate
+Where the MoE weights lie is each family's :class:`~moescope.models.layout.Layout`, declared in
+its file in :mod:`moescope.models.families` beside the live adapter and checked against the live
+model by the tests; :data:`LAYOUTS` (``model_type`` -> layout) is derived from that registry. A
+layout names, relative to a layer prefix such as ``model.layers.{i}``, the router tensor, the
+experts (one tensor per expert and matrix, or all experts stacked in one tensor, transposed or
+with gate and up interleaved) and the shared experts, plus the router's biases and scoring.
 
 A layer is an MoE layer when its router key exists, so dense layers (DeepSeek's first
 ``first_k_dense_replace``, Switch's dense blocks, Llama 4 Maverick's interleaved dense
@@ -77,7 +35,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from moescope.models.view import ExpertWeights, MoELayerView
+from moescope.models.families import BY_MODEL_TYPE
+from moescope.models.layout import Flat, Fused, Layout, Separate, Stacked
+from moescope.models.view import SCORINGS, ExpertWeights, MoELayerView
 
 __all__ = ["LAYOUTS", "CheckpointError", "DiskMoELayer", "MoECheckpoint", "open_checkpoint", "write_safetensors"]
 
@@ -93,100 +53,8 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------- layouts
 
 
-@dataclass(frozen=True)
-class Separate:
-    """One (out, in) tensor per matrix; ``{e}`` in a key is the expert number (absent for a single MLP)."""
-
-    up: str
-    down: str
-    gate: str | None = None
-
-
-@dataclass(frozen=True)
-class Stacked:
-    """All experts in one tensor per projection.
-
-    ``hidden_first=False``: gate_up (E, 2I, H), down (E, H, I) (Granite, transformers' live layout);
-    ``hidden_first=True``: gate_up (E, H, 2I), down (E, I, H) (Llama 4, GPT-OSS).
-    ``interleaved``: gate in the even, up in the odd rows/columns (GPT-OSS) instead of halves.
-    """
-
-    gate_up: str
-    down: str
-    hidden_first: bool = False
-    interleaved: bool = False
-
-
-@dataclass(frozen=True)
-class Fused:
-    """A single MLP whose gate and up projections are the two halves of one (2I, H) tensor."""
-
-    gate_up: str
-    down: str
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where one family keeps its MoE weights; keys are relative to the layer prefix."""
-
-    layers: tuple[str, ...]                 # regexes of layer prefixes; group 1 = block number
-    router: str
-    experts: Separate | Stacked
-    shared: tuple[Separate | Fused, ...] = ()
-    shared_gate: str | None = None          # Qwen2-MoE's sigmoid gate of the shared expert, (1, H)
-    router_bias: str | None = None          # added to the logits (GPT-OSS, Switch with router_bias)
-    selection_bias: str | None = None       # used only to pick experts (DeepSeek-V3 family)
-    scoring: str = "softmax"
-    top_k: tuple[str, ...] = ("num_experts_per_tok",)  # config keys, first present wins
-
-
-_DECODER = (r"model\.layers\.(\d+)",)
-def _glu(module: str, experts: str = "experts.{e}") -> Separate:
-    base = f"{module}.{experts}" if experts else module
-    return Separate(gate=f"{base}.gate_proj.weight", up=f"{base}.up_proj.weight", down=f"{base}.down_proj.weight")
-
-
-_W13 = Separate(gate="block_sparse_moe.experts.{e}.w1.weight", up="block_sparse_moe.experts.{e}.w3.weight",
-                down="block_sparse_moe.experts.{e}.w2.weight")
-_DEEPSEEK = Layout(_DECODER, "mlp.gate.weight", _glu("mlp"), shared=(_glu("mlp.shared_experts", ""),),
-                   selection_bias="mlp.gate.e_score_correction_bias", scoring="sigmoid")
-_GRANITE = Stacked("block_sparse_moe.input_linear.weight", "block_sparse_moe.output_linear.weight")
-_LLAMA4 = Layout((r"(?:language_model\.model|model\.language_model|model)\.layers\.(\d+)",),
-                 "feed_forward.router.weight",
-                 Stacked("feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj", hidden_first=True),
-                 shared=(_glu("feed_forward.shared_expert", ""),), scoring="sigmoid")
-
-LAYOUTS: dict[str, Layout] = {
-    "mixtral": Layout(_DECODER, "block_sparse_moe.gate.weight", _W13),
-    "minimax": Layout(_DECODER, "block_sparse_moe.gate.weight", _W13),
-    "phimoe": Layout(_DECODER, "block_sparse_moe.gate.weight", _W13),
-    "qwen2_moe": Layout(_DECODER, "mlp.gate.weight", _glu("mlp"), shared=(_glu("mlp.shared_expert", ""),),
-                        shared_gate="mlp.shared_expert_gate.weight"),
-    "qwen3_moe": Layout(_DECODER, "mlp.gate.weight", _glu("mlp")),
-    "olmoe": Layout(_DECODER, "mlp.gate.weight", _glu("mlp")),
-    "deepseek_v2": Layout(_DECODER, "mlp.gate.weight", _glu("mlp"), shared=(_glu("mlp.shared_experts", ""),)),
-    "deepseek_v3": _DEEPSEEK,
-    "glm4_moe": _DEEPSEEK,
-    "dots1": _DEEPSEEK,
-    "ernie4_5_moe": Layout(_DECODER, "mlp.gate.weight", _glu("mlp"), shared=(_glu("mlp.shared_experts", ""),),
-                           selection_bias="mlp.moe_statics.e_score_correction_bias", top_k=("moe_k",)),
-    "hunyuan_v1_moe": Layout(_DECODER, "mlp.gate.wg.weight", _glu("mlp"), shared=(_glu("mlp.shared_mlp", ""),),
-                             top_k=("moe_topk",)),
-    "jamba": Layout(_DECODER, "feed_forward.router.weight", _glu("feed_forward")),
-    "llama4": _LLAMA4,
-    "llama4_text": _LLAMA4,
-    "gpt_oss": Layout(_DECODER, "mlp.router.weight",
-                      Stacked("mlp.experts.gate_up_proj", "mlp.experts.down_proj", hidden_first=True, interleaved=True),
-                      router_bias="mlp.router.bias"),
-    "granitemoe": Layout(_DECODER, "block_sparse_moe.router.layer.weight", _GRANITE),
-    "granitemoeshared": Layout(_DECODER, "block_sparse_moe.router.layer.weight", _GRANITE,
-                               shared=(Fused("shared_mlp.input_linear.weight", "shared_mlp.output_linear.weight"),)),
-    "switch_transformers": Layout((r"encoder\.block\.(\d+)\.layer\.1", r"decoder\.block\.(\d+)\.layer\.2"),
-                                  "mlp.router.classifier.weight",
-                                  Separate(up="mlp.experts.expert_{e}.wi.weight",
-                                           down="mlp.experts.expert_{e}.wo.weight"),
-                                  router_bias="mlp.router.classifier.bias", top_k=()),
-}
+#: config ``model_type`` -> where that family keeps its MoE weights (derived from the registry).
+LAYOUTS: dict[str, Layout] = {t: f.layout for t, f in BY_MODEL_TYPE.items()}
 
 
 # --------------------------------------------------------------------------- files
@@ -228,6 +96,30 @@ def _weight_files(root: Path) -> list[Path]:
             n.endswith(".bin") for n in found) else ""
         raise FileNotFoundError(f"no *.safetensors weights in {root}; found: {', '.join(found) or 'nothing'}{hint}")
     return files
+
+
+def _config_get(config: dict, dotted: str):
+    """``config["a"]["b"]`` for ``"a.b"`` (DBRX nests k under ``ffn_config``), or None."""
+    value = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _first(config: dict, keys: tuple[str, ...], default):
+    """The value of the first of ``keys`` (dotted paths allowed) present and not None in ``config``."""
+    return next((v for v in (_config_get(config, k) for k in keys) if v is not None), default)
+
+
+def _scoring(config: dict, layout: Layout) -> str:
+    """The layout's scoring, or the config's own choice where the family lets it vary (checked)."""
+    if layout.scoring_key is None or config.get(layout.scoring_key) is None:
+        return layout.scoring
+    value = config[layout.scoring_key]
+    if value not in SCORINGS:
+        raise CheckpointError(f"config {layout.scoring_key}={value!r} is not a scoring moescope reads; "
+                              f"known: {', '.join(SCORINGS)}")
+    return value
 
 
 def _text_config(config: dict) -> dict:
@@ -275,7 +167,12 @@ class DiskMoELayer:
         return self._optional(self.ckpt.layout.router_bias)
 
     def selection_bias(self) -> Tensor | None:
-        return self._optional(self.ckpt.layout.selection_bias)
+        names = self.ckpt.layout.selection_bias
+        for rel in (names,) if names is None or isinstance(names, str) else names:
+            found = self._optional(rel)
+            if found is not None:
+                return found
+        return None
 
     def input_projection(self, e: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
         """(2I | I, H): routed expert e's rows that read the token, [gate; up] (up alone if ungated)."""
@@ -313,7 +210,15 @@ class DiskMoELayer:
         half = both.shape[0] // 2
         return both[:half], both[half:]
 
-    def _input(self, spec: Separate | Stacked | Fused, e: int | None, dtype: torch.dtype) -> Tensor:
+    def _rows(self, rel: str, e: int) -> Tensor:
+        """Expert e's rows [e·n, (e+1)·n) of a Flat (E·n, H) tensor; only those rows are read."""
+        key = self._key(rel)
+        n = self.ckpt.tensors[key].shape[0] // self.num_experts
+        return self.ckpt.read(key, rows=slice(e * n, (e + 1) * n))
+
+    def _input(self, spec: Separate | Stacked | Fused | Flat, e: int | None, dtype: torch.dtype) -> Tensor:
+        if isinstance(spec, Flat):
+            return torch.cat([self._rows(spec.gate, e).to(dtype), self._rows(spec.up, e).to(dtype)])
         if isinstance(spec, Separate):
             if spec.gate is None:
                 return self.ckpt.read(self._key(spec.up, e)).to(dtype)
@@ -327,7 +232,10 @@ class DiskMoELayer:
         gate, up = self._split(spec, e)
         return torch.cat([gate.to(dtype), up.to(dtype)])
 
-    def _weights(self, spec: Separate | Stacked | Fused, e: int | None) -> ExpertWeights:
+    def _weights(self, spec: Separate | Stacked | Fused | Flat, e: int | None) -> ExpertWeights:
+        if isinstance(spec, Flat):                                   # down stored transposed: (I, H) -> (H, I)
+            return ExpertWeights(up=self._rows(spec.up, e), down=self._rows(spec.down, e).T.contiguous(),
+                                 gate=self._rows(spec.gate, e))
         if isinstance(spec, Separate):
             gate = None if spec.gate is None else self.ckpt.read(self._key(spec.gate, e))
             return ExpertWeights(up=self.ckpt.read(self._key(spec.up, e)),
@@ -341,15 +249,15 @@ class DiskMoELayer:
     def view(self) -> MoELayerView:
         """This layer as a :class:`MoELayerView` whose expert accessors read from disk."""
         layout, cfg = self.ckpt.layout, self.ckpt.config
-        top_k = next((cfg[k] for k in layout.top_k if cfg.get(k) is not None), 1)
+        top_k = _first(cfg, layout.top_k, 1)
         top_k = int(top_k[self.index] if isinstance(top_k, list) else top_k)
         grouped = layout.selection_bias is not None
         return MoELayerView(
             name=self.name, index=self.index, family=self.ckpt.model_type, num_experts=self.num_experts,
-            top_k=top_k, scoring=layout.scoring, router_weight=self.router_weight(),
+            top_k=top_k, scoring=_scoring(cfg, layout), router_weight=self.router_weight(),
             expert=self.expert, router_bias=self.router_bias(), selection_bias=self.selection_bias(),
-            n_group=int(cfg.get("n_group") or 1) if grouped else 1,
-            topk_group=int(cfg.get("topk_group") or 1) if grouped else 1,
+            n_group=int(_first(cfg, layout.n_group, 1) or 1) if grouped else 1,
+            topk_group=int(_first(cfg, layout.topk_group, 1) or 1) if grouped else 1,
             shared=tuple((lambda j=j: self.shared(j)) for j in range(self.num_shared)),
         )
 
@@ -368,7 +276,7 @@ class MoECheckpoint:
     tensors: dict[str, TensorInfo] = field(repr=False)
     layers: tuple[DiskMoELayer, ...] = ()
 
-    def read(self, key: str, index: int | None = None) -> Tensor:
+    def read(self, key: str, index: int | None = None, rows: slice | None = None) -> Tensor:
         """Tensor ``key`` (or its slice ``[index]``) copied out of its file; the file is closed again."""
         info = self.tensors.get(key)
         if info is None:
@@ -376,7 +284,10 @@ class MoECheckpoint:
         _check_dtype(key, info)
         try:
             with safe_open(str(info.file), framework="pt") as f:
-                t = f.get_tensor(key) if index is None else f.get_slice(key)[index: index + 1][0]
+                if rows is not None:
+                    t = f.get_slice(key)[rows.start: rows.stop]
+                else:
+                    t = f.get_tensor(key) if index is None else f.get_slice(key)[index: index + 1][0]
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"cannot read tensor {key!r} from {info.file}: {err}") from err
         return t
@@ -470,7 +381,14 @@ def _find_layers(ckpt: MoECheckpoint) -> tuple[DiskMoELayer, ...]:
 def _check_experts(layer: DiskMoELayer) -> None:
     """Every expert tensor the layout names must exist, be floating point and read the hidden size."""
     spec = layer.ckpt.layout.experts
-    if isinstance(spec, Separate):
+    if isinstance(spec, Flat):
+        keys = [layer._key(k) for k in (spec.gate, spec.up, spec.down)]
+        for key in keys:
+            info = layer.ckpt.tensors.get(key)
+            if info is not None and (len(info.shape) != 2 or info.shape[0] % layer.num_experts):
+                raise CheckpointError(f"tensor {key!r} has shape {info.shape}; expected (E·I, H) with "
+                                      f"E = {layer.num_experts} (from the router)")
+    elif isinstance(spec, Separate):
         keys = [layer._key(k, e) for e in range(layer.num_experts) for k in (spec.gate, spec.up) if k]
     else:
         keys = [layer._key(spec.gate_up)]

@@ -42,7 +42,7 @@ from moescope.analysis.weights import overlap_zscore, subspace_geometry, top_sub
 from moescope.geometry import principal_angles, random_overlap_mean
 from moescope.lab.corpus import DOMAINS, CorpusConfig, build_corpus
 from moescope.lab.trained import carrying_count, head_contributions
-from moescope.models import MODEL_TYPES, READERS, MoELayerView, RoutingRecorder, load_moe_model
+from moescope.models import BY_MODEL_TYPE, BY_NAME, MoELayerView, RoutingRecorder, load_moe_model, supported_model_types
 
 RUN = "checkpoint"  # the run name under which the checkpoint's measurements appear in ``runs``
 # the files AutoTokenizer reads a tokenizer from (as moescope.models.loading)
@@ -102,10 +102,9 @@ def check_checkpoint(path: str | Path) -> Path:
         model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
         raise ModelInputError(f"--model {path}: config.json is not a JSON object: {err}") from err
-    if model_type not in MODEL_TYPES:
-        supported = ", ".join(f"{name} ({t})" for t, name in MODEL_TYPES.items())
+    if model_type not in BY_MODEL_TYPE:
         raise ModelInputError(f"--model {path}: model_type={model_type!r} is not a supported MoE family; "
-                              f"supported: {supported}")
+                              f"supported: {supported_model_types()}")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelInputError(f"--model {path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}). The lab routes "
                               "its code / language / math text through the model and needs the checkpoint's own "
@@ -324,8 +323,8 @@ def _router_null(model: nn.Module, views: list[MoELayerView], ids: dict[str, lis
     inputs: dict[int, list[Tensor]] = {}
     hooks = []
     for v in views:
-        path = READERS[v.family][0]
-        router = v.module.get_submodule(path) if path else v.module
+        hook = BY_NAME[v.family].hook
+        router = v.module.get_submodule(hook) if hook else v.module
         hooks.append(router.register_forward_pre_hook(
             lambda mod, args, kw, i=v.index: inputs.setdefault(i, []).append((args or tuple(kw.values()))[0].detach()),
             with_kwargs=True))
@@ -410,7 +409,7 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
         geometry.append({"index": v.index, **head_expert_geometry(rows, v, geo["experts"]["rank"], cfg.seed)})
     used = {**used, "geometry": geometry} if skipped is None else {**used, "geometry_skipped": skipped}
     first = views[0]
-    info = {"path": str(path), "model_type": config.model_type, "family": MODEL_TYPES[config.model_type],
+    info = {"path": str(path), "model_type": config.model_type, "family": BY_MODEL_TYPE[config.model_type].title,
             "num_hidden_layers": getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None),
             "num_moe_layers": len(views), "moe_layers": [v.name for v in views],
             "num_experts": [v.num_experts for v in views], "top_k": [v.top_k for v in views],

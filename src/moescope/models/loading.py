@@ -5,11 +5,10 @@ checks, before transformers gets to fail deep inside, that ``path`` is a model d
 with a ``config.json`` of a supported ``model_type`` and readable weight files; a
 corrupt ``*.safetensors`` file is named in the error.
 
-Switch Transformers is an encoder–decoder model. It is loaded as
-``SwitchTransformersEncoderModel`` (the decoder's weights are skipped): the encoder reads
-the text you give it, so its routing is a property of that text; the decoder's routing
-would also depend on a target sequence, which routing analysis of a corpus does not have.
-Every other family is a decoder-only ``AutoModelForCausalLM``.
+The supported model types, and the transformers class each is loaded with, are those of the
+family registry (:data:`moescope.models.families.BY_MODEL_TYPE`; ``Family.auto_class``):
+``AutoModelForCausalLM`` for the decoder-only families, another class where a family's file
+says why (Switch Transformers is loaded as its encoder).
 """
 
 from __future__ import annotations
@@ -22,21 +21,12 @@ import torch
 from torch import nn
 
 from moescope.models.adapters import find_moe_layers
+from moescope.models.families import BY_MODEL_TYPE, supported_model_types
+from moescope.models.family import Family
 from moescope.models.view import MoELayerView
 
-#: config ``model_type`` -> family name, for every checkpoint type :func:`load_moe_model` loads.
-MODEL_TYPES = {
-    "mixtral": "Mixtral", "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "olmoe": "OLMoE",
-    "deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3", "llama4_text": "Llama 4 (text)", "gpt_oss": "GPT-OSS",
-    "phimoe": "PhiMoE", "granitemoe": "GraniteMoE", "granitemoeshared": "GraniteMoE-shared",
-    "switch_transformers": "Switch Transformers",
-}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
-
-
-def supported_model_types() -> str:
-    return ", ".join(f"{name} ({t})" for t, name in MODEL_TYPES.items())
 
 
 def _check_dir(path: Path) -> None:
@@ -51,16 +41,16 @@ def _check_dir(path: Path) -> None:
                                 "(config.json, model*.safetensors, optional tokenizer files)")
 
 
-def _model_type(path: Path) -> str:
+def _family(path: Path) -> Family:
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path / 'config.json'} is not valid JSON: {err}") from err
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in MODEL_TYPES:
+    if model_type not in BY_MODEL_TYPE:
         raise ValueError(f"{path / 'config.json'} has model_type={model_type!r}, not a supported MoE family; "
                          f"supported: {supported_model_types()}")
-    return model_type
+    return BY_MODEL_TYPE[model_type]
 
 
 def _check_weights(path: Path) -> None:
@@ -80,14 +70,10 @@ def _check_weights(path: Path) -> None:
             raise ValueError(f"corrupt safetensors file {f}: {err}") from err
 
 
-def _auto_class(model_type: str):
-    if model_type == "switch_transformers":
-        from transformers import SwitchTransformersEncoderModel
+def _auto_class(family: Family):
+    import transformers
 
-        return SwitchTransformersEncoderModel
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM
+    return getattr(transformers, family.auto_class)
 
 
 def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
@@ -110,7 +96,7 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
     """
     path = Path(path).expanduser()
     _check_dir(path)
-    model_type = _model_type(path)
+    family = _family(path)
     _check_weights(path)
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -119,10 +105,10 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists the skipped Switch decoder; we check it ourselves
     try:
-        model, info = _auto_class(model_type).from_pretrained(path, config=config, local_files_only=True, dtype=dtype,
+        model, info = _auto_class(family).from_pretrained(path, config=config, local_files_only=True, dtype=dtype,
                                                               output_loading_info=True)
     except (OSError, RuntimeError, ValueError) as err:
-        raise ValueError(f"could not load the {MODEL_TYPES[model_type]} weights in {path}: {err}") from err
+        raise ValueError(f"could not load the {family.title} weights in {path}: {err}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
     bad = sorted(info.get("missing_keys", ())) + sorted(str(k) for k in info.get("mismatched_keys", ()))

@@ -17,23 +17,14 @@ experts it chose, and the block hands exactly those to its experts; the recorder
 *router submodule* and reads its returned indices and weights. Re-deriving them from
 ``router_logits`` would be wrong for DeepSeek-V3 (a selection bias and group limits change
 the choice), Switch (capacity drops tokens), PhiMoE (sparsemixer's threshold) and in general
-across versions, where the meaning of ``router_logits`` changed. What is read, per family:
-
-=====================  =================  =========================================================
-family                 hooked module      read from its output
-=====================  =================  =========================================================
-Mixtral, Qwen2/3-MoE,  ``block.gate``     ``(logits, weights (T, k), indices (T, k))``
-OLMoE, DeepSeek-V2/V3
-GPT-OSS, PhiMoE,       ``block.router``   the same triple (PhiMoE: sparsemixer's two multipliers
-GraniteMoE(-shared)                       and experts)
-Llama 4                ``block.router``   ``(scores (T, E), logits)``: scores are sigmoid of the
-                                          chosen logits scattered into -inf, so the chosen experts
-                                          are the **non-zero** entries
-Switch Transformers    ``block.router``   ``(dispatch (B, S, E), probs (B, S, 1), logits)``: the
-                                          capacity-masked one-hot; a token with no 1 was dropped
-                                          (index -1, weight 0)
-moescope               the layer          its ``MoEOutput.routing`` (a ``RouterResult``)
-=====================  =================  =========================================================
+across versions, where the meaning of ``router_logits`` changed. Which submodule is hooked and
+how its output is read is each family's ``hook`` and ``reader``
+(:class:`~moescope.models.family.Family`, one file per family in :mod:`moescope.models.families`;
+the readers, shared by families whose routers return the same thing, are in
+:mod:`moescope.models.readers`): most routers return ``(logits, weights (T, k), indices (T, k))``;
+Llama 4's returns scores whose non-zero entries are the chosen experts; Switch's a
+capacity-masked one-hot in which a dropped token has no 1 (index -1, weight 0); moescope's own
+layers return a ``MoEOutput`` whose ``routing`` is read.
 
 Each token's (index, weight) pairs are sorted by weight, descending (stable), so column 0
 is the expert with the largest combine weight; -1 slots go last. (PhiMoE: sparsemixer's two
@@ -79,56 +70,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from moescope.models.adapters import find_moe_layers
+from moescope.models.families import BY_NAME
+from moescope.models.family import Reader
 from moescope.models.view import MoELayerView, RoutingRecord
-
-Choice = tuple[Tensor, Tensor, Tensor]  # indices (T, k), weights (T, k), scores (T, E)
-
-
-# -- readers: router output -> (indices, weights, scores) ---------------------------------------
-def _distribution(logits: Tensor, scoring: str) -> Tensor:
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    return torch.sigmoid(logits) if scoring == "sigmoid" else torch.softmax(logits, dim=-1)
-
-
-def _read_triple(output, view: MoELayerView) -> Choice:
-    """``(logits, weights, indices)``: Mixtral, Qwen, OLMoE, DeepSeek, GPT-OSS, PhiMoE, GraniteMoE."""
-    logits, weights, indices = output[0], output[1], output[2]
-    k = indices.shape[-1]
-    return indices.reshape(-1, k), weights.reshape(-1, k), _distribution(logits, view.scoring)
-
-
-def _read_llama4(output, view: MoELayerView) -> Choice:
-    """``(scores, logits)``: the chosen experts are the non-zero scores (see the module warning)."""
-    scores, logits = output[0], output[1]
-    scores = scores.reshape(-1, scores.shape[-1]).float()
-    weights, indices = scores.topk(view.top_k, dim=-1)
-    return indices.masked_fill(weights == 0, -1), weights, _distribution(logits, "sigmoid")
-
-
-def _read_switch(output, view: MoELayerView) -> Choice:
-    """``(dispatch one-hot (B, S, E), probs (B, S, 1), logits)``: no 1 in a row = dropped token."""
-    dispatch, probs, logits = output[0], output[1], output[2]
-    dispatch = dispatch.reshape(-1, dispatch.shape[-1])
-    kept = dispatch.bool().any(-1, keepdim=True)                                 # (T, 1)
-    indices = dispatch.argmax(-1, keepdim=True).masked_fill(~kept, -1)
-    weights = probs.reshape(-1, 1).float() * kept
-    return indices, weights, _distribution(logits, "softmax")
-
-
-def _read_moescope(output, view: MoELayerView) -> Choice:
-    """moescope ``MoEOutput``: its ``RouterResult``; soft routing's scores are per-expert mass."""
-    r = output.routing
-    return r.indices, r.weights, r.weights if view.scoring == "soft" else r.scores
-
-
-# family -> (path of the hooked submodule inside the block, "" = the block itself; reader)
-READERS: dict[str, tuple[str, Callable[[object, MoELayerView], Choice]]] = {
-    "mixtral": ("gate", _read_triple), "qwen2_moe": ("gate", _read_triple), "qwen3_moe": ("gate", _read_triple),
-    "olmoe": ("gate", _read_triple), "deepseek_v2": ("gate", _read_triple), "deepseek_v3": ("gate", _read_triple),
-    "gpt_oss": ("router", _read_triple), "phimoe": ("router", _read_triple), "granitemoe": ("router", _read_triple),
-    "granitemoeshared": ("router", _read_triple), "llama4": ("router", _read_llama4),
-    "switch_transformers": ("router", _read_switch), "moescope": ("", _read_moescope),
-}
 
 
 def sort_by_weight(indices: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,8 +130,8 @@ class RoutingRecorder:
         for v in self.views:
             if v.module is None:
                 raise ValueError(f"view {v.name!r} has no live module (read from disk?); cannot record it")
-            if v.family not in READERS:
-                raise ValueError(f"no routing reader for family {v.family!r}; known: {', '.join(READERS)}")
+            if v.family not in BY_NAME:
+                raise ValueError(f"no routing reader for family {v.family!r}; known: {', '.join(BY_NAME)}")
         self.on_pass = on_pass
         self._handles: list[RemovableHandle] = []
         self._pending: dict[int, _Capture] = {}
@@ -238,10 +182,10 @@ class RoutingRecorder:
         self._handles.append(self.model.register_forward_pre_hook(self._model_pre, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._model_post, always_call=True))
         for view in self.views:
-            path, reader = READERS[view.family]
-            target = view.module.get_submodule(path) if path else view.module
+            family = BY_NAME[view.family]
+            target = view.module.get_submodule(family.hook) if family.hook else view.module
             self._handles.append(view.module.register_forward_pre_hook(self._block_pre(view), with_kwargs=True))
-            self._handles.append(target.register_forward_hook(self._capture(view, reader)))
+            self._handles.append(target.register_forward_hook(self._capture(view, family.reader)))
 
     def _detach(self) -> None:
         while self._handles:
@@ -273,7 +217,7 @@ class RoutingRecorder:
 
         return hook
 
-    def _capture(self, view: MoELayerView, reader: Callable[[object, MoELayerView], Choice]):
+    def _capture(self, view: MoELayerView, reader: Reader):
         def hook(module: nn.Module, args: tuple, output) -> None:
             with torch.no_grad():
                 indices, weights, scores = reader(output, view)

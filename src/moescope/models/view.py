@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-SCORINGS = ("softmax", "sigmoid", "soft")
+SCORINGS = ("softmax", "sigmoid", "sqrtsoftplus", "soft")  # sqrtsoftplus: √softplus(logit) (DeepSeek-V4)
 
 
 @dataclass(frozen=True)

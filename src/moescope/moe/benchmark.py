@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.dispatch import METHODS, auto_method
-from moescope.moe.from_hf import from_hf
+from moescope.moe.lift import from_hf
 
 BYTES_PER_VALUE = 4  # float32
 

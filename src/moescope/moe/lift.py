@@ -1,19 +1,29 @@
 """Lift a transformers MoE block into the equivalent moescope layer (weights copied).
 
-``from_hf(block)`` recognises the block by its class and rebuilds it from moescope parts:
+``from_hf(block)`` looks the block's class name up among the registered converters and rebuilds
+the block from moescope parts. The converters are the public ``lift_*`` functions below; *which*
+block class each one lifts is a fact of the family, kept in its file in
+:mod:`moescope.models.families` (``Family.blocks`` + ``Family.from_hf``), which registers it here
+with :func:`register_converter`. The converters and what each gives:
 
-=================================  =========================================================
-transformers block                 moescope layer
-=================================  =========================================================
-``MixtralSparseMoeBlock``          TopKRouter(normalize_topk=True) + SwiGLU Experts
-``Qwen2MoeSparseMoeBlock``         TopKRouter(norm_topk_prob) + sigmoid-gated SharedExpert
-``Qwen3MoeSparseMoeBlock``         TopKRouter(norm_topk_prob)
-``OlmoeSparseMoeBlock``            TopKRouter(norm_topk_prob)
-``DeepseekV3MoE``                  DeepSeekV3Router (bias, groups, scaling) + SharedExpert
-``Llama4TextMoe``                  Llama4Router (input weighting) + SharedExpert
-``GptOssMLP``                      GptOssRouter + Experts(gate="gpt_oss", bias=True)
-``SwitchTransformersSparseMLP``    SwitchRouter(fixed capacity per sequence) + ReLU MLPs
-=================================  =========================================================
+=========================  ==================================================================
+converter                  moescope layer
+=========================  ==================================================================
+:func:`lift_mixtral`       TopKRouter(normalize_topk=True) + SwiGLU Experts
+:func:`lift_qwen2_moe`     TopKRouter(norm_topk_prob) + sigmoid-gated SharedExpert
+:func:`lift_topk`          TopKRouter(norm_topk_prob) (Qwen3-MoE, OLMoE)
+:func:`lift_deepseek_v3`   DeepSeekV3Router (bias, groups, scaling) + SharedExpert
+:func:`lift_llama4`        Llama4Router (input weighting) + SharedExpert
+:func:`lift_gpt_oss`       GptOssRouter + Experts(gate="gpt_oss", bias=True)
+:func:`lift_switch`        SwitchRouter(fixed capacity per sequence) + ReLU MLPs
+=========================  ==================================================================
+
+**The plugin hook.** ``moe`` sits below ``models`` and may not import it at import time, so the
+block-class -> converter table is filled from the other side: importing
+:mod:`moescope.models.families` registers every family's converter. :func:`from_hf` imports that
+package (with :mod:`importlib`, at call time) before it looks a block up, the way transformers'
+auto mappings import a model's module only when it is first asked for. A converter for a block
+moescope has no family file for can be added with :func:`register_converter`.
 
 Weights are copied (``clone``), never shared, keep each tensor's dtype (a bfloat16 block gives a
 bfloat16 layer), and are converted to moescope's layout
@@ -26,12 +36,18 @@ Switch layer trains without it.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from moescope.moe.experts import Experts, SharedExpert
 from moescope.moe.layer import MoELayer
 from moescope.moe.routers import DeepSeekV3Router, GptOssRouter, Llama4Router, SwitchRouter, TopKRouter
+
+__all__ = ["converters", "from_hf", "lift_deepseek_v3", "lift_gpt_oss", "lift_llama4", "lift_mixtral",
+           "lift_qwen2_moe", "lift_switch", "lift_topk", "register_converter"]
 
 _ACTIVATION_BY_CLASS = {"SiLU": "silu", "SiLUActivation": "silu", "GELUActivation": "gelu", "GELU": "gelu",
                         "ReLU": "relu", "NewGELUActivation": "gelu_tanh", "GELUTanh": "gelu_tanh",
@@ -83,20 +99,24 @@ def _topk_block(block: nn.Module, normalize: bool, shared: SharedExpert | None =
     return MoELayer(router=router, experts=experts, shared=shared)
 
 
-def _mixtral(block: nn.Module) -> MoELayer:
+def lift_mixtral(block: nn.Module) -> MoELayer:
+    """Mixtral: softmax top-k, the k weights renormalised."""
     return _topk_block(block, normalize=True)
 
 
-def _qwen_olmoe(block: nn.Module) -> MoELayer:
+def lift_topk(block: nn.Module) -> MoELayer:
+    """A softmax top-k block whose gate says ``norm_topk_prob`` (Qwen3-MoE, OLMoE)."""
     return _topk_block(block, normalize=bool(block.gate.norm_topk_prob))
 
 
-def _qwen2(block: nn.Module) -> MoELayer:
+def lift_qwen2_moe(block: nn.Module) -> MoELayer:
+    """Qwen2-MoE: top-k plus a shared expert scaled by sigmoid(shared_expert_gate(x))."""
     shared = _shared(block.shared_expert, block.shared_expert_gate)
     return _topk_block(block, normalize=bool(block.gate.norm_topk_prob), shared=shared)
 
 
-def _deepseek_v3(block: nn.Module) -> MoELayer:
+def lift_deepseek_v3(block: nn.Module) -> MoELayer:
+    """DeepSeek-V3: sigmoid scores, selection bias, group limit, routed scaling, shared experts."""
     gate = block.gate
     experts = _stacked_experts(block.experts)
     router = DeepSeekV3Router(experts.hidden, experts.num_experts, gate.top_k, n_group=gate.num_group,
@@ -107,7 +127,8 @@ def _deepseek_v3(block: nn.Module) -> MoELayer:
     return MoELayer(router=router, experts=experts, shared=_shared(block.shared_experts))
 
 
-def _llama4(block: nn.Module) -> MoELayer:
+def lift_llama4(block: nn.Module) -> MoELayer:
+    """Llama 4: sigmoid top-k weighting each expert's *input*, plus a shared expert; (E, H, 2I) transposed."""
     src = block.experts
     num_experts, hidden, two_i = src.gate_up_proj.shape
     experts = Experts(num_experts, hidden, two_i // 2, activation=_activation(src.act_fn))
@@ -118,7 +139,8 @@ def _llama4(block: nn.Module) -> MoELayer:
     return MoELayer(router=router, experts=experts, shared=_shared(block.shared_expert))
 
 
-def _gpt_oss(block: nn.Module) -> MoELayer:
+def lift_gpt_oss(block: nn.Module) -> MoELayer:
+    """GPT-OSS: biased router, softmax over the chosen k, clamped SwiGLU experts with biases."""
     src = block.experts
     num_experts, hidden, two_i = src.gate_up_proj.shape
     experts = Experts(num_experts, hidden, two_i // 2, gate="gpt_oss", bias=True,
@@ -135,7 +157,8 @@ def _gpt_oss(block: nn.Module) -> MoELayer:
     return MoELayer(router=router, experts=experts)
 
 
-def _switch(block: nn.Module) -> MoELayer:
+def lift_switch(block: nn.Module) -> MoELayer:
+    """Switch Transformers: top-1 with a fixed capacity per sequence, ReLU MLP experts."""
     src = block.router
     first = block.experts["expert_0"]
     inter, hidden = first.wi.weight.shape
@@ -151,28 +174,44 @@ def _switch(block: nn.Module) -> MoELayer:
     return MoELayer(router=router, experts=experts)
 
 
-CONVERTERS = {
-    "MixtralSparseMoeBlock": _mixtral,
-    "Qwen2MoeSparseMoeBlock": _qwen2,
-    "Qwen3MoeSparseMoeBlock": _qwen_olmoe,
-    "OlmoeSparseMoeBlock": _qwen_olmoe,
-    "DeepseekV3MoE": _deepseek_v3,
-    "Llama4TextMoe": _llama4,
-    "GptOssMLP": _gpt_oss,
-    "SwitchTransformersSparseMLP": _switch,
-}
+Converter = Callable[[nn.Module], MoELayer]
+
+#: block class name -> converter; filled by :mod:`moescope.models.families` (see the module docstring).
+_CONVERTERS: dict[str, Converter] = {}
+_FAMILIES = "moescope.models.families"
+
+
+def register_converter(block_class_name: str, fn: Converter) -> None:
+    """Make :func:`from_hf` lift blocks of class ``block_class_name`` with ``fn``.
+
+    Raises:
+        ValueError: when another converter is already registered for that class.
+    """
+    known = _CONVERTERS.get(block_class_name)
+    if known is not None and known is not fn:
+        raise ValueError(f"a converter for {block_class_name} is already registered ({known.__name__}); "
+                         f"refusing {getattr(fn, '__name__', fn)!r}")
+    _CONVERTERS[block_class_name] = fn
+
+
+def converters() -> dict[str, Converter]:
+    """Every registered block class name -> its converter (the family registry loaded first)."""
+    importlib.import_module(_FAMILIES)  # the plugin hook: registering is a side effect of the import
+    return dict(_CONVERTERS)
 
 
 def from_hf(block: nn.Module) -> MoELayer:
     """The moescope layer equivalent to a transformers MoE block, holding copies of its weights.
 
     Raises:
-        TypeError: for a block of a family not in :data:`CONVERTERS` (the message lists them).
+        TypeError: for a block whose class has no registered converter (the message lists
+            the classes that have one).
     """
+    table = converters()
     name = type(block).__name__
-    if name not in CONVERTERS:
-        raise TypeError(f"from_hf does not know {name}; supported blocks: {', '.join(CONVERTERS)}")
-    layer = CONVERTERS[name](block)
+    if name not in table:
+        raise TypeError(f"from_hf does not know {name}; supported blocks: {', '.join(sorted(table))}")
+    layer = table[name](block)
     ref = next(block.parameters(), None)
     if ref is not None:
         layer = layer.to(device=ref.device)

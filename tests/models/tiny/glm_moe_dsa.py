@@ -1,0 +1,26 @@
+"""GLM-MoE-DSA (GLM-5): DeepSeek-V3 routing (a non-zero selection bias, 4 groups of which 2 are
+kept, a routed scaling factor, 2 shared experts), MLA attention with a sparse-attention indexer, a
+dense first layer."""
+
+import torch
+
+from ._common import MLA, E, I
+
+
+def build():
+    from transformers import GlmMoeDsaConfig, GlmMoeDsaForCausalLM
+
+    cfg = GlmMoeDsaConfig(**MLA, intermediate_size=40, moe_intermediate_size=I, n_routed_experts=E,
+                          num_experts_per_tok=3, n_shared_experts=2, mlp_layer_types=["dense", "sparse"], n_group=4,
+                          topk_group=2, routed_scaling_factor=1.8, kv_lora_rank=16, q_lora_rank=16,
+                          qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8, index_topk=4, index_head_dim=8,
+                          index_n_heads=2)
+    return GlmMoeDsaForCausalLM(cfg)
+
+
+def randomize(model, generator: torch.Generator) -> None:
+    """The selection bias is a zero buffer at init: make it large enough to change choices."""
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.25 * torch.randn(b.shape, generator=generator))

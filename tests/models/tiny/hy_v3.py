@@ -1,0 +1,24 @@
+"""HY-V3 (Hunyuan 3): sigmoid routing with a non-zero selection bias on the block (not the router),
+the k scores renormalised then scaled by ``router_scaling_factor``, one shared expert, a dense
+first layer."""
+
+import torch
+
+from ._common import COMMON, E, I
+
+
+def build():
+    from transformers import HYV3Config, HYV3ForCausalLM
+
+    cfg = HYV3Config(**COMMON, head_dim=8, intermediate_size=40, moe_intermediate_size=I, num_experts=E,
+                     num_experts_per_tok=3, num_shared_experts=1, router_scaling_factor=1.8,
+                     mlp_layer_types=["dense", "sparse"])
+    return HYV3ForCausalLM(cfg)
+
+
+def randomize(model, generator: torch.Generator) -> None:
+    """The selection bias is a zero buffer at init: make it large enough to change choices."""
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.25 * torch.randn(b.shape, generator=generator))

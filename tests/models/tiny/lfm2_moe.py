@@ -1,0 +1,22 @@
+"""LFM2-MoE: sigmoid top-k with a selection bias, renormalised and scaled; the first layer is dense."""
+
+import torch
+
+from ._common import COMMON, E, I
+
+
+def build():
+    from transformers import Lfm2MoeConfig, Lfm2MoeForCausalLM
+
+    cfg = Lfm2MoeConfig(**COMMON, intermediate_size=40, moe_intermediate_size=I, num_experts=E,
+                        num_experts_per_tok=3, num_dense_layers=1, use_expert_bias=True, norm_topk_prob=True,
+                        routed_scaling_factor=2.5, layer_types=["conv", "full_attention"])
+    return Lfm2MoeForCausalLM(cfg)
+
+
+def randomize(model, generator):
+    """A non-zero selection bias (a zero one would hide a reader that ignores it)."""
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("expert_bias"):
+                b.copy_(0.5 * torch.randn(b.shape, generator=generator))

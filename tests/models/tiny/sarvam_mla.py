@@ -1,0 +1,25 @@
+"""Sarvam-MLA: transformers builds it as DeepSeek-V3 (``DeepseekV3ForCausalLM`` from a
+``SarvamMLAConfig``); a dense first layer, 2 shared experts, 4 groups (2 kept), a non-zero
+selection bias."""
+
+import torch
+
+from ._common import MLA, E, I
+
+
+def build():
+    from transformers import AutoModelForCausalLM, SarvamMLAConfig
+
+    cfg = SarvamMLAConfig(**MLA, intermediate_size=40, moe_intermediate_size=I, n_routed_experts=E,
+                          num_experts_per_tok=3, n_shared_experts=2, first_k_dense_replace=1, n_group=4,
+                          topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True, kv_lora_rank=16,
+                          q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8)
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+def randomize(model, generator: torch.Generator) -> None:
+    """A non-zero selection bias, so the choices are not the top-k of the scores."""
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.5 * torch.randn(b.shape, generator=generator))

@@ -1,0 +1,23 @@
+"""Sarvam-MoE (built by transformers as GLM-4-MoE): a dense first layer, 2 shared experts,
+4 groups (2 kept), a non-zero selection bias."""
+
+import torch
+
+from ._common import COMMON, E, I
+
+
+def build():
+    from transformers import AutoModelForCausalLM, SarvamMoEConfig
+
+    cfg = SarvamMoEConfig(**COMMON, head_dim=8, intermediate_size=40, moe_intermediate_size=I, n_routed_experts=E,
+                          num_experts_per_tok=3, n_shared_experts=2, first_k_dense_replace=1, n_group=4, topk_group=2,
+                          routed_scaling_factor=2.5, norm_topk_prob=True)
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+def randomize(model, generator: torch.Generator) -> None:
+    """A selection bias of a quarter of the sigmoid scores' range, so the choices are not the top-k of the scores."""
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.25 * torch.randn(b.shape, generator=generator))
