@@ -14,3 +14,18 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=2, num_attentio
               max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
               tie_word_embeddings=False)
 MLA = {**COMMON, "num_key_value_heads": 4}  # DeepSeek's multi-head latent attention: as many kv heads as heads
+
+
+def selection_bias(scale: float, suffix: str = "e_score_correction_bias"):
+    """A ``randomize`` hook drawing the family's selection bias (a zero buffer or frozen parameter at
+    init, untouched by the common randomisation) from N(0, scale²), so the choices differ from the
+    top-k of the scores."""
+    import torch
+
+    def randomize(model, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            for name, t in (*model.named_buffers(), *model.named_parameters()):
+                if name.endswith(suffix):
+                    t.copy_(scale * torch.randn(t.shape, generator=generator))
+
+    return randomize

@@ -2,9 +2,7 @@
 scaling factor, 2 shared experts), MLA attention, a dense first layer, and the block's own
 ``post_mlp_layernorm`` on its output."""
 
-import torch
-
-from ._common import MLA, E, I
+from ._common import MLA, E, I, selection_bias
 
 
 def build():
@@ -17,9 +15,5 @@ def build():
     return AXK1ForCausalLM(cfg)
 
 
-def randomize(model, generator: torch.Generator) -> None:
-    """The selection bias is a zero buffer at init: make it large enough to change choices."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.25 * torch.randn(b.shape, generator=generator))
+# The selection bias is a zero buffer at init: make it large enough to change choices.
+randomize = selection_bias(0.25)

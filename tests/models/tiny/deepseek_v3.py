@@ -1,9 +1,7 @@
 """DeepSeek-V3: MLA, a dense first layer that must not be taken for MoE, 2 shared experts,
 4 groups (2 kept), top-3 × 2.5, and a non-zero selection bias."""
 
-import torch
-
-from ._common import MLA, E, I
+from ._common import MLA, E, I, selection_bias
 
 
 def build():
@@ -16,10 +14,5 @@ def build():
     return DeepseekV3ForCausalLM(cfg)
 
 
-def randomize(model, generator: torch.Generator) -> None:
-    """A non-zero ``e_score_correction_bias`` (a buffer, untouched by the common randomisation), so
-    the choices are not the top-k of the scores."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=generator))
+# A non-zero selection bias, so the choices are not the top-k of the scores.
+randomize = selection_bias(0.5)

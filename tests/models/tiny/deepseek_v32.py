@@ -1,9 +1,7 @@
 """DeepSeek-V3.2: MLA + lightning indexer, a dense first layer, 2 shared experts, 4 groups (2 kept),
 a non-zero selection bias."""
 
-import torch
-
-from ._common import MLA, E, I
+from ._common import MLA, E, I, selection_bias
 
 
 def build():
@@ -17,9 +15,5 @@ def build():
     return DeepseekV32ForCausalLM(cfg)
 
 
-def randomize(model, generator: torch.Generator) -> None:
-    """A selection bias of a quarter of the sigmoid scores' range, so the choices are not the top-k of the scores."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.25 * torch.randn(b.shape, generator=generator))
+# A selection bias of a quarter of the sigmoid scores' range, so the choices are not the top-k of the scores.
+randomize = selection_bias(0.25)

@@ -2,9 +2,7 @@
 groups of which 2 are kept, a routed scaling factor), one shared expert of its own width (40 ≠
 routed width 24), a dense first layer."""
 
-import torch
-
-from ._common import MLA, E, I
+from ._common import MLA, E, I, selection_bias
 
 
 def build():
@@ -16,9 +14,5 @@ def build():
     return Dots3NoteForCausalLM(cfg)
 
 
-def randomize(model, generator: torch.Generator) -> None:
-    """The selection bias is a zero buffer at init: make it large enough to change choices."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.25 * torch.randn(b.shape, generator=generator))
+# The selection bias is a zero buffer at init: make it large enough to change choices.
+randomize = selection_bias(0.25)

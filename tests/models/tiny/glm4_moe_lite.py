@@ -1,9 +1,7 @@
 """GLM-4-MoE-Lite: MLA attention, ``mlp_layer_types`` dense then sparse, 2 shared experts, 4 groups
 (2 kept), a non-zero selection bias."""
 
-import torch
-
-from ._common import MLA, E, I
+from ._common import MLA, E, I, selection_bias
 
 
 def build():
@@ -16,9 +14,5 @@ def build():
     return Glm4MoeLiteForCausalLM(cfg)
 
 
-def randomize(model, generator: torch.Generator) -> None:
-    """A selection bias of a quarter of the sigmoid scores' range, so the choices are not the top-k of the scores."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.25 * torch.randn(b.shape, generator=generator))
+# A selection bias of a quarter of the sigmoid scores' range, so the choices are not the top-k of the scores.
+randomize = selection_bias(0.25)

@@ -3,9 +3,7 @@ dense; DeepSeek-V3 routing — a non-zero selection bias, a routed scaling facto
 No expert groups: config.json names the group count ``num_expert_group``, which the disk reader
 does not read yet (it reads ``n_group``), so a grouped tiny model would fail the disk check."""
 
-import torch
-
-from ._common import MLA, E, I
+from ._common import MLA, E, I, selection_bias
 
 
 def build():
@@ -19,9 +17,5 @@ def build():
     return KimiLinearForCausalLM(cfg)
 
 
-def randomize(model, generator):
-    """The selection bias is a zero buffer at init: make it large enough to change choices."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=generator))
+# The selection bias is a zero buffer at init: make it large enough to change choices.
+randomize = selection_bias(0.5)

@@ -1,9 +1,7 @@
 """Kolibri-1: sigmoid weights, experts picked on the raw logits plus a non-zero selection bias,
 weights renormalised, one ungated shared expert; a sliding and a full attention layer, both MoE."""
 
-import torch
-
-from ._common import COMMON, E, I
+from ._common import COMMON, E, I, selection_bias
 
 
 def build():
@@ -15,9 +13,5 @@ def build():
     return Kolibri1ForCausalLM(cfg)
 
 
-def randomize(model, generator):
-    """The selection bias is a zero buffer at init: make it large enough to change choices."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=generator))
+# The selection bias is a zero buffer at init: make it large enough to change choices.
+randomize = selection_bias(0.5)

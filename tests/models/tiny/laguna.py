@@ -2,9 +2,7 @@
 routed sum scaled by ``moe_routed_scaling_factor`` after the experts; one ungated shared expert;
 the first layer's MLP dense."""
 
-import torch
-
-from ._common import COMMON, E, I
+from ._common import COMMON, E, I, selection_bias
 
 
 def build():
@@ -17,9 +15,5 @@ def build():
     return LagunaForCausalLM(cfg)
 
 
-def randomize(model, generator):
-    """The selection bias is a zero (frozen) parameter at init: make it large enough to change choices."""
-    with torch.no_grad():
-        for name, b in model.named_parameters():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=generator))
+# The selection bias is a zero (frozen) parameter at init: make it large enough to change choices.
+randomize = selection_bias(0.5)

@@ -1,8 +1,6 @@
 """LFM2-MoE: sigmoid top-k with a selection bias, renormalised and scaled; the first layer is dense."""
 
-import torch
-
-from ._common import COMMON, E, I
+from ._common import COMMON, E, I, selection_bias
 
 
 def build():
@@ -14,9 +12,5 @@ def build():
     return Lfm2MoeForCausalLM(cfg)
 
 
-def randomize(model, generator):
-    """A non-zero selection bias (a zero one would hide a reader that ignores it)."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("expert_bias"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=generator))
+# A non-zero selection bias (a zero one would hide a reader that ignores it).
+randomize = selection_bias(0.5, "expert_bias")

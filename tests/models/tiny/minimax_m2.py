@@ -1,8 +1,6 @@
 """MiniMax-M2: sigmoid scores with a non-zero selection bias on the block, every layer MoE."""
 
-import torch
-
-from ._common import COMMON, E, I
+from ._common import COMMON, E, I, selection_bias
 
 
 def build():
@@ -12,9 +10,5 @@ def build():
     return MiniMaxM2ForCausalLM(cfg)
 
 
-def randomize(model, generator):
-    """The selection bias is a zero buffer at init: make it large enough to change choices."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=generator))
+# The selection bias is a zero buffer at init: make it large enough to change choices.
+randomize = selection_bias(0.5)

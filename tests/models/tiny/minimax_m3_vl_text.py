@@ -2,9 +2,7 @@
 renormalised, the routed sum scaled after the experts; clamped SwiGLU experts (the limit set low so
 that the clamp bites) and a fused shared expert; the first layer's MLP dense."""
 
-import torch
-
-from ._common import COMMON, E, I
+from ._common import COMMON, E, I, selection_bias
 
 
 def build():
@@ -16,9 +14,5 @@ def build():
     return MiniMaxM3VLForCausalLM(cfg)
 
 
-def randomize(model, generator):
-    """The selection bias is a zero buffer at init: make it large enough to change choices."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=generator))
+# The selection bias is a zero buffer at init: make it large enough to change choices.
+randomize = selection_bias(0.5)

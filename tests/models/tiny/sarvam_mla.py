@@ -2,9 +2,7 @@
 ``SarvamMLAConfig``); a dense first layer, 2 shared experts, 4 groups (2 kept), a non-zero
 selection bias."""
 
-import torch
-
-from ._common import MLA, E, I
+from ._common import MLA, E, I, selection_bias
 
 
 def build():
@@ -17,9 +15,4 @@ def build():
     return AutoModelForCausalLM.from_config(cfg)
 
 
-def randomize(model, generator: torch.Generator) -> None:
-    """A non-zero selection bias, so the choices are not the top-k of the scores."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=generator))
+randomize = selection_bias(0.5)  # A non-zero selection bias, so the choices are not the top-k of the scores.

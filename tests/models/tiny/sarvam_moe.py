@@ -1,9 +1,7 @@
 """Sarvam-MoE (built by transformers as GLM-4-MoE): a dense first layer, 2 shared experts,
 4 groups (2 kept), a non-zero selection bias."""
 
-import torch
-
-from ._common import COMMON, E, I
+from ._common import COMMON, E, I, selection_bias
 
 
 def build():
@@ -15,9 +13,5 @@ def build():
     return AutoModelForCausalLM.from_config(cfg)
 
 
-def randomize(model, generator: torch.Generator) -> None:
-    """A selection bias of a quarter of the sigmoid scores' range, so the choices are not the top-k of the scores."""
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.25 * torch.randn(b.shape, generator=generator))
+# A selection bias of a quarter of the sigmoid scores' range, so the choices are not the top-k of the scores.
+randomize = selection_bias(0.25)

@@ -43,6 +43,22 @@ class BlockSpec(Protocol):
     def temperature(self) -> float: ...
 
 
+class TopKExperts:
+    """Token-choice top-k routing: every token gets exactly its top ``k`` experts (``self.top_k``)."""
+
+    top_k: int
+
+    @property
+    def max_experts_per_token(self) -> int:
+        """k: every token gets exactly its top k experts."""
+        return self.top_k
+
+    @property
+    def mean_experts_per_token(self) -> float:
+        """Expert evaluations per token on average: k."""
+        return float(self.top_k)
+
+
 def check_positive(**values: int) -> None:
     for name, v in values.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -16,10 +16,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import BlockSpec, centroids, check_top_k, flat_tokens, fp32, jitter, softmax_result
+from moescope.moe.routers._common import (
+    BlockSpec,
+    TopKExperts,
+    centroids,
+    check_top_k,
+    flat_tokens,
+    fp32,
+    jitter,
+    softmax_result,
+)
 
 
-class CosineRouter(nn.Module):
+class CosineRouter(TopKExperts, nn.Module):
     """Top-k routing on cosine similarity to the expert centroids, with learnable temperature.
 
     Args:
@@ -47,16 +56,6 @@ class CosineRouter(nn.Module):
         """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
         return cls(hidden, spec.num_experts, spec.top_k, temperature=spec.temperature,
                    normalize_topk=spec.normalize_topk, balance=spec.balance)
-
-    @property
-    def max_experts_per_token(self) -> int:
-        """k: every token gets exactly its top k experts."""
-        return self.top_k
-
-    @property
-    def mean_experts_per_token(self) -> float:
-        """Expert evaluations per token on average: k."""
-        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing of the T = prod(...) tokens."""

@@ -26,6 +26,7 @@ from moescope.moe.losses import load_balancing_loss
 from moescope.moe.result import RouterResult, count_tokens
 from moescope.moe.routers._common import (
     BlockSpec,
+    TopKExperts,
     aux_losses,
     centroids,
     check_positive,
@@ -35,7 +36,7 @@ from moescope.moe.routers._common import (
 )
 
 
-class DeepSeekV3Router(nn.Module):
+class DeepSeekV3Router(TopKExperts, nn.Module):
     """Sigmoid top-k router with selection bias and group-limited choice.
 
     Args:
@@ -78,16 +79,6 @@ class DeepSeekV3Router(nn.Module):
         """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
         return cls(hidden, spec.num_experts, spec.top_k, n_group=spec.n_group, topk_group=spec.topk_group,
                    normalize_topk=spec.normalize_topk, bias_update_rate=spec.bias_update_rate)
-
-    @property
-    def max_experts_per_token(self) -> int:
-        """k: every token gets exactly its top k experts."""
-        return self.top_k
-
-    @property
-    def mean_experts_per_token(self) -> float:
-        """Expert evaluations per token on average: k."""
-        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (T, H) or (B, S, H) (sequences for the sequence-wise loss) -> routing."""

@@ -13,10 +13,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import BlockSpec, centroids, check_top_k, flat_tokens, fp32, softmax_result
+from moescope.moe.routers._common import (
+    BlockSpec,
+    TopKExperts,
+    centroids,
+    check_top_k,
+    flat_tokens,
+    fp32,
+    softmax_result,
+)
 
 
-class GptOssRouter(nn.Module):
+class GptOssRouter(TopKExperts, nn.Module):
     """Top-k on biased logits; weights = softmax of the chosen k logits (k = 4 in gpt-oss)."""
 
     scoring: ClassVar[str] = "softmax"            # scores: a softmax over all E experts
@@ -34,16 +42,6 @@ class GptOssRouter(nn.Module):
     def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
         """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
         return cls(hidden, spec.num_experts, spec.top_k, balance=spec.balance)
-
-    @property
-    def max_experts_per_token(self) -> int:
-        """k: every token gets exactly its top k experts."""
-        return self.top_k
-
-    @property
-    def mean_experts_per_token(self) -> float:
-        """Expert evaluations per token on average: k."""
-        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing."""

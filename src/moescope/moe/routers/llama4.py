@@ -16,10 +16,10 @@ from torch import Tensor, nn
 
 from moescope.moe.losses import load_balancing_loss
 from moescope.moe.result import RouterResult, count_tokens
-from moescope.moe.routers._common import BlockSpec, aux_losses, centroids, check_top_k, flat_tokens, fp32
+from moescope.moe.routers._common import BlockSpec, TopKExperts, aux_losses, centroids, check_top_k, flat_tokens, fp32
 
 
-class Llama4Router(nn.Module):
+class Llama4Router(TopKExperts, nn.Module):
     """Sigmoid-gated top-k on raw logits, applied to the expert input (k = 1 in Llama 4).
 
     ``load_balance`` (switch convention) takes P from the sigmoid scores normalised over
@@ -40,16 +40,6 @@ class Llama4Router(nn.Module):
     def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
         """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
         return cls(hidden, spec.num_experts, spec.top_k)
-
-    @property
-    def max_experts_per_token(self) -> int:
-        """k: every token gets exactly its top k experts."""
-        return self.top_k
-
-    @property
-    def mean_experts_per_token(self) -> float:
-        """Expert evaluations per token on average: k."""
-        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing with ``weight_input=True``."""

@@ -9,10 +9,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.moe.result import RouterResult
-from moescope.moe.routers._common import BlockSpec, centroids, check_top_k, flat_tokens, fp32, jitter, softmax_result
+from moescope.moe.routers._common import (
+    BlockSpec,
+    TopKExperts,
+    centroids,
+    check_top_k,
+    flat_tokens,
+    fp32,
+    jitter,
+    softmax_result,
+)
 
 
-class TopKRouter(nn.Module):
+class TopKRouter(TopKExperts, nn.Module):
     """softmax over all E experts in float32 → top-k → (optionally) renormalise to sum 1.
 
     Reproduces ``MixtralTopKRouter`` (``normalize_topk=True``) and the Qwen2-MoE / Qwen3-MoE
@@ -43,16 +52,6 @@ class TopKRouter(nn.Module):
     def from_spec(cls, hidden: int, spec: BlockSpec) -> Self:
         """The router an MoE block ``spec`` describes (see :class:`~moescope.moe.routers._common.BlockSpec`)."""
         return cls(hidden, spec.num_experts, spec.top_k, normalize_topk=spec.normalize_topk, balance=spec.balance)
-
-    @property
-    def max_experts_per_token(self) -> int:
-        """k: every token gets exactly its top k experts."""
-        return self.top_k
-
-    @property
-    def mean_experts_per_token(self) -> float:
-        """Expert evaluations per token on average: k."""
-        return float(self.top_k)
 
     def forward(self, x: Tensor, *, attention_mask: Tensor | None = None) -> RouterResult:
         """x (..., H) -> routing of the T = prod(...) tokens."""
