@@ -151,3 +151,21 @@ def test_an_existing_folder_is_a_valid_out(tmp_path):
                                  "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report.html").is_file() and (tmp_path / "old.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize(("args", "where", "needle"), [
+    (["--dtype", "int8"], "'--dtype'", "dtype 'int8' is not supported; choose one of auto, float32, bfloat16, float16"),
+    (["--device", "tpu"], "'--device'", "device 'tpu' is not supported; choose one of cpu, cuda, mps"),
+    (["--device", "cuda"], "'--device'", "device 'cuda' is not available on this machine"),
+])
+def test_bad_dtype_or_device_is_refused_before_any_work(args, where, needle, tmp_path, monkeypatch):
+    import torch
+
+    _forbid_work(monkeypatch, "moescope.lab.run.run_lab")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, ["lab", "--model", str(tmp_path), *args, "--out", str(tmp_path / "out")])
+    text = _text(result.output)
+    assert result.exit_code == 2 and f"Invalid value for {where}" in text and needle in text, text
+    assert "available: cpu" in text if "available" in needle else True
+    result = runner.invoke(app, ["lab", "--dtype", "bfloat16", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "apply to a given model only (--model)" in _text(result.output)

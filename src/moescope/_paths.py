@@ -1,4 +1,5 @@
-"""Checks on the paths a command is given, made before any work starts.
+"""Checks on the paths (and the model's ``--dtype`` / ``--device``) a command is given, made before any work
+starts.
 
 Each ``check_*`` raises a ``ValueError`` that names the path, what is wrong with it and what
 is allowed; :func:`option` turns one into a typer callback, so the command line refuses the
@@ -108,6 +109,22 @@ def check_domain_spec(spec: str) -> str:
     except ValueError as err:
         raise ValueError(f"{spec}: {err}") from None
     return spec
+
+
+def check_dtype_name(name: str) -> str:
+    """``--dtype``: a name of :data:`moescope.models.loading.DTYPES`."""
+    from moescope.models.loading import check_dtype
+
+    check_dtype(name)
+    return name
+
+
+def check_device_name(name: str) -> str:
+    """``--device``: one of :data:`moescope.models.loading.DEVICES` that this machine has."""
+    from moescope.models.loading import check_device
+
+    check_device(name)
+    return name
 
 
 def option(check: Callable[[T], T]) -> Callable:

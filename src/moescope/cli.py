@@ -12,7 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from moescope._paths import (
     check_checkpoint_dir,
+    check_device_name,
     check_domain_spec,
+    check_dtype_name,
     check_in_file,
     check_out_dir,
     check_out_file,
@@ -30,6 +32,12 @@ console = Console(stderr=True)
 # Every path a command is given is checked while the command line is parsed, before any work starts.
 _OUT_DIR, _OUT_FILE, _IN_FILE = option(check_out_dir), option(check_out_file), option(check_in_file)
 _CHECKPOINT, _DOMAIN = option(check_checkpoint_dir), option(check_domain_spec)
+_DTYPE_HELP = ("The model's parameters: auto (the checkpoint's own dtype), float32 (exact; the default), "
+               "bfloat16 or float16 (half the memory; bfloat16-trained weights can overflow in float16). Routing "
+               "scores are computed in float32 either way.")
+_DEVICE_HELP = "Where the model runs: cpu, cuda (cuda:N) or mps, if this machine has it."
+_DtypeOption = Annotated[str, typer.Option(callback=option(check_dtype_name), help=_DTYPE_HELP)]
+_DeviceOption = Annotated[str, typer.Option(callback=option(check_device_name), help=_DEVICE_HELP)]
 
 
 @app.callback()
@@ -116,6 +124,15 @@ def analyze(
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 50_000,
     seq_len: Annotated[int, typer.Option(min=1, help="Tokens per sequence fed to the model.")] = 256,
     weights: Annotated[bool, typer.Option(help="Also measure expert and router weight geometry.")] = True,
+    dtype: _DtypeOption = "float32",
+    device: _DeviceOption = "cpu",
+    stream_layers: Annotated[bool, typer.Option(
+        "--stream-layers", help="Run one decoder layer at a time from the safetensors shards (bounded memory, "
+        "the same routing statistics).")] = False,
+    max_memory: Annotated[str | None, typer.Option(
+        "--max-memory", metavar="SIZE", help="Memory budget such as 4GB or 512MiB: layers are streamed when the "
+        "whole model would not fit; refused, naming the smallest workable budget, when even streaming would not.")]
+    = None,
     out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for report.html and results.json.")]
     = Path("out/analyze"),
 ) -> None:
@@ -123,11 +140,13 @@ def analyze(
     code / language / math sample)."""
     from moescope.analysis.analyze import AnalyzeConfig
     from moescope.analysis.analyze import analyze as run_analysis
+    from moescope.models.streaming import format_size
     from moescope.report.analyze import write_analyze_report
 
     try:
         cfg = AnalyzeConfig(path=path, sources=_read_sources(text, domain), layers=_parse_layers(layers),
-                            max_tokens=max_tokens, seq_len=seq_len, weights=weights)
+                            max_tokens=max_tokens, seq_len=seq_len, weights=weights, dtype=dtype,
+                            device=device, stream_layers=stream_layers, max_memory=max_memory)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
@@ -144,6 +163,11 @@ def analyze(
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun: rank 0 writes
         return
     written = write_analyze_report(results, out)
+    memory = results.get("memory")
+    if memory is not None:
+        how = "one decoder layer at a time" if memory["streamed"] else "the whole model in memory"
+        console.print(f"Ran {how}; peak memory growth {memory.get('peak', 'not measured on this OS')} "
+                      f"(streamed minimum {format_size(memory['streamed_minimum'])}).")
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 
@@ -158,6 +182,8 @@ def compare(
                                              help="A text file to route (repeatable).")] = [],  # noqa: B006
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 50_000,
     out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for results.json.")] = Path("out/compare"),
+    dtype: _DtypeOption = "float32",
+    device: _DeviceOption = "cpu",
 ) -> None:
     """Router saturation (share of top-k choices kept) and weight drift between two checkpoints."""
     from moescope._files import write_json_atomic
@@ -166,7 +192,7 @@ def compare(
 
     sources = _read_sources(text, []) or default_sources()
     try:
-        results = run_compare(checkpoint_a, checkpoint_b, sources, max_tokens=max_tokens)
+        results = run_compare(checkpoint_a, checkpoint_b, sources, max_tokens=max_tokens, dtype=dtype, device=device)
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None
@@ -278,6 +304,8 @@ def lab(
     tensorboard: Annotated[bool, typer.Option(help="Also write each training run's curves as TensorBoard events "
                                                    "(OUT/training/runs/*/tensorboard; needs "
                                                    "pip install 'moescope[tensorboard]').")] = False,
+    dtype: _DtypeOption = "float32",
+    device: _DeviceOption = "cpu",
 ) -> None:
     """Every claim of the lecture, tested on data and models built here, in one report."""
     from moescope.lab.external import ModelInputError
@@ -290,7 +318,8 @@ def lab(
         raise typer.BadParameter(f"expected comma-separated claim numbers such as 6,13; got {claims!r}",
                                  param_hint="--claims") from None
     try:
-        cfg = LabConfig(profile=profile, claims=chosen, seed=seed, workdir=out, model=model, tensorboard=tensorboard)
+        cfg = LabConfig(profile=profile, claims=chosen, seed=seed, workdir=out, model=model, tensorboard=tensorboard,
+                        dtype=dtype, device=device)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--model" if isinstance(err, ModelInputError) else None) from None
     start = time.perf_counter()

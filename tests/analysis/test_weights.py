@@ -384,7 +384,7 @@ def test_missing_checkpoints_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors"):
         open_checkpoint(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match=r"\.bin weights are not read"):
+    with pytest.raises(FileNotFoundError, match=r"\.bin weights are never read"):
         weight_geometry(tmp_path, progress=False)
 
 

@@ -1,5 +1,7 @@
 """Fixtures the lab's checkpoint tests share (``lab --model`` on tiny Hugging Face checkpoints)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -24,4 +26,5 @@ def small_external(monkeypatch):
     """run_lab measures checkpoints with :data:`SMALL` (the default routes 4k tokens per domain)."""
     import moescope.lab.external as external
 
-    monkeypatch.setattr(external, "ExternalConfig", lambda seed=0: SMALL)
+    monkeypatch.setattr(external, "ExternalConfig",
+                        lambda seed=0, dtype="float32", device="cpu": replace(SMALL, dtype=dtype, device=device))

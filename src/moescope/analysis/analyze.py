@@ -6,6 +6,11 @@ every MoE layer did, accumulates :class:`~moescope.analysis.routing.RoutingStats
 independent of the amount of text), records token × expert weights for a short sample of
 each text (the heatmaps), and measures the weight geometry straight from the safetensors
 files (:func:`moescope.analysis.weights.weight_geometry`). Returns one JSON-ready dict.
+
+With ``stream_layers`` (or a ``max_memory`` budget the whole model does not fit) the model is
+:func:`moescope.models.streaming.stream_moe_model`'s: one decoder layer resident at a time, same
+routing records; the results then carry a ``memory`` section (the plan, the budget, the peak
+resident-memory growth over the baseline before loading, the bytes read).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import torch
 from moescope.analysis.routing import RoutingStats, SaturationStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder, load_moe_model
+from moescope.models.loading import check_device, check_dtype, checkpoint_dtype
+from moescope.models.streaming import format_size, memory_plan, parse_size, stream_moe_model
 from moescope.models.view import RoutingRecord
 
 
@@ -45,11 +52,19 @@ class AnalyzeConfig:
     heatmap_tokens: int = 48               # tokens per sample in the token x expert heatmaps
     weights: bool = True                   # also measure weight geometry from the safetensors files
     rank: int | None = None                # expert subspace rank (None: by energy threshold)
+    stream_layers: bool = False            # run one decoder layer at a time from disk (models.streaming)
+    max_memory: str | int | None = None    # budget ("4GB"): stream when the whole model would not fit it
+    dtype: str = "float32"                 # parameters' dtype (models.loading.DTYPES): float32 keeps statistics exact
+    device: str = "cpu"                    # where the model runs (models.loading.DEVICES)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "max_tokens", "heatmap_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
+        if self.max_memory is not None:
+            parse_size(self.max_memory)  # a bad size fails here, before any work
+        check_dtype(self.dtype)
+        check_device(self.device)
         for s in self.sources:
             if not s.text.strip():
                 raise ValueError(f"text source {s.label!r} is empty")
@@ -71,6 +86,7 @@ def _sequences(ids: list[int], seq_len: int, pad_id: int) -> tuple[torch.Tensor,
 
 
 def _forward(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    ids, mask = ids.to(model.device), mask.to(model.device)
     kwargs = {"input_ids": ids, "attention_mask": mask}
     if getattr(model.config, "is_encoder_decoder", False):
         kwargs["decoder_input_ids"] = ids  # teacher-force the same text through the decoder
@@ -103,6 +119,32 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def _rss(key: str) -> int | None:
+    """``VmRSS``/``VmHWM`` of this process in bytes (Linux), else None."""
+    import re
+
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def _load(cfg: AnalyzeConfig) -> tuple[torch.nn.Module, object, list, dict | None]:
+    """The model, in memory or layer-streamed as ``cfg`` asks; the memory section of the results (None
+    when neither ``stream_layers`` nor ``max_memory`` is set, so that default results do not change)."""
+    if not cfg.stream_layers and cfg.max_memory is None:
+        return (*load_moe_model(cfg.path, dtype=cfg.dtype, device=cfg.device), None)
+    dtype = check_dtype(cfg.dtype) or checkpoint_dtype(cfg.path)
+    plan = memory_plan(cfg.path, dtype=dtype, tokens=cfg.seq_len * cfg.batch_size)
+    stream = plan.decide(cfg.max_memory, stream=True if cfg.stream_layers else None)
+    memory = {"streamed": stream, "budget": None if cfg.max_memory is None else parse_size(cfg.max_memory),
+              "baseline_rss": _rss("VmRSS"), "streamed_minimum": plan.streamed, "in_memory": plan.in_memory,
+              "plan": plan.describe()}
+    return (*(stream_moe_model if stream else load_moe_model)(cfg.path, dtype=dtype, device=cfg.device), memory)
+
+
 def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = None) -> dict:
     """Run the analysis; ``on_tokens(n)`` is called as batches finish (progress bars).
 
@@ -112,7 +154,7 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     rank returns the same dict.
     """
     rank, world = _distributed()
-    model, tokenizer, views = load_moe_model(cfg.path)
+    model, tokenizer, views, memory = _load(cfg)
     if tokenizer is None:
         raise ValueError(f"{cfg.path} has no tokenizer files; analyze needs one to turn the text into token ids")
     chosen = [v for v in views if cfg.layers is None or v.index in cfg.layers]
@@ -160,12 +202,21 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     results = {
         "model": {"path": str(cfg.path), "model_type": model.config.model_type, "family": first and first.family,
                   "num_moe_layers": len(views), "num_experts": first and first.num_experts,
-                  "top_k": first and first.top_k, "hidden": first and first.hidden},
+                  "top_k": first and first.top_k, "hidden": first and first.hidden,
+                  "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)},
         "text": {"sources": list(token_counts), "tokens": sum(token_counts.values()), "per_source": token_counts,
                  "domains": list(domains), "seq_len": cfg.seq_len},
         "routing": routing,
         "samples": samples,
     }
+    if memory is not None:
+        base, peak = memory.pop("baseline_rss"), _rss("VmHWM")
+        memory["peak_rss_growth"] = None if base is None or peak is None else peak - base
+        streamer = getattr(model, "moescope_streamer", None)
+        memory["bytes_read"] = streamer.bytes_read if streamer is not None else None
+        if memory["peak_rss_growth"] is not None:
+            memory["peak"] = format_size(memory["peak_rss_growth"])
+        results["memory"] = memory
     del model
     if cfg.weights:
         from moescope.analysis.weights import weight_geometry
@@ -192,10 +243,10 @@ def _relabel(rec: RoutingRecord, position: dict[int, int]) -> RoutingRecord:
 
 
 def compare(path_a: Path, path_b: Path, sources: tuple[Source, ...], *, seq_len: int = 256,
-            batch_size: int = 4, max_tokens: int = 50_000) -> dict:
+            batch_size: int = 4, max_tokens: int = 50_000, dtype: str = "float32", device: str = "cpu") -> dict:
     """Router saturation (OLMoE §5) and weight drift between two checkpoints of one model."""
-    model_a, tok, views_a = load_moe_model(path_a)
-    model_b, _, views_b = load_moe_model(path_b)
+    model_a, tok, views_a = load_moe_model(path_a, dtype=dtype, device=device)
+    model_b, _, views_b = load_moe_model(path_b, dtype=dtype, device=device)
     if tok is None:
         raise ValueError(f"{path_a} has no tokenizer files; compare needs one")
     if [(v.num_experts, v.top_k) for v in views_a] != [(v.num_experts, v.top_k) for v in views_b]:
@@ -215,10 +266,11 @@ def compare(path_a: Path, path_b: Path, sources: tuple[Source, ...], *, seq_len:
                     sat.update(a, b)
     drift = []
     for va, vb in zip(views_a, views_b, strict=True):
-        ra, rb = va.router_weight.float(), vb.router_weight.float()
+        ra, rb = va.router_weight.float().cpu(), vb.router_weight.float().cpu()
         cos = torch.nn.functional.cosine_similarity(ra, rb, dim=-1)
-        delta = [float((va.expert(e).input_projection() - vb.expert(e).input_projection()).norm()
-                       / va.expert(e).input_projection().norm().clamp_min(1e-30)) for e in range(va.num_experts)]
+        delta = [float((va.expert(e).input_projection().float() - vb.expert(e).input_projection().float()).norm()
+                       / va.expert(e).input_projection().float().norm().clamp_min(1e-30))
+                 for e in range(va.num_experts)]
         drift.append({"layer": va.index, "router_row_cosine": cos.tolist(), "expert_relative_change": delta})
     return {"a": str(path_a), "b": str(path_b), "saturation": sat.saturation(), "tokens": sat.tokens.tolist(),
             "drift": drift}

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from moescope.models.families import BY_MODEL_TYPE
 from moescope.models.layout import Flat, Fused, Layout, Separate, Stacked
+from moescope.models.shards import weight_files
 from moescope.models.view import SCORINGS, ExpertWeights, MoELayerView
 
 __all__ = ["LAYOUTS", "CheckpointError", "DiskMoELayer", "MoECheckpoint", "open_checkpoint", "write_safetensors"]
@@ -77,25 +78,8 @@ def _read_header(file: Path) -> dict[str, TensorInfo]:
 
 
 def _weight_files(root: Path) -> list[Path]:
-    """The safetensors files of a checkpoint directory: the index's shards, else model*.safetensors."""
-    index = root / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{index} is not a safetensors index (needs a 'weight_map'): {err}") from err
-        files = [root / name for name in dict.fromkeys(weight_map.values())]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}")
-        return files
-    files = sorted(root.glob("model*.safetensors")) or sorted(root.glob("*.safetensors"))
-    if not files:
-        found = sorted(p.name for p in root.iterdir())[:12]
-        hint = " (PyTorch .bin weights are not read; convert them to safetensors)" if any(
-            n.endswith(".bin") for n in found) else ""
-        raise FileNotFoundError(f"no *.safetensors weights in {root}; found: {', '.join(found) or 'nothing'}{hint}")
-    return files
+    """The checkpoint's safetensors files (:func:`moescope.models.shards.weight_files`)."""
+    return weight_files(root, error=CheckpointError)
 
 
 def _config_get(config: dict, dotted: str):

@@ -67,6 +67,8 @@ class ExternalConfig:
                                     # their spread, and a 95% order-statistic interval needs >= 39 draws
     null_tokens: int = 1_024        # per domain, routed by the trained router and each random one (same text)
     expert_draws: int = 200         # random regroupings of each layer's hidden units (claim 6)
+    dtype: str = "float32"          # parameters' dtype (moescope.models.DTYPES; "auto": the checkpoint's own)
+    device: str = "cpu"             # where the model runs (moescope.models.DEVICES)
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "seq_len", "batch_size", "sample_tokens", "null_tokens"):
@@ -273,6 +275,7 @@ def _route(model: nn.Module, views: list[MoELayerView], ids: dict[str, list[int]
     def forward(batch: Tensor) -> list:
         heads.clear()
         rec.set_batch(batch, torch.ones_like(batch))
+        batch = batch.to(model.device)
         model(input_ids=batch, attention_mask=torch.ones_like(batch))
         return rec.pop()
 
@@ -338,6 +341,7 @@ def _router_null(model: nn.Module, views: list[MoELayerView], ids: dict[str, lis
                 for start in range(0, wins.shape[0], cfg.batch_size):
                     batch = wins[start : start + cfg.batch_size]
                     rec.set_batch(batch, torch.ones_like(batch))
+                    batch = batch.to(model.device)
                     model(input_ids=batch, attention_mask=torch.ones_like(batch))
                     for r in rec.pop():
                         stats.update(r, domain)
@@ -378,7 +382,7 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
     """
     path = check_checkpoint(path)
     try:
-        model, tokenizer, views = load_moe_model(path)
+        model, tokenizer, views = load_moe_model(path, dtype=cfg.dtype, device=cfg.device)
     except (ValueError, FileNotFoundError) as err:  # no weights, corrupt files, a dense model
         raise ModelInputError(f"--model {path}: {err}") from err
     if tokenizer is None:  # check_checkpoint saw tokenizer files, but AutoTokenizer found none in them
@@ -414,7 +418,8 @@ def measure_checkpoint(path: str | Path, cfg: ExternalConfig = ExternalConfig())
             "num_moe_layers": len(views), "moe_layers": [v.name for v in views],
             "num_experts": [v.num_experts for v in views], "top_k": [v.top_k for v in views],
             "shared_experts": [len(v.shared) for v in views], "hidden": first.hidden,
-            "tokenizer": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
+            "tokenizer": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+            "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)}
     tokens = {d: len(i) for d, i in ids.items()}
     del model
     return {

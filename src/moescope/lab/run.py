@@ -45,6 +45,8 @@ class LabConfig:
     workdir: Path = Path("out/lab")  # checkpoints, logs and the tokenizer of the training runs
     model: Path | None = None        # a Hugging Face MoE checkpoint: claims 6, 10-14 measured on it
     tensorboard: bool = False        # also write the training curves as TensorBoard events
+    dtype: str = "float32"           # --model's parameters (moescope.models.DTYPES): float32 keeps results exact
+    device: str = "cpu"              # where --model runs (moescope.models.DEVICES)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -58,8 +60,15 @@ class LabConfig:
             from moescope.lab.tensorboard import require
 
             require()
+        if (self.dtype, self.device) != ("float32", "cpu") and self.model is None:
+            raise ValueError(f"dtype={self.dtype!r} / device={self.device!r} apply to a given model only (--model); "
+                             "the lab's own runs are float32 on the CPU")
         if self.model is not None:
             from moescope.lab.external import check_checkpoint
+            from moescope.models.loading import check_device, check_dtype
+
+            check_dtype(self.dtype)
+            check_device(self.device)
 
             refused = sorted(set(self.claims) & set(TRAINING_ONLY))
             if refused:
@@ -159,7 +168,7 @@ def _checkpoint(cfg: LabConfig) -> dict:
     """Measure the user's checkpoint (``cfg.model``) for claims 6, 10-14; the same sizes for every profile."""
     from moescope.lab.external import ExternalConfig, describe, measure_checkpoint
 
-    t = measure_checkpoint(cfg.model, ExternalConfig(seed=cfg.seed))
+    t = measure_checkpoint(cfg.model, ExternalConfig(seed=cfg.seed, dtype=cfg.dtype, device=cfg.device))
     return {**t, "where": describe(t["model"])}
 
 

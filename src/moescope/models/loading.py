@@ -9,6 +9,15 @@ The supported model types, and the transformers class each is loaded with, are t
 family registry (:data:`moescope.models.families.BY_MODEL_TYPE`; ``Family.auto_class``):
 ``AutoModelForCausalLM`` for the decoder-only families, another class where a family's file
 says why (Switch Transformers is loaded as its encoder).
+
+**Dtype and device.** ``dtype`` is one of :data:`DTYPES` (``"auto"``: the checkpoint's own dtype,
+from ``config.json``'s ``dtype``/``torch_dtype``, else the floating dtype most of the safetensors
+bytes are stored in) and ``device`` one of :data:`DEVICES` (``cuda:N`` too) that this machine has;
+both are checked (:func:`check_dtype`, :func:`check_device`) before anything is read. float16 is
+allowed on the CPU; a checkpoint trained in bfloat16 can overflow in float16, so ``auto`` or
+``bfloat16`` is the better choice. The
+routing statistics do not depend on the compute dtype beyond rounding: every family's router takes
+its softmax/sigmoid in float32, and the recorder stores scores and weights as float32.
 """
 
 from __future__ import annotations
@@ -27,6 +36,63 @@ from moescope.models.view import MoELayerView
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+#: ``--dtype`` names -> the parameters' dtype (``auto``: the checkpoint's own, see :func:`checkpoint_dtype`)
+DTYPES: dict[str, torch.dtype | None] = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
+                                         "float16": torch.float16}
+#: ``--device`` names (``cuda:N`` picks one GPU)
+DEVICES = ("cpu", "cuda", "mps")
+# safetensors header dtype -> torch dtype, for the floating dtypes a model can be run in
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def available_devices() -> tuple[str, ...]:
+    """The :data:`DEVICES` this machine has (always ``cpu``)."""
+    mps = getattr(torch.backends, "mps", None)
+    return ("cpu", *(("cuda",) if torch.cuda.is_available() else ()),
+            *(("mps",) if mps is not None and mps.is_available() else ()))
+
+
+def check_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
+    """A :data:`DTYPES` name (or one of its torch dtypes) -> the torch dtype, None for ``auto``."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    elif dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype {str(dtype).removeprefix('torch.')!r} is not supported; choose one of "
+                     f"{', '.join(DTYPES)}")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a torch device, if this machine has it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICES:
+        raise ValueError(f"device {str(device)!r} is not supported; choose one of {', '.join(DEVICES)} "
+                         "(cuda:N for one GPU)")
+    have = available_devices()
+    if dev.type not in have:
+        raise ValueError(f"device {str(device)!r} is not available on this machine (torch {torch.__version__}); "
+                         f"available: {', '.join(have)}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} does not exist; this machine has cuda:0..cuda:"
+                         f"{torch.cuda.device_count() - 1}")
+    return dev
+
+
+def check_dtype_on_device(dtype: torch.dtype, device: torch.device) -> None:
+    """A matmul in ``dtype`` runs on ``device`` (bfloat16 needs an Ampere GPU, or macOS 14 on mps)."""
+    if device.type == "cpu":
+        return  # every DTYPES entry has CPU kernels
+    try:
+        x = torch.ones(2, 2, dtype=dtype, device=device)
+        (x @ x).sum().item()
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"dtype {str(dtype).removeprefix('torch.')} is not supported on {device}: "
+                         f"{str(err).splitlines()[0]}; choose another --dtype") from None
 
 
 def _check_dir(path: Path) -> None:
@@ -70,6 +136,51 @@ def _check_weights(path: Path) -> None:
             raise ValueError(f"corrupt safetensors file {f}: {err}") from err
 
 
+def _header(file: Path) -> dict:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON): no tensor is read."""
+    with open(file, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 2 <= size <= min(100_000_000, file.stat().st_size - 8):
+            raise ValueError(f"corrupt safetensors file {file}: header length {size} does not fit the file")
+        try:
+            header = json.loads(f.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"corrupt safetensors file {file}: its header is not JSON ({err})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def checkpoint_dtype(path: str | os.PathLike) -> torch.dtype:
+    """The dtype the checkpoint in ``path`` was saved in: ``config.json``'s ``dtype`` (``torch_dtype`` in
+    transformers 4), else the floating dtype that holds most bytes in the safetensors headers.
+
+    Raises:
+        ValueError: that dtype is not one of :data:`DTYPES` (e.g. a float8 checkpoint): name another.
+    """
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    name = config.get("dtype") or config.get("torch_dtype")
+    if name is None:
+        nbytes: dict[str, int] = {}
+        for f in sorted(path.glob("*.safetensors")):
+            for meta in _header(f).values():
+                start, end = meta["data_offsets"]
+                nbytes[meta["dtype"]] = nbytes.get(meta["dtype"], 0) + end - start
+        floating = {k: v for k, v in nbytes.items() if k.startswith(("F", "BF"))}
+        if not floating:
+            raise ValueError(f"{path}: no floating-point tensor in the safetensors files, so --dtype auto has "
+                             f"nothing to follow; choose one of {', '.join(k for k in DTYPES if k != 'auto')}")
+        stored = max(floating, key=floating.get)
+        if stored in _SAFETENSORS_DTYPES:
+            return _SAFETENSORS_DTYPES[stored]
+        name = stored
+    name = str(name).removeprefix("torch.")
+    if DTYPES.get(name) is None:
+        raise ValueError(f"{path} is stored in {name}, which moescope does not compute in; choose --dtype "
+                         f"{'|'.join(k for k in DTYPES if k != 'auto')}")
+    return DTYPES[name]
+
+
 def _auto_class(family: Family):
     import transformers
 
@@ -82,9 +193,9 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
 
     Args:
         path: a local directory holding ``config.json``, the weights and optionally the tokenizer.
-        dtype: the parameters' dtype (float32 by default: exact routing statistics on CPU;
-            ``"auto"`` keeps the checkpoint's).
-        device: where the model lives (CPU by default).
+        dtype: the parameters' dtype, a :data:`DTYPES` name or torch dtype (float32 by default: exact
+            routing statistics on CPU; ``"auto"`` keeps the checkpoint's, see :func:`checkpoint_dtype`).
+        device: where the model lives, one of :data:`DEVICES` this machine has (CPU by default).
 
     The tokenizer is loaded when tokenizer files exist, else None (the caller then passes
     token ids).
@@ -92,12 +203,16 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
     Raises:
         FileNotFoundError: no such path, no ``config.json``, or no weight file.
         ValueError: not a directory, an unsupported ``model_type`` (the message lists the
-            supported ones), invalid ``config.json``, or a corrupt safetensors file (named).
+            supported ones), invalid ``config.json``, a corrupt safetensors file (named), a dtype or
+            device that is unknown or not on this machine (the message lists what is).
     """
     path = Path(path).expanduser()
+    wanted, device = check_dtype(dtype), check_device(device)
     _check_dir(path)
     family = _family(path)
     _check_weights(path)
+    dtype = checkpoint_dtype(path) if wanted is None else wanted
+    check_dtype_on_device(dtype, device)
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -1,0 +1,75 @@
+"""``analyze`` with layer streaming (``stream_layers`` / ``max_memory``) equals the in-memory analysis."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+import tiny_checkpoints
+
+from moescope.analysis.analyze import AnalyzeConfig, Source, analyze
+from moescope.models.streaming import StreamingError, memory_plan
+
+TEXT = "def add(a, b):\n    return a + b\n\nThe quick brown fox jumps over the lazy dog. 12 + 30 = 42.\n" * 8
+FAMILIES = ("mixtral", "deepseek_v3", "switch_transformers")  # fused experts, grouped sigmoid routing, encoder
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    cache = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            cache[family] = tiny_checkpoints.save(family, root / family, seed=tiny_checkpoints.seed_of(family))
+        return cache[family]
+
+    return get
+
+
+def _config(path: Path, **kw) -> AnalyzeConfig:
+    return AnalyzeConfig(path=path, sources=(Source("a", TEXT, "code"), Source("b", TEXT[::-1], "prose")),
+                         seq_len=16, batch_size=3, weights=False, **kw)
+
+
+def _close(a, b) -> None:
+    """Equal JSON trees, floats to 1e-5 relative."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _close(a[k], b[k])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _close(x, y)
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_analysis_equals_in_memory(family, saved):
+    plain = analyze(_config(saved(family)))
+    streamed = analyze(_config(saved(family), stream_layers=True))
+    assert "memory" not in plain  # the default results do not change
+    memory = streamed.pop("memory")
+    assert memory["streamed"] is True and memory["bytes_read"] > 0
+    json.dumps(memory, allow_nan=False)
+    _close(plain, streamed)
+
+
+def test_a_budget_decides_to_stream_or_refuses(saved):
+    path = saved("mixtral")
+    plan = memory_plan(path, tokens=16 * 3)
+    assert analyze(_config(path, max_memory=plan.in_memory + 1))["memory"]["streamed"] is False
+    assert analyze(_config(path, max_memory=plan.streamed))["memory"]["streamed"] is True
+    with pytest.raises(StreamingError, match=f"at least {-(-plan.streamed // 2**20)}MiB"):
+        analyze(_config(path, max_memory=plan.streamed - 1))
+
+
+def test_a_bad_budget_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="memory size"):
+        _config(tmp_path, max_memory="lots")
