@@ -212,3 +212,30 @@ def test_bad_dtype_or_device_is_refused_before_reading(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"device 'cuda:0' is not available on this machine .*available: cpu"):
         load_moe_model(nowhere, device="cuda:0")
     assert check_device("cpu") == torch.device("cpu")
+
+
+def test_pickle_checkpoints_are_refused_in_one_line(checkpoint, tmp_path):
+    """A pytorch_model.bin is never unpickled (a pickle can run code): one line names it and says what to do."""
+    import pickle
+
+    class RunsCode:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('the pickle ran code')",))
+
+    bad = tmp_path / "bin"
+    bad.mkdir()
+    shutil.copy(checkpoint("mixtral") / "config.json", bad / "config.json")
+    (bad / "pytorch_model.bin").write_bytes(pickle.dumps(RunsCode()))
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin is a PyTorch pickle, which moescope never loads") as err:
+        load_moe_model(bad)
+    assert "\n" not in str(err.value) and "safetensors" in str(err.value)
+
+
+def test_missing_shard_of_the_index_is_named(checkpoint, tmp_path):
+    sharded = tmp_path / "sharded"
+    shutil.copytree(checkpoint("mixtral"), sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError, match=r"names shards that are missing: .*model-00002-of-00002\.safetensors"):
+        load_moe_model(sharded)

@@ -32,10 +32,11 @@ from torch import nn
 from moescope.models.adapters import find_moe_layers
 from moescope.models.families import BY_MODEL_TYPE, supported_model_types
 from moescope.models.family import Family
+from moescope.models.shards import weight_files
 from moescope.models.view import MoELayerView
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
-_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+_PICKLE_FILES = ("pytorch_model*.bin", "*.pt", "*.pth")
 
 #: ``--dtype`` names -> the parameters' dtype (``auto``: the checkpoint's own, see :func:`checkpoint_dtype`)
 DTYPES: dict[str, torch.dtype | None] = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -120,15 +121,22 @@ def _family(path: Path) -> Family:
 
 
 def _check_weights(path: Path) -> None:
-    """Every safetensors file must have a readable header (cheap: the tensors are not read)."""
+    """The checkpoint's safetensors files exist (every shard its index names) and each has a readable
+    header (cheap: the tensors are not read). PyTorch ``.bin`` pickles are refused, never unpickled:
+    a pickle can run code when loaded."""
     from safetensors import safe_open
 
-    files = sorted(f for pattern in _WEIGHT_FILES for f in path.glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"{path} has no weights; expected model.safetensors (or model-*-of-*.safetensors)")
+    try:
+        files = weight_files(path)
+    except FileNotFoundError:
+        pickles = sorted(p.name for pattern in _PICKLE_FILES for p in path.glob(pattern))
+        if pickles:
+            raise ValueError(f"{path / pickles[0]} is a PyTorch pickle, which moescope never loads (a pickle can run "
+                             "code); convert the checkpoint to safetensors, e.g. load it once with transformers "
+                             "and save_pretrained(..., safe_serialization=True)") from None
+        raise FileNotFoundError(f"{path} has no weights; expected model.safetensors "
+                                "(or model-*-of-*.safetensors with model.safetensors.index.json)") from None
     for f in files:
-        if f.suffix != ".safetensors":
-            continue
         try:
             with safe_open(f, framework="pt") as st:
                 st.keys()
