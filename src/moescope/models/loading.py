@@ -32,7 +32,7 @@ from torch import nn
 from moescope.models.adapters import find_moe_layers
 from moescope.models.families import BY_MODEL_TYPE, supported_model_types
 from moescope.models.family import Family
-from moescope.models.shards import weight_files
+from moescope.models.shards import read_header, weight_files
 from moescope.models.view import MoELayerView
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -145,17 +145,8 @@ def _check_weights(path: Path) -> None:
 
 
 def _header(file: Path) -> dict:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON): no tensor is read."""
-    with open(file, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        if not 2 <= size <= min(100_000_000, file.stat().st_size - 8):
-            raise ValueError(f"corrupt safetensors file {file}: header length {size} does not fit the file")
-        try:
-            header = json.loads(f.read(size))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"corrupt safetensors file {file}: its header is not JSON ({err})") from None
-    header.pop("__metadata__", None)
-    return header
+    """The JSON header of a safetensors file (:func:`moescope.models.shards.read_header`)."""
+    return read_header(file)[0]
 
 
 def checkpoint_dtype(path: str | os.PathLike) -> torch.dtype:

@@ -10,6 +10,25 @@ import json
 from pathlib import Path
 
 
+def read_header(file: Path, *, error: type[ValueError] = ValueError) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset its data starts at; no tensor is read.
+
+    The format: an 8-byte little-endian header length n, then n bytes of JSON (tensor name ->
+    dtype, shape, data_offsets relative to byte 8 + n). Raises ``error`` naming the file when the
+    length does not fit the file or the header is not JSON.
+    """
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= min(100_000_000, file.stat().st_size - 8):
+            raise error(f"corrupt safetensors file {file}: header length {n} does not fit the file")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise error(f"corrupt safetensors file {file}: its header is not JSON ({err})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
 def weight_files(root: Path, *, error: type[ValueError] = ValueError) -> list[Path]:
     """The safetensors files of the checkpoint directory ``root``, in index (else name) order.
 

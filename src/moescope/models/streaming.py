@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import re
@@ -61,7 +60,7 @@ from torch import nn
 from moescope.models.adapters import find_moe_layers
 from moescope.models.family import Family
 from moescope.models.loading import _TOKENIZER_FILES, _auto_class, _check_dir, _check_weights, _family
-from moescope.models.shards import weight_files
+from moescope.models.shards import read_header, weight_files
 from moescope.models.view import MoELayerView
 
 __all__ = ["LayerStreamer", "MemoryPlan", "StreamingError", "decoder_layers", "format_size", "memory_plan",
@@ -143,20 +142,12 @@ def _tensor_table(root: Path) -> dict[str, ShardTensor]:
     table: dict[str, ShardTensor] = {}
     for file in _weight_files(root):
         size = file.stat().st_size
-        with open(file, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 2 <= n <= min(100_000_000, size - 8):
-                raise StreamingError(f"corrupt safetensors file {file}: header length {n} does not fit the file")
-            try:
-                header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise StreamingError(f"corrupt safetensors file {file}: its header is not JSON ({err})") from None
-        header.pop("__metadata__", None)
+        header, data = read_header(file, error=StreamingError)
         for key, meta in header.items():
             start, end = meta["data_offsets"]
-            if 8 + n + end > size:
+            if data + end > size:
                 raise StreamingError(f"truncated safetensors file {file}: tensor {key!r} ends past the file")
-            table[key] = ShardTensor(file, meta["dtype"], tuple(meta["shape"]), 8 + n + start, 8 + n + end)
+            table[key] = ShardTensor(file, meta["dtype"], tuple(meta["shape"]), data + start, data + end)
     return table
 
 
