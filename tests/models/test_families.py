@@ -27,8 +27,7 @@ from moescope.moe import from_hf
 from moescope.moe.lift import converters
 
 #: the families these checks cover (tiny checkpoint names); each has an oracle and a reconstruction below
-FAMILIES = ["deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe", "granitemoeshared", "llama4_text", "mixtral",
-            "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "switch_transformers"]
+FAMILIES = list(tiny_checkpoints.ORIGINAL)
 TEXTS = ["def add(a, b):\n    return a + b  # almost orthogonal", "Experts specialise.", "x = 3"]
 
 

@@ -11,8 +11,7 @@ import torch
 
 from moescope.models import BY_MODEL_TYPE, BY_NAME, FAMILIES, RoutingRecorder, find_moe_layers, load_moe_model
 
-ORIGINAL = ("deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe", "granitemoeshared", "llama4_text", "mixtral",
-            "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "switch_transformers")
+ORIGINAL = tiny_checkpoints.ORIGINAL
 
 
 @pytest.mark.parametrize("family", list(tiny_checkpoints.BUILDERS))

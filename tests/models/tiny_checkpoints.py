@@ -48,6 +48,10 @@ def _discover() -> dict[str, object]:
 MODULES = _discover()
 #: file name (a family name or one of its model types) -> build() of its untrained tiny model
 BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {name: m.build for name, m in MODULES.items()}
+#: The first twelve families: two decoder layers of 8 experts each (DeepSeek-V3's first layer dense),
+#: checked beyond the common checks by ``test_families.py`` (the block's output rebuilt from the view).
+ORIGINAL = ("deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe", "granitemoeshared", "llama4_text", "mixtral",
+            "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "switch_transformers")
 
 
 def seed_of(family: str) -> int:

@@ -77,11 +77,6 @@ def _read_header(file: Path) -> dict[str, TensorInfo]:
         raise CheckpointError(f"cannot read safetensors file {file}: {err} (corrupt or truncated?)") from err
 
 
-def _weight_files(root: Path) -> list[Path]:
-    """The checkpoint's safetensors files (:func:`moescope.models.shards.weight_files`)."""
-    return weight_files(root, error=CheckpointError)
-
-
 def _config_get(config: dict, dotted: str):
     """``config["a"]["b"]`` for ``"a.b"`` (DBRX nests k under ``ffn_config``), or None."""
     value = config
@@ -328,7 +323,7 @@ def open_checkpoint(path: str | Path) -> MoECheckpoint:
                               f"supported model types: {', '.join(sorted(LAYOUTS))}")
     layout = LAYOUTS[model_type]
     tensors: dict[str, TensorInfo] = {}
-    for file in files or _weight_files(root):
+    for file in files or weight_files(root, error=CheckpointError):
         tensors.update(_read_header(file))
     _refuse_quantised(config, tensors, root)
     ckpt = MoECheckpoint(root, config, model_type, layout, tensors)

@@ -144,11 +144,6 @@ def _check_weights(path: Path) -> None:
             raise ValueError(f"corrupt safetensors file {f}: {err}") from err
 
 
-def _header(file: Path) -> dict:
-    """The JSON header of a safetensors file (:func:`moescope.models.shards.read_header`)."""
-    return read_header(file)[0]
-
-
 def checkpoint_dtype(path: str | os.PathLike) -> torch.dtype:
     """The dtype the checkpoint in ``path`` was saved in: ``config.json``'s ``dtype`` (``torch_dtype`` in
     transformers 4), else the floating dtype that holds most bytes in the safetensors headers.
@@ -161,8 +156,8 @@ def checkpoint_dtype(path: str | os.PathLike) -> torch.dtype:
     name = config.get("dtype") or config.get("torch_dtype")
     if name is None:
         nbytes: dict[str, int] = {}
-        for f in sorted(path.glob("*.safetensors")):
-            for meta in _header(f).values():
+        for f in weight_files(path):
+            for meta in read_header(f)[0].values():
                 start, end = meta["data_offsets"]
                 nbytes[meta["dtype"]] = nbytes.get(meta["dtype"], 0) + end - start
         floating = {k: v for k, v in nbytes.items() if k.startswith(("F", "BF"))}

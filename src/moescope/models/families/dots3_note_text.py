@@ -11,11 +11,7 @@ Model types: ``dots3_note_text`` (the language model alone; ``AutoModelForCausal
 ``Dots3NoteForCausalLM``). The multimodal ``dots3_note`` (vision tower with its own MoE) is not
 claimed here.
 
-Live: ``block.gate`` (``weight`` (E, H), ``e_score_correction_bias`` (E,), ``num_group``,
-``topk_group``; returns ``(logits, weights, indices)``), stacked ``block.experts``
-``gate_up_proj`` (E, 2I, H) / ``down_proj`` (E, H, I), ``block.shared_experts``. On disk:
-``mlp.gate.weight``, ``mlp.gate.e_score_correction_bias``,
-``mlp.experts.{e}.{gate,up,down}_proj.weight``, ``mlp.shared_experts.{gate,up,down}_proj.weight``.
+Live block and on-disk layout: DeepSeek-V3's, described once in :mod:`._deepseek_like`.
 
 The view carries everything the block computes (the scaling factor is inside the recorded weights).
 """
