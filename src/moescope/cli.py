@@ -347,6 +347,8 @@ def train(
     tensorboard: Annotated[bool, typer.Option(help="Also write each training run's curves as TensorBoard events "
                                                    "(OUT/training/runs/*/tensorboard; needs "
                                                    "pip install 'moescope[tensorboard]').")] = False,
+    estimate: Annotated[bool, typer.Option(help="Train nothing: time a few steps of each knob's run at the "
+                                                "profile's shape and print the projected training time.")] = False,
 ) -> None:
     """Train the lab's runs ahead of `moescope lab`; data-parallel under `torchrun --nproc_per_node N -m moescope`."""
     import os
@@ -362,6 +364,9 @@ def train(
             require_tensorboard()
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+    if estimate:
+        _print_estimate(p, only)
+        return
     start = time.perf_counter()
     results = train_lab_runs(p, out, only=only, tensorboard=tensorboard)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 reports
@@ -370,6 +375,31 @@ def train(
         console.print(f"{name}: val loss {r.val_loss:.3f}  ({r.run_dir})")
     console.print(f"Trained {len(results)} runs in {out / 'training'} in {time.perf_counter() - start:.1f} s; "
                   f"next: moescope lab --profile {profile} --seed {seed} --out {out}")
+
+
+def _print_estimate(p, only: tuple[str, ...] | None) -> None:
+    """``train --estimate``: one row per knob, then the projected wall time on the profile's workers."""
+    import os
+
+    from rich.table import Table
+
+    from moescope.lab.estimate import estimate
+    from moescope.lab.runs import base_runs
+
+    knobs = [s for s in base_runs(p) if only is None or any(n == s.name or n.startswith(s.name + "-seed")
+                                                           for n in only)]
+    jobs = p.jobs if p.jobs is not None else min(2, os.cpu_count() or 1)
+    with console.status(f"timing {len(knobs)} runs of the {p.name} profile"):
+        rows, wall = estimate(knobs, p.replicates, jobs)
+    table = Table(title=f"{p.name} profile: projected training time ({p.replicates} seeds, {jobs} workers)")
+    for col in ("run", "ms / step", "steps", "seeds", "CPU s"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        table.add_row(r.name, f"{r.step_ms:.1f}", str(r.steps), str(r.replicates), f"{r.seconds:,.0f}")
+    console.print(table)
+    console.print(f"Projected training: {wall / 60:.1f} min of wall time ({sum(r.seconds for r in rows) / 60:.1f} "
+                  "CPU-min), from the median of 5 timed steps per knob, one at a time; evaluation, the corpus "
+                  "and the lab's measurements after training are not included.")
 
 
 bench = typer.Typer(help="Benchmarks: commands that print measurements (never tests).", no_args_is_help=True)

@@ -19,11 +19,11 @@ from moescope.lab.train import (
     RESULT_FILE,
     BatchSampler,
     TrainConfig,
-    _train_step,
     deterministic,
     load_model,
     make_optimizer,
     train_run,
+    train_step,
 )
 
 HERE = Path(__file__).parent
@@ -232,7 +232,7 @@ def test_balance_loss_reaches_the_router_gradient():
         model.blocks[0].ffn.router.weight.register_hook(lambda g, a=alpha: grads.__setitem__(a, g.clone()))
         sampler = BatchSampler(tokens.train, seq_len=16, batch_size=4, objective="causal", mask_id=1,
                                mask_rate=0.15, seed=0)
-        record = _train_step(model, make_optimizer(model, cfg), sampler, cfg, 0)
+        record = train_step(model, make_optimizer(model, cfg), sampler, cfg, 0)
     # the balance loss's own gradient, on the same initial model and batch
     torch.manual_seed(0)
     model = TinyLM(spec.lm)

@@ -151,7 +151,7 @@ def _windows(cfg: TrainBenchConfig, gen: torch.Generator) -> Tensor:
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, train: TrainConfig,
           loss_of: Callable[[Tensor], Tensor]) -> Callable[[Tensor], None]:
-    """One optimiser step as the lab's ``_train_step`` takes it: loss, backward, clip, AdamW."""
+    """One optimiser step as the lab's ``train_step`` takes it: loss, backward, clip, AdamW."""
     def step(w: Tensor) -> None:
         loss = loss_of(w)
         optimizer.zero_grad(set_to_none=True)

@@ -134,7 +134,7 @@ def standard_runs(p: Profile) -> list[RunSpec]:
     Replicate i (1 <= i < ``p.replicates``) of run ``NAME`` is ``NAME-seed<s>`` with
     ``s = train.seed + i``: only the seed differs (model init, batch order, masks).
     """
-    return [replicate for spec in _base_runs(p) for replicate in _replicates(spec, p.replicates)]
+    return [replicate for spec in base_runs(p) for replicate in _replicates(spec, p.replicates)]
 
 
 def _replicates(spec: RunSpec, count: int) -> list[RunSpec]:
@@ -144,7 +144,7 @@ def _replicates(spec: RunSpec, count: int) -> list[RunSpec]:
                      for i in range(1, count)]
 
 
-def _base_runs(p: Profile) -> list[RunSpec]:
+def base_runs(p: Profile) -> list[RunSpec]:
     """The seed-``train.seed`` run of every knob (see the module docstring)."""
     lm, tc, moe = p.lm, p.train, p.lm.moe
     no_balance = {**tc.aux, "load_balance": 0.0}

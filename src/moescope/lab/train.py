@@ -442,7 +442,7 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
                     save(0, log)
                 for step in range(start, cfg.steps):
                     if dp is None:
-                        record = _train_step(model, optimizer, sampler, cfg, step)
+                        record = train_step(model, optimizer, sampler, cfg, step)
                     else:
                         record = _data_parallel_step(dp, optimizer, sampler, cfg, step)
                     record["time"] = elapsed + time.perf_counter() - t0
@@ -479,7 +479,7 @@ def train_run(spec: RunSpec, corpus_tokens: CorpusTokens, out_dir: str | Path, *
     return result
 
 
-def _train_step(model: TinyLM, optimizer: torch.optim.Optimizer, sampler: BatchSampler, cfg: TrainConfig,
+def train_step(model: TinyLM, optimizer: torch.optim.Optimizer, sampler: BatchSampler, cfg: TrainConfig,
                 step: int) -> dict:
     """One optimiser step (0-based ``step``); returns its log record (without ``time``)."""
     lr = cfg.lr_at(step)
@@ -504,7 +504,7 @@ def _train_step(model: TinyLM, optimizer: torch.optim.Optimizer, sampler: BatchS
 
 def _data_parallel_step(dp: DataParallel, optimizer: torch.optim.Optimizer, sampler: BatchSampler,
                         cfg: TrainConfig, step: int) -> dict:
-    """:func:`_train_step` on this rank's shard of the global batch, with global statistics.
+    """:func:`train_step` on this rank's shard of the global batch, with global statistics.
 
     The loss each rank backpropagates is W · (n_r / n) · CE_r + Σ coef · aux, with CE_r the mean
     over the rank's n_r predicted tokens (n over all ranks) and aux the global auxiliary losses
