@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from moescope._paths import (
     check_checkpoint_dir,
@@ -100,13 +100,13 @@ def _read_sources(texts: list[Path], domains: list[str]):
     return tuple(sources)
 
 
-def _parse_layers(text: str | None) -> tuple[int, ...] | None:
+def _parse_layers(text: str | None, flag: str = "--layers", what: str = "MoE layer") -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
         return tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise typer.BadParameter(f"--layers expects comma-separated MoE layer indices such as 0,3,7; got {text!r}") \
+        raise typer.BadParameter(f"{flag} expects comma-separated {what} indices such as 0,3,7; got {text!r}") \
             from None
 
 
@@ -168,6 +168,68 @@ def analyze(
         how = "one decoder layer at a time" if memory["streamed"] else "the whole model in memory"
         console.print(f"Ran {how}; peak memory growth {memory.get('peak', 'not measured on this OS')} "
                       f"(streamed minimum {format_size(memory['streamed_minimum'])}).")
+    console.print(f"Report: {written['report']}  (results: {written['results']}) "
+                  f"in {time.perf_counter() - start:.1f} s")
+
+
+def _parse_modes(text: str) -> tuple[str, ...]:
+    from moescope.analysis.ablation import MODES
+
+    modes = tuple(MODES) if text == "both" else tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise typer.BadParameter(f"--mode must be {', '.join(MODES)} or both; got {text!r}")
+    return modes
+
+
+@app.command()
+def ablate(
+    path: Annotated[Path, typer.Argument(callback=_CHECKPOINT,
+                                         help="A Hugging Face MoE checkpoint directory (decoder-only, with "
+                                              "its tokenizer).")],
+    domain: Annotated[list[str], typer.Option("--domain", callback=_DOMAIN,
+                                              help="NAME=FILE: a text of one domain (repeatable; default: a "
+                                                   "built-in code / language / math sample).")] = [],  # noqa: B006
+    mode: Annotated[str, typer.Option(help="reroute (the expert's selection score −∞), zero (its weighted "
+                                           "output removed) or both.")] = "both",
+    layers: Annotated[str | None, typer.Option(help="Comma-separated MoE layer indices (default: all).")] = None,
+    experts: Annotated[str | None, typer.Option(help="Comma-separated expert indices (default: all).")] = None,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 128,
+    max_windows: Annotated[int, typer.Option(min=1, help="Windows per domain, at most (spread over the "
+                                                         "text).")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
+    dtype: _DtypeOption = "float32",
+    device: _DeviceOption = "cpu",
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for report.html and results.json.")]
+    = Path("out/ablate"),
+) -> None:
+    """What each expert does: the loss change per domain when each expert is removed, with intervals."""
+    from moescope.analysis.ablate import AblateConfig, run_ablation
+    from moescope.report.ablate import write_ablate_report
+
+    try:
+        cfg = AblateConfig(path=path, sources=_read_sources([], domain), modes=_parse_modes(mode),
+                           layers=_parse_layers(layers), experts=_parse_layers(experts, "--experts", "expert"),
+                           seq_len=seq_len, max_windows=max_windows, batch_size=batch_size, seed=seed,
+                           dtype=dtype, device=device)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    start = time.perf_counter()
+    columns = (TextColumn("ablating"), BarColumn(), MofNCompleteColumn(), TextColumn("(layer, expert, mode)"),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("ablating", total=None)
+            results = run_ablation(cfg, on_step=lambda done, total: progress.update(task, completed=done,
+                                                                                       total=total))
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    written = write_ablate_report(results, out)
+    for per in results["sentences"].values():
+        for text in per.values():
+            console.print(text)
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 

@@ -1,0 +1,390 @@
+r"""Expert ablation: what each expert does, measured by removing it.
+
+For every MoE layer *l* and routed expert *e* (or the ones asked for), the change of next-token
+loss on each domain's windows when *e* is taken out of *l*, with a bootstrap interval over windows
+(the per-window differences are paired: the same window with and without the expert). Two modes,
+named as in the literature:
+
+* **re-route** (``"reroute"``): the expert's *selection* score is −∞, so the block chooses its
+  top-k among the remaining experts with its own rule. The router's logit for *e* is set to −∞ on
+  the first linear map inside the family's router module (the module the recorder hooks) whose
+  output has E columns, and a selection bias (DeepSeek-V3, GLM-4-MoE, ...) for *e* is set to −∞
+  for the forward, so that the corrected score that selects experts is −∞ too. Softmax routers
+  then renormalise over the others exactly as the family does with a −∞ logit.
+* **zero** (``"zero"``): the expert's weighted output is removed and nothing else changes (the
+  other experts keep their combine weights): its down projection (and a down bias, GPT-OSS) is
+  zero for the forward.
+
+**Cost.** A decoder layer's output does not depend on the layers above it, so the residual stream
+is cached at every decoder layer's input on the unablated pass (:class:`ResidualCache`), and
+ablating layer *l* re-runs only the layers ≥ *l*: the map costs Σₗ E·(L − l)/L forward-pass
+equivalents instead of the naive L·E + 1 (counted in :attr:`AblationResult.cost`). The cache
+holds every decoder layer's output for every window: (L, windows, T, H) values.
+
+Encoder–decoder checkpoints (Switch Transformers) are refused: their loss is span corruption,
+which needs a masking recipe this module does not define.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from moescope.models.families import BY_NAME
+from moescope.models.streaming import decoder_layers
+from moescope.models.view import MoELayerView
+from moescope.stats import DEFAULT_LEVEL, bootstrap_interval
+
+MODES = ("reroute", "zero")
+
+
+class AblationError(ValueError):
+    """A model, layer or expert that cannot be ablated as asked (named in the message)."""
+
+
+# --------------------------------------------------------------------------- interventions
+
+_LINEAR_MAPS = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.einsum,
+                torch.addmm, torch.bmm}
+
+
+class _MaskColumn(TorchFunctionMode):
+    """Sets column ``e`` of the first linear map with ``E`` output columns to −inf (once per forward)."""
+
+    def __init__(self, num_experts: int, expert: int) -> None:
+        super().__init__()
+        self.E, self.e, self.done = num_experts, expert, False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (not self.done and func in _LINEAR_MAPS and isinstance(out, Tensor) and out.dim() >= 1
+                and out.shape[-1] == self.E and out.is_floating_point()):
+            self.done = True
+            out = out.clone()
+            out[..., self.e] = -math.inf
+        return out
+
+
+def _router(view: MoELayerView) -> nn.Module:
+    family = BY_NAME[view.family]
+    return view.module.get_submodule(family.hook) if family.hook else view.module
+
+
+def _named_tensor(module: nn.Module, t: Tensor) -> str | None:
+    """The name of ``module``'s parameter or buffer that ``t`` is (or views into), or None."""
+    ptr = t.untyped_storage().data_ptr()
+    for name, p in [*module.named_parameters(), *module.named_buffers()]:
+        if p.device == t.device and p.untyped_storage().data_ptr() == ptr:
+            return name
+    return None
+
+
+@contextmanager
+def _saved(*tensors: Tensor) -> Iterator[None]:
+    """Restore ``tensors``' values on exit (they are changed in place inside)."""
+    copies = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, c in zip(tensors, copies, strict=True):
+                t.copy_(c)
+
+
+@contextmanager
+def reroute(view: MoELayerView, expert: int) -> Iterator[None]:
+    """Within the block: expert ``expert``'s selection score is −∞ (see the module docstring)."""
+    _check(view, expert)
+    router = _router(view)
+    state: dict[str, _MaskColumn] = {}
+
+    def pre(module, args):
+        state["mode"] = _MaskColumn(view.num_experts, expert)
+        state["mode"].__enter__()
+
+    def post(module, args, output):
+        mode = state.pop("mode")
+        mode.__exit__(None, None, None)
+        if not mode.done:
+            raise AblationError(f"{view.name}: no linear map with {view.num_experts} outputs ran inside the "
+                                f"{view.family} router ({type(module).__name__}); its scores cannot be rewritten "
+                                "for re-route ablation (use mode 'zero')")
+
+    with ExitStack() as stack:
+        if view.selection_bias is not None:
+            bias = view.selection_bias
+            stack.enter_context(_saved(bias))
+            with torch.no_grad():
+                bias[expert] = -math.inf
+        handles = [router.register_forward_pre_hook(pre), router.register_forward_hook(post, always_call=True)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+@contextmanager
+def zero(view: MoELayerView, expert: int) -> Iterator[None]:
+    """Within the block: expert ``expert``'s down projection (and down bias) are zero."""
+    _check(view, expert)
+    down = view.expert(expert).down
+    name = _named_tensor(view.module, down)
+    if name is None:
+        raise AblationError(f"{view.name}: expert {expert}'s down projection is not stored in a parameter of the "
+                            f"{view.family} block (a converted or quantised copy?); it cannot be zeroed")
+    owner = dict(view.module.named_parameters())
+    stem = name[: -len("weight")] + "bias" if name.endswith("weight") else name + "_bias"
+    targets = [down]
+    bias = owner.get(stem)
+    if bias is not None:
+        stacked = owner[name].dim() == 3 and bias.dim() == 2 and bias.shape[0] == view.num_experts
+        targets.append(bias.detach()[expert] if stacked else bias.detach())
+    with _saved(*targets):
+        with torch.no_grad():
+            for t in targets:
+                t.zero_()
+        yield
+
+
+INTERVENTIONS: dict[str, Callable[[MoELayerView, int], object]] = {"reroute": reroute, "zero": zero}
+
+
+def _check(view: MoELayerView, expert: int) -> None:
+    if view.module is None:
+        raise AblationError(f"{view.name}: a view read from disk has no live module to ablate")
+    if not isinstance(expert, int) or isinstance(expert, bool) or not 0 <= expert < view.num_experts:
+        raise AblationError(f"{view.name}: expert must be an int in [0, {view.num_experts}); got {expert!r}")
+
+
+# --------------------------------------------------------------------------- residual cache
+
+class _Replay(nn.Module):
+    """Stands in for a decoder layer: returns the layer's cached output for the current batch."""
+
+    def __init__(self, layer: nn.Module, cache: ResidualCache, index: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)
+        self._cache, self._index = cache, index
+
+    def forward(self, *args, **kwargs):
+        return _clone(self._cache.outputs[self._cache.batch][self._index])
+
+    def __getattr__(self, name: str):  # attributes a model's loop reads (attention_type, ...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_layer"), name)
+
+
+def _clone(out):
+    if isinstance(out, Tensor):
+        return out.clone()
+    if isinstance(out, tuple):
+        return tuple(_clone(o) for o in out)
+    return out
+
+
+class ResidualCache:
+    """Every decoder layer's output per batch, so a forward can start at layer *l*.
+
+    ``with cache.recording(key):`` runs the model normally and keeps each layer's output under
+    ``key``; ``with cache.starting_at(l, key):`` replaces layers ``< l`` by their cached outputs.
+    """
+
+    def __init__(self, model: nn.Module, views: list[MoELayerView]) -> None:
+        self.path, self.layers = decoder_layers(model, views)
+        self.outputs: dict[object, list] = {}
+        self.batch: object = None
+
+    def layer_of(self, view: MoELayerView) -> int:
+        """The decoder-layer index holding ``view``'s block."""
+        return int(view.name[len(self.path) + 1:].split(".")[0])
+
+    @contextmanager
+    def recording(self, key: object) -> Iterator[None]:
+        outs: list = [None] * len(self.layers)
+
+        def keep(i):
+            def hook(module, args, output):
+                outs[i] = _clone(output)
+            return hook
+
+        handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(self.layers)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+        if any(o is None for o in outs):
+            raise AblationError(f"not every decoder layer under {self.path!r} ran in the forward; cannot cache "
+                                "the residual stream")
+        self.outputs[key] = outs
+
+    @contextmanager
+    def starting_at(self, layer: int, key: object) -> Iterator[None]:
+        originals = [self.layers[i] for i in range(layer)]
+        self.batch = key
+        try:
+            for i in range(layer):
+                self.layers[i] = _Replay(originals[i], self, i)
+            yield
+        finally:
+            for i, m in enumerate(originals):
+                self.layers[i] = m
+            self.batch = None
+
+
+# --------------------------------------------------------------------------- losses
+
+def window_losses(model: nn.Module, ids: Tensor) -> Tensor:
+    """(W,) float64 mean next-token cross entropy of each window of ``ids`` (W, T)."""
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(model.device)).logits.float()     # (W, T, V)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten().to(logits.device), reduction="none")
+    return loss.view(ids.shape[0], -1).double().mean(dim=1).cpu()
+
+
+# --------------------------------------------------------------------------- the map
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """What :func:`ablate` measures."""
+
+    modes: tuple[str, ...] = MODES
+    layers: tuple[int, ...] | None = None    # MoE layer indices (None: all)
+    experts: tuple[int, ...] | None = None   # expert indices (None: all of each layer)
+    batch_size: int = 8                      # windows per forward
+    level: float = DEFAULT_LEVEL             # the bootstrap interval's level
+    draws: int = 2000                        # bootstrap draws
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.modes or any(m not in MODES for m in self.modes):
+            raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}; got {self.modes!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+
+
+@dataclass
+class AblationResult:
+    """The ablation map.
+
+    ``base[domain]`` (W,) per-window loss of the intact model; ``delta[mode][domain]`` (n_layers,
+    n_experts, W) per-window loss change (ablated − intact; positive: the expert helped);
+    ``layers`` and ``experts`` the MoE layer and expert indices of the axes; ``cost`` forward-pass
+    equivalents spent on the ablations and ``naive_cost`` what whole forwards would have cost.
+    """
+
+    layers: list[int]
+    experts: list[int]
+    base: dict[str, np.ndarray]
+    delta: dict[str, dict[str, np.ndarray]]
+    cost: float
+    naive_cost: float
+    level: float
+    draws: int
+    seed: int
+    intervals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # (n_layers, n_experts, 2)
+
+    def mean(self, mode: str, domain: str) -> np.ndarray:
+        """(n_layers, n_experts) mean loss change."""
+        return self.delta[mode][domain].mean(axis=-1)
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "experts": self.experts, "level": self.level, "draws": self.draws,
+                "seed": self.seed, "cost_forward_equivalents": self.cost, "naive_forward_equivalents": self.naive_cost,
+                "base_loss": {d: v.tolist() for d, v in self.base.items()},
+                "delta": {m: {d: {"mean": self.mean(m, d).tolist(), "interval": self.intervals[m][d].tolist(),
+                                  "per_window": v.tolist()} for d, v in per.items()}
+                          for m, per in self.delta.items()}}
+
+
+def _batches(ids: Tensor, size: int) -> list[Tensor]:
+    return list(ids.split(size))
+
+
+def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tensor],
+           cfg: AblationConfig = AblationConfig(), *, on_step: Callable[[int, int], None] | None = None
+           ) -> AblationResult:
+    """The loss change of every selected (layer, expert) per domain and mode.
+
+    Args:
+        model: a live causal LM whose forward takes ``input_ids`` and returns ``.logits``.
+        views: its MoE layers (:func:`~moescope.models.adapters.find_moe_layers`).
+        domains: name -> (W, T) int64 token windows (W ≥ 1, T ≥ 2), no padding.
+        on_step: ``on_step(done, total)`` after each ablated (layer, expert, mode).
+    """
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise AblationError(f"{type(model).__name__} is an encoder–decoder model; ablation measures next-token "
+                            "loss of decoder-only language models (a span-corruption loss is not defined here)")
+    if not domains:
+        raise AblationError("no domains to measure the loss on")
+    for name, ids in domains.items():
+        if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
+            raise AblationError(f"domain {name!r}: expected (windows, tokens) ids with tokens >= 2; got "
+                                f"{tuple(ids.shape)}")
+    by_index = {v.index: v for v in views}
+    layers = sorted(by_index) if cfg.layers is None else list(cfg.layers)
+    missing = [i for i in layers if i not in by_index]
+    if missing:
+        raise AblationError(f"MoE layers {missing} do not exist; this model has {sorted(by_index)}")
+    num_experts = min(by_index[i].num_experts for i in layers)
+    experts = list(range(num_experts)) if cfg.experts is None else list(cfg.experts)
+    bad = [e for e in experts if not (isinstance(e, int) and 0 <= e < num_experts)]
+    if bad:
+        raise AblationError(f"experts {bad} do not exist in every selected layer; allowed: 0..{num_experts - 1}")
+
+    cache = ResidualCache(model, [by_index[i] for i in layers])
+    n_dec = len(cache.layers)
+    batches = {d: _batches(ids, cfg.batch_size) for d, ids in domains.items()}
+    base = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for d, chunks in batches.items():
+            parts = []
+            for b, chunk in enumerate(chunks):
+                with cache.recording((d, b)):
+                    parts.append(window_losses(model, chunk))
+            base[d] = torch.cat(parts).numpy()
+        delta = {m: {d: np.zeros((len(layers), len(experts), domains[d].shape[0])) for d in domains}
+                 for m in cfg.modes}
+        total, done, cost = len(layers) * len(experts) * len(cfg.modes), 0, 0.0
+        for li, layer in enumerate(layers):
+            view = by_index[layer]
+            start = cache.layer_of(view)
+            for ei, e in enumerate(experts):
+                for mode in cfg.modes:
+                    for d, chunks in batches.items():
+                        parts = []
+                        for b, chunk in enumerate(chunks):
+                            with cache.starting_at(start, (d, b)), INTERVENTIONS[mode](view, e):
+                                parts.append(window_losses(model, chunk))
+                        delta[mode][d][li, ei] = torch.cat(parts).numpy() - base[d]
+                    cost += (n_dec - start) / n_dec
+                    done += 1
+                    if on_step is not None:
+                        on_step(done, total)
+    finally:
+        model.train(was_training)
+        cache.outputs.clear()
+    result = AblationResult(layers=layers, experts=experts, base=base, delta=delta, cost=1.0 + cost,
+                            naive_cost=1.0 + total, level=cfg.level, draws=cfg.draws, seed=cfg.seed)
+    for mode, per in delta.items():
+        result.intervals[mode] = {}
+        for d, v in per.items():
+            iv = np.empty((*v.shape[:2], 2))
+            for li in range(v.shape[0]):
+                for ei in range(v.shape[1]):
+                    iv[li, ei] = bootstrap_interval(v[li, ei], cfg.level, draws=cfg.draws, seed=cfg.seed)
+            result.intervals[mode][d] = iv
+    return result
