@@ -194,6 +194,9 @@ def ablate(
                                            "output removed) or both.")] = "both",
     layers: Annotated[str | None, typer.Option(help="Comma-separated MoE layer indices (default: all).")] = None,
     experts: Annotated[str | None, typer.Option(help="Comma-separated expert indices (default: all).")] = None,
+    exact: Annotated[str, typer.Option(help="auto: every (layer, expert) exactly when there are at most 256, "
+                                            "otherwise the top 16 per domain by first-order attribution; all: "
+                                            "every one exactly.")] = "auto",
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 128,
     max_windows: Annotated[int, typer.Option(min=1, help="Windows per domain, at most (spread over the "
                                                          "text).")] = 32,
@@ -211,7 +214,7 @@ def ablate(
     try:
         cfg = AblateConfig(path=path, sources=_read_sources([], domain), modes=_parse_modes(mode),
                            layers=_parse_layers(layers), experts=_parse_layers(experts, "--experts", "expert"),
-                           seq_len=seq_len, max_windows=max_windows, batch_size=batch_size, seed=seed,
+                           exact=exact, seq_len=seq_len, max_windows=max_windows, batch_size=batch_size, seed=seed,
                            dtype=dtype, device=device)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None

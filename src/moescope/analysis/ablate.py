@@ -9,6 +9,7 @@ experts whose removal costs most. Computes; the report only lays out.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class AblateConfig:
     modes: tuple[str, ...] = MODES
     layers: tuple[int, ...] | None = None
     experts: tuple[int, ...] | None = None
+    exact: str = "auto"                       # "all": every cell exactly (see AblationConfig)
     seq_len: int = 128
     max_windows: int = 32                     # windows per domain
     batch_size: int = 8
@@ -47,7 +49,7 @@ class AblateConfig:
                 raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 (a next-token loss needs two tokens); got {self.seq_len}")
-        AblationConfig(modes=self.modes, batch_size=self.batch_size, draws=self.draws)  # checks modes, draws
+        AblationConfig(modes=self.modes, exact=self.exact, batch_size=self.batch_size, draws=self.draws)  # checks
         check_dtype(self.dtype)
         check_device(self.device)
         for s in self.sources:
@@ -67,6 +69,11 @@ def windows(ids: list[int], seq_len: int, count: int) -> torch.Tensor:
     return table[torch.from_numpy(picks)]
 
 
+def _listed(a: np.ndarray) -> list:
+    """NaN (a cell not measured exactly) -> None, so results.json stays standard JSON."""
+    return [None if not np.isfinite(x).all() else (x.tolist() if np.ndim(x) else float(x)) for x in a]
+
+
 def _summary(res: AblationResult, domains: list[str]) -> dict:
     """Per mode: matrices per layer and the costliest experts per domain (all from ``res``)."""
     out = {}
@@ -74,23 +81,25 @@ def _summary(res: AblationResult, domains: list[str]) -> dict:
         layers = []
         for li, layer in enumerate(res.layers):
             layers.append({"layer": layer, "domains": domains, "experts": res.experts,
-                           "mean": [res.mean(mode, d)[li].tolist() for d in domains],
-                           "interval": [res.intervals[mode][d][li].tolist() for d in domains]})
+                           "mean": [_listed(res.mean(mode, d)[li]) for d in domains],
+                           "interval": [_listed(res.intervals[mode][d][li]) for d in domains],
+                           "attribution": [res.attribution[d][li].tolist() for d in domains]})
         top = {}
         for d in domains:
             mean = res.mean(mode, d)
-            order = np.argsort(-mean, axis=None)[:TOP]
+            ranked = np.argsort(-np.nan_to_num(mean, nan=-np.inf), axis=None, kind="stable")
+            order = ranked[: min(TOP, len(res.measured))]
             rows = []
             for flat in order:
                 li, ei = np.unravel_index(flat, mean.shape)
                 lo, hi = res.intervals[mode][d][li, ei]
                 rows.append({"layer": res.layers[li], "expert": res.experts[ei], "delta": float(mean[li, ei]),
-                             "interval": [float(lo), float(hi)],
+                             "interval": [float(lo), float(hi)] if np.isfinite([lo, hi]).all() else None,
                              "elsewhere": {o: float(res.mean(mode, o)[li, ei]) for o in domains if o != d}})
             top[d] = rows
         above = {d: int((res.intervals[mode][d][..., 0] > 0).sum()) for d in domains}
-        out[mode] = {"layers": layers, "top": top, "above_zero": above,
-                     "cells": len(res.layers) * len(res.experts)}
+        out[mode] = {"layers": layers, "top": top, "above_zero": above, "cells": len(res.measured),
+                     "rank_agreement": {d: res.rank_agreement(mode, d) for d in domains}}
     return out
 
 
@@ -102,7 +111,7 @@ def sentence(top: dict, above: int, cells: int, domain: str, level: float) -> st
     per cell, not adjusted for the number of cells: about (1 − level)/2 of them lie above zero by
     chance when no expert matters, which the sentence states as the count to compare with.
     """
-    lo, hi = top["interval"]
+    lo, hi = top["interval"] or (math.nan, math.nan)
     where = f"expert {top['expert']} of MoE layer {top['layer']}"
     chance = f"{above} of {cells} (layer, expert) cells lie above zero (about {cells * (1 - level) / 2:.1f} by chance)"
     if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -129,7 +138,8 @@ def run_ablation(cfg: AblateConfig, *, on_step: Callable[[int, int], None] | Non
     for s in sources:
         texts.setdefault(s.domain, []).extend(tokenizer(s.text, add_special_tokens=False)["input_ids"])
     domains = {d: windows(ids, cfg.seq_len, cfg.max_windows) for d, ids in texts.items()}
-    acfg = AblationConfig(modes=cfg.modes, layers=cfg.layers, experts=cfg.experts, batch_size=cfg.batch_size,
+    acfg = AblationConfig(modes=cfg.modes, layers=cfg.layers, experts=cfg.experts, exact=cfg.exact,
+                          batch_size=cfg.batch_size,
                           draws=cfg.draws, seed=cfg.seed)
     res = ablate(model, views, domains, acfg, on_step=on_step)
     names = list(domains)
@@ -139,8 +149,9 @@ def run_ablation(cfg: AblateConfig, *, on_step: Callable[[int, int], None] | Non
         "model": {"path": str(cfg.path), "model_type": model.config.model_type, "family": first.family,
                   "num_moe_layers": len(views), "num_experts": first.num_experts, "top_k": first.top_k,
                   "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)},
-        "config": {"modes": list(cfg.modes), "seq_len": cfg.seq_len, "max_windows": cfg.max_windows,
-                   "draws": cfg.draws, "seed": cfg.seed, "level": res.level},
+        "config": {"modes": list(cfg.modes), "exact": cfg.exact, "exact_cells": len(res.measured),
+                   "cells": len(res.layers) * len(res.experts), "seq_len": cfg.seq_len, "max_windows": cfg.max_windows,
+                   "draws": cfg.draws, "seed": cfg.seed, "level": res.level, "top": acfg.top},
         "text": {d: {"windows": int(domains[d].shape[0]), "tokens": int(domains[d].numel())} for d in names},
         "base_loss": {d: float(res.base[d].mean()) for d in names},
         "cost": {"forward_equivalents": res.cost, "naive": res.naive_cost, "ratio": res.naive_cost / res.cost},

@@ -132,9 +132,9 @@ def reroute(view: MoELayerView, expert: int) -> Iterator[None]:
                 h.remove()
 
 
-@contextmanager
-def zero(view: MoELayerView, expert: int) -> Iterator[None]:
-    """Within the block: expert ``expert``'s down projection (and down bias) are zero."""
+def _output_parts(view: MoELayerView, expert: int) -> list[tuple[nn.Parameter, Tensor]]:
+    """Expert ``expert``'s output-side tensors: ``(parameter, the expert's view of it)`` for its down
+    projection and, where the family has one, its down bias (GPT-OSS ``down_proj_bias``)."""
     _check(view, expert)
     down = view.expert(expert).down
     name = _named_tensor(view.module, down)
@@ -142,12 +142,19 @@ def zero(view: MoELayerView, expert: int) -> Iterator[None]:
         raise AblationError(f"{view.name}: expert {expert}'s down projection is not stored in a parameter of the "
                             f"{view.family} block (a converted or quantised copy?); it cannot be zeroed")
     owner = dict(view.module.named_parameters())
+    parts = [(owner[name], down)]
     stem = name[: -len("weight")] + "bias" if name.endswith("weight") else name + "_bias"
-    targets = [down]
     bias = owner.get(stem)
     if bias is not None:
         stacked = owner[name].dim() == 3 and bias.dim() == 2 and bias.shape[0] == view.num_experts
-        targets.append(bias.detach()[expert] if stacked else bias.detach())
+        parts.append((bias, bias.detach()[expert] if stacked else bias.detach()))
+    return parts
+
+
+@contextmanager
+def zero(view: MoELayerView, expert: int) -> Iterator[None]:
+    """Within the block: expert ``expert``'s down projection (and down bias) are zero."""
+    targets = [v for _, v in _output_parts(view, expert)]
     with _saved(*targets):
         with torch.no_grad():
             for t in targets:
@@ -245,23 +252,89 @@ class ResidualCache:
 
 # --------------------------------------------------------------------------- losses
 
+def _check_vocab(logits: Tensor, ids: Tensor) -> None:
+    if int(ids.max()) >= logits.shape[-1] or int(ids.min()) < 0:
+        raise AblationError(f"token ids must lie in [0, {logits.shape[-1]}) (the model's output vocabulary); got "
+                            f"ids in [{int(ids.min())}, {int(ids.max())}] — a tokenizer of another model?")
+
+
+def _per_window(logits: Tensor, ids: Tensor) -> Tensor:
+    """(W,) mean next-token cross entropy of each window, in float32 or wider."""
+    _check_vocab(logits, ids)
+    ids = ids.to(logits.device)
+    loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    return loss.view(ids.shape[0], -1).mean(dim=1)
+
+
 def window_losses(model: nn.Module, ids: Tensor) -> Tensor:
     """(W,) float64 mean next-token cross entropy of each window of ``ids`` (W, T)."""
     with torch.no_grad():
-        logits = model(input_ids=ids.to(model.device)).logits.float()     # (W, T, V)
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten().to(logits.device), reduction="none")
-    return loss.view(ids.shape[0], -1).double().mean(dim=1).cpu()
+        logits = model(input_ids=ids.to(model.device)).logits                 # (W, T, V)
+    return _per_window(logits, ids).double().cpu()
+
+
+def attribution(model: nn.Module, views: list[MoELayerView], experts: list[int], ids: Tensor,
+                batch_size: int) -> np.ndarray:
+    """First-order estimate of the zero-mode loss change of every (view, expert): (len(views), len(experts)).
+
+    Scaling expert e's output by α, its removal is α: 1 → 0, so to first order
+    Δloss ≈ −∂L/∂α = −⟨∂L/∂W, W⟩ − ⟨∂L/∂b, b⟩ over its down projection W and down bias b, with L the
+    mean over ``ids``' windows of their mean token loss. One forward and one backward per batch give
+    every expert of every layer at once (gradient × the expert's contribution).
+    """
+    parts = {(li, ei): _output_parts(v, e) for li, v in enumerate(views) for ei, e in enumerate(experts)}
+    params = {id(p): p for plist in parts.values() for p, _ in plist}
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    model.eval()
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in params)
+            p.grad = None
+        with torch.enable_grad():
+            for chunk in ids.split(batch_size):
+                logits = model(input_ids=chunk.to(model.device)).logits
+                (_per_window(logits, chunk).sum() / ids.shape[0]).backward()
+        out = np.zeros((len(views), len(experts)))
+        for (li, ei), plist in parts.items():
+            total = 0.0
+            for p, v in plist:
+                if p.grad is None:  # the expert never ran on these windows: no gradient reached it
+                    continue
+                if p.grad.stride() != p.stride():
+                    raise AblationError(f"{views[li].name}: the gradient of {tuple(p.shape)} has another memory "
+                                        "layout than the weight; cannot read one expert's share")
+                g = p.grad.as_strided(v.shape, v.stride(), v.storage_offset() - p.storage_offset())
+                total += float((g.double() * v.double()).sum())
+            out[li, ei] = -total
+        return out
+    finally:
+        for p in model.parameters():
+            p.grad = None
+            p.requires_grad_(flags[id(p)])
+        model.train(was_training)
 
 
 # --------------------------------------------------------------------------- the map
 
+EXACT = ("auto", "all")
+
+
 @dataclass(frozen=True)
 class AblationConfig:
-    """What :func:`ablate` measures."""
+    """What :func:`ablate` measures.
+
+    ``exact``: ``"all"`` measures every selected (layer, expert) exactly; ``"auto"`` does so when
+    there are at most ``exact_limit`` of them, and otherwise measures exactly the ``top`` experts of
+    each domain by first-order attribution (which is computed for every cell in both cases).
+    """
 
     modes: tuple[str, ...] = MODES
     layers: tuple[int, ...] | None = None    # MoE layer indices (None: all)
     experts: tuple[int, ...] | None = None   # expert indices (None: all of each layer)
+    exact: str = "auto"
+    exact_limit: int = 256
+    top: int = 16
     batch_size: int = 8                      # windows per forward
     level: float = DEFAULT_LEVEL             # the bootstrap interval's level
     draws: int = 2000                        # bootstrap draws
@@ -270,8 +343,13 @@ class AblationConfig:
     def __post_init__(self) -> None:
         if not self.modes or any(m not in MODES for m in self.modes):
             raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}; got {self.modes!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+        if self.exact not in EXACT:
+            raise ValueError(f"exact must be one of {', '.join(EXACT)}; got {self.exact!r}")
+        for name in ("batch_size", "exact_limit", "top"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
+        if self.draws < 100:
+            raise ValueError(f"draws must be >= 100; got {self.draws}")
 
 
 @dataclass
@@ -279,49 +357,80 @@ class AblationResult:
     """The ablation map.
 
     ``base[domain]`` (W,) per-window loss of the intact model; ``delta[mode][domain]`` (n_layers,
-    n_experts, W) per-window loss change (ablated − intact; positive: the expert helped);
-    ``layers`` and ``experts`` the MoE layer and expert indices of the axes; ``cost`` forward-pass
-    equivalents spent on the ablations and ``naive_cost`` what whole forwards would have cost.
+    n_experts, W) per-window loss change (ablated − intact; positive: the expert helped), NaN for a
+    cell not measured exactly; ``intervals[mode][domain]`` (n_layers, n_experts, 2);
+    ``attribution[domain]`` (n_layers, n_experts) the first-order estimate of the zero-mode mean;
+    ``measured`` the (layer position, expert position) cells measured exactly; ``cost`` forward-pass
+    equivalents spent on exact ablations (the intact pass included) and ``naive_cost`` what whole
+    forwards would have cost for the same cells.
     """
 
     layers: list[int]
     experts: list[int]
     base: dict[str, np.ndarray]
     delta: dict[str, dict[str, np.ndarray]]
+    attribution: dict[str, np.ndarray]
+    measured: list[tuple[int, int]]
     cost: float
     naive_cost: float
     level: float
     draws: int
     seed: int
-    intervals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # (n_layers, n_experts, 2)
+    intervals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def mean(self, mode: str, domain: str) -> np.ndarray:
-        """(n_layers, n_experts) mean loss change."""
+        """(n_layers, n_experts) mean loss change (NaN where not measured)."""
         return self.delta[mode][domain].mean(axis=-1)
 
+    def rank_agreement(self, mode: str, domain: str) -> float | None:
+        """Spearman correlation of attribution and exact mean over the measured cells (None if < 3)."""
+        from scipy.stats import spearmanr
+
+        if len(self.measured) < 3:
+            return None
+        rows, cols = zip(*self.measured, strict=True)
+        exact, approx = self.mean(mode, domain)[rows, cols], self.attribution[domain][rows, cols]
+        if np.ptp(exact) == 0 or np.ptp(approx) == 0:
+            return None
+        return float(spearmanr(approx, exact).statistic)
+
     def to_dict(self) -> dict:
+        def listed(a: np.ndarray) -> list:
+            return np.where(np.isfinite(a), a, np.nan).tolist()
+
         return {"layers": self.layers, "experts": self.experts, "level": self.level, "draws": self.draws,
                 "seed": self.seed, "cost_forward_equivalents": self.cost, "naive_forward_equivalents": self.naive_cost,
+                "measured": [list(c) for c in self.measured],
                 "base_loss": {d: v.tolist() for d, v in self.base.items()},
-                "delta": {m: {d: {"mean": self.mean(m, d).tolist(), "interval": self.intervals[m][d].tolist(),
-                                  "per_window": v.tolist()} for d, v in per.items()}
+                "attribution": {d: v.tolist() for d, v in self.attribution.items()},
+                "delta": {m: {d: {"mean": listed(self.mean(m, d)), "interval": listed(self.intervals[m][d]),
+                                  "per_window": listed(v)} for d, v in per.items()}
                           for m, per in self.delta.items()}}
 
 
-def _batches(ids: Tensor, size: int) -> list[Tensor]:
-    return list(ids.split(size))
+def _exact_cells(attr: dict[str, np.ndarray], cfg: AblationConfig) -> list[tuple[int, int]]:
+    """Every cell, or the union over domains of the ``top`` cells by attribution (see AblationConfig)."""
+    shape = next(iter(attr.values())).shape
+    every = [(li, ei) for li in range(shape[0]) for ei in range(shape[1])]
+    if cfg.exact == "all" or len(every) <= cfg.exact_limit:
+        return every
+    chosen: set[tuple[int, int]] = set()
+    for a in attr.values():
+        for flat in np.argsort(-a, axis=None, kind="stable")[: cfg.top]:
+            chosen.add(tuple(int(i) for i in np.unravel_index(flat, shape)))
+    return sorted(chosen)
 
 
 def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tensor],
            cfg: AblationConfig = AblationConfig(), *, on_step: Callable[[int, int], None] | None = None
            ) -> AblationResult:
-    """The loss change of every selected (layer, expert) per domain and mode.
+    """The loss change of the selected (layer, expert) cells per domain and mode.
 
     Args:
         model: a live causal LM whose forward takes ``input_ids`` and returns ``.logits``.
         views: its MoE layers (:func:`~moescope.models.adapters.find_moe_layers`).
         domains: name -> (W, T) int64 token windows (W ≥ 1, T ≥ 2), no padding.
-        on_step: ``on_step(done, total)`` after each ablated (layer, expert, mode).
+        on_step: ``on_step(done, total)`` after each exactly ablated (layer, expert, mode).
     """
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         raise AblationError(f"{type(model).__name__} is an encoder–decoder model; ablation measures next-token "
@@ -329,23 +438,26 @@ def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tenso
     if not domains:
         raise AblationError("no domains to measure the loss on")
     for name, ids in domains.items():
-        if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
+        if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
             raise AblationError(f"domain {name!r}: expected (windows, tokens) ids with tokens >= 2; got "
-                                f"{tuple(ids.shape)}")
+                                f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}")
     by_index = {v.index: v for v in views}
     layers = sorted(by_index) if cfg.layers is None else list(cfg.layers)
     missing = [i for i in layers if i not in by_index]
-    if missing:
-        raise AblationError(f"MoE layers {missing} do not exist; this model has {sorted(by_index)}")
+    if missing or not layers:
+        raise AblationError(f"MoE layers {missing or layers} do not exist; this model has {sorted(by_index)}")
     num_experts = min(by_index[i].num_experts for i in layers)
     experts = list(range(num_experts)) if cfg.experts is None else list(cfg.experts)
-    bad = [e for e in experts if not (isinstance(e, int) and 0 <= e < num_experts)]
-    if bad:
-        raise AblationError(f"experts {bad} do not exist in every selected layer; allowed: 0..{num_experts - 1}")
-
-    cache = ResidualCache(model, [by_index[i] for i in layers])
+    bad = [e for e in experts if not (isinstance(e, int) and not isinstance(e, bool) and 0 <= e < num_experts)]
+    if bad or not experts:
+        raise AblationError(f"experts {bad or experts} do not exist in every selected layer; allowed: "
+                            f"0..{num_experts - 1}")
+    chosen = [by_index[i] for i in layers]
+    cache = ResidualCache(model, chosen)
     n_dec = len(cache.layers)
-    batches = {d: _batches(ids, cfg.batch_size) for d, ids in domains.items()}
+    batches = {d: list(ids.split(cfg.batch_size)) for d, ids in domains.items()}
+    attr = {d: attribution(model, chosen, experts, ids, cfg.batch_size) for d, ids in domains.items()}
+    cells = _exact_cells(attr, cfg)
     base = {}
     was_training = model.training
     model.eval()
@@ -356,35 +468,34 @@ def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tenso
                 with cache.recording((d, b)):
                     parts.append(window_losses(model, chunk))
             base[d] = torch.cat(parts).numpy()
-        delta = {m: {d: np.zeros((len(layers), len(experts), domains[d].shape[0])) for d in domains}
+        delta = {m: {d: np.full((len(layers), len(experts), domains[d].shape[0]), np.nan) for d in domains}
                  for m in cfg.modes}
-        total, done, cost = len(layers) * len(experts) * len(cfg.modes), 0, 0.0
-        for li, layer in enumerate(layers):
-            view = by_index[layer]
+        total, done, cost = len(cells) * len(cfg.modes), 0, 0.0
+        for li, ei in cells:
+            view, e = chosen[li], experts[ei]
             start = cache.layer_of(view)
-            for ei, e in enumerate(experts):
-                for mode in cfg.modes:
-                    for d, chunks in batches.items():
-                        parts = []
-                        for b, chunk in enumerate(chunks):
-                            with cache.starting_at(start, (d, b)), INTERVENTIONS[mode](view, e):
-                                parts.append(window_losses(model, chunk))
-                        delta[mode][d][li, ei] = torch.cat(parts).numpy() - base[d]
-                    cost += (n_dec - start) / n_dec
-                    done += 1
-                    if on_step is not None:
-                        on_step(done, total)
+            for mode in cfg.modes:
+                for d, chunks in batches.items():
+                    parts = []
+                    for b, chunk in enumerate(chunks):
+                        with cache.starting_at(start, (d, b)), INTERVENTIONS[mode](view, e):
+                            parts.append(window_losses(model, chunk))
+                    delta[mode][d][li, ei] = torch.cat(parts).numpy() - base[d]
+                cost += (n_dec - start) / n_dec
+                done += 1
+                if on_step is not None:
+                    on_step(done, total)
     finally:
         model.train(was_training)
         cache.outputs.clear()
-    result = AblationResult(layers=layers, experts=experts, base=base, delta=delta, cost=1.0 + cost,
-                            naive_cost=1.0 + total, level=cfg.level, draws=cfg.draws, seed=cfg.seed)
+    result = AblationResult(layers=layers, experts=experts, base=base, delta=delta, attribution=attr,
+                            measured=cells, cost=1.0 + cost, naive_cost=1.0 + total, level=cfg.level,
+                            draws=cfg.draws, seed=cfg.seed)
     for mode, per in delta.items():
         result.intervals[mode] = {}
         for d, v in per.items():
-            iv = np.empty((*v.shape[:2], 2))
-            for li in range(v.shape[0]):
-                for ei in range(v.shape[1]):
-                    iv[li, ei] = bootstrap_interval(v[li, ei], cfg.level, draws=cfg.draws, seed=cfg.seed)
+            iv = np.full((*v.shape[:2], 2), np.nan)
+            for li, ei in cells:
+                iv[li, ei] = bootstrap_interval(v[li, ei], cfg.level, draws=cfg.draws, seed=cfg.seed)
             result.intervals[mode][d] = iv
     return result

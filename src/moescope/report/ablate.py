@@ -19,8 +19,9 @@ MODE_TITLES = {"reroute": "re-route (the expert's selection score −∞; top-k 
 
 def ablation_heatmap(layer: dict, mode: str, level: float) -> go.Figure:
     """Domain × expert mean loss change of one layer; the hover shows the interval."""
-    text = [[f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in row] for row in layer["interval"]]
-    vmax = max((abs(v) for row in layer["mean"] for v in row), default=0.0) or 1.0
+    text = [["not measured exactly" if iv is None else f"[{iv[0]:+.4f}, {iv[1]:+.4f}]" for iv in row]
+            for row in layer["interval"]]
+    vmax = max((abs(v) for row in layer["mean"] for v in row if v is not None), default=0.0) or 1.0
     fig = go.Figure(go.Heatmap(
         z=layer["mean"], x=[f"e{e}" for e in layer["experts"]], y=layer["domains"], text=text,
         colorscale="RdBu", reversescale=True, zmin=-vmax, zmax=vmax, colorbar={"title": "Δ loss"},
