@@ -24,7 +24,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
 import tiny_checkpoints
 
-from moescope.analysis.ablation import AblationConfig, AblationError, ablate, reroute, window_losses, zero
+from moescope.analysis.ablation import (
+    AblationConfig,
+    AblationError,
+    ablate,
+    attribution,
+    reroute,
+    window_losses,
+    zero,
+)
+from moescope.models.adapters import find_moe_layers
 from moescope.models.loading import load_moe_model
 from moescope.stats import BOOTSTRAP_MIN_N
 
@@ -326,16 +335,25 @@ def test_cache_changes_nothing(family, saved):
     assert _decoder_layer(last) == L - 1 >= 1  # layers below it are replayed from the cache
     ids = _ids(model, seed=4)
     experts = (0, 3, 7)
-    first = model.model.layers[0]
-    calls = []
-    handle = first.register_forward_hook(lambda *a: calls.append(1))
+    first, top = model.model.layers[0], model.model.layers[L - 1]
+    calls = {"first": 0, "top": 0}
+
+    def count(key):
+        def hook(*args):
+            calls[key] += 1
+        return hook
+
+    handles = [first.register_forward_hook(count("first")), top.register_forward_hook(count("top"))]
     steps = []
     try:
         res = ablate(model, views, {"d": ids}, AblationConfig(layers=(last.index,), experts=experts, draws=100,
                                                               batch_size=4), on_step=lambda *a: steps.append(a))
     finally:
-        handle.remove()
-    assert len(calls) == 2  # the two base batches only: every ablation started at the last layer
+        for h in handles:
+            h.remove()
+    n = len(experts) * 2  # ablations (experts × modes)
+    # every forward runs the top layer; the 2 batches of each ablation skip layer 0 (replayed from the cache)
+    assert calls["top"] - calls["first"] == n * 2
     assert model.model.layers[0] is first and not model.training
 
     chunks = ids.split(4)  # the same batches, so that the comparison is exact
@@ -350,7 +368,6 @@ def test_cache_changes_nothing(family, saved):
             np.testing.assert_allclose(res.delta[mode]["d"][0, i], whole - base, atol=1e-5, rtol=0)
     assert np.abs(res.delta["reroute"]["d"]).max() > 1e-4  # the ablations did something
 
-    n = len(experts) * 2
     assert steps == [(i + 1, n) for i in range(n)]
     assert res.naive_cost == 1 + n
     assert res.cost == pytest.approx(1 + n * (L - _decoder_layer(last)) / L)
@@ -374,6 +391,81 @@ def test_cost_over_all_layers(saved):
     with reroute(views[0], 2):
         full = window_losses(model, ids).numpy()
     np.testing.assert_allclose(res.delta["reroute"]["d"][0, 1], full - res.base["d"], atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- first-order attribution
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt_oss"])
+def test_attribution_is_minus_the_derivative_of_the_loss(family, saved):
+    """Oracle: a central finite difference, in float64, of the mean window loss as expert e's down
+    projection (and GPT-OSS's down bias) is scaled by α around 1; attribution is −dL/dα."""
+    model, _ = _load(saved(family))
+    model = model.double()
+    model.set_experts_implementation("eager")  # grouped_mm has no float64 kernel
+    views = find_moe_layers(model)  # the views of the float64 parameters
+    ids = _ids(model, seed=6, windows=5)
+    experts = [1, 5]
+    got = attribution(model, views, experts, ids, batch_size=3)
+    assert got.shape == (len(views), len(experts))
+    h = 1e-5
+
+    def loss(view, e, alpha):
+        params = [p for n, p in view.module.experts.named_parameters() if n.startswith("down_proj")]
+        saved_rows = [p[e].detach().clone() for p in params]
+        with torch.no_grad():
+            for p in params:
+                p[e] *= alpha
+        try:
+            return float(_nll(_logits(model, ids), ids).mean())
+        finally:
+            with torch.no_grad():
+                for p, r in zip(params, saved_rows, strict=True):
+                    p[e] = r
+
+    for li, view in enumerate(views):
+        for ei, e in enumerate(experts):
+            fd = -(loss(view, e, 1 + h) - loss(view, e, 1 - h)) / (2 * h)
+            assert got[li, ei] == pytest.approx(fd, rel=1e-4, abs=1e-8), (view.name, e)
+    assert np.abs(got).max() > 1e-4
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+
+
+def test_exact_cells_are_the_top_by_attribution(saved):
+    model, views = _load(saved("mixtral"))
+    domains = {"a": _ids(model, seed=7, windows=4), "b": _ids(model, seed=8, windows=3)}
+    experts = (0, 1, 2, 3)
+    res = ablate(model, views, domains, AblationConfig(experts=experts, exact_limit=3, top=2, draws=100))
+    expected = set()
+    for d in domains:
+        np.testing.assert_allclose(res.attribution[d], attribution(model, views, list(experts), domains[d], 8),
+                                   rtol=1e-6, atol=1e-9)
+        flat = np.argsort(-res.attribution[d], axis=None)[:2]
+        expected |= {tuple(int(i) for i in np.unravel_index(f, res.attribution[d].shape)) for f in flat}
+    assert res.measured == sorted(expected) and 2 <= len(res.measured) <= 4
+    L = model.config.num_hidden_layers
+    for mode in ("reroute", "zero"):
+        for d in domains:
+            for li in range(2):
+                for ei in range(len(experts)):
+                    measured = (li, ei) in expected
+                    assert np.isfinite(res.delta[mode][d][li, ei]).all() == measured
+                    assert np.isnan(res.delta[mode][d][li, ei]).all() != measured
+                    assert np.isnan(res.intervals[mode][d][li, ei]).all() != measured
+    assert res.naive_cost == 1 + 2 * len(expected)
+    assert res.cost == pytest.approx(1 + sum(2 * (L - _decoder_layer(views[li])) / L for li, _ in expected))
+    # the measured cells against whole forwards
+    li, ei = res.measured[0]
+    with zero(views[li], experts[ei]):
+        full = window_losses(model, domains["a"]).numpy()
+    np.testing.assert_allclose(res.delta["zero"]["a"][li, ei], full - res.base["a"], atol=1e-6, rtol=0)
+
+    every = ablate(model, views, domains, AblationConfig(experts=experts, exact="all", exact_limit=3, top=2,
+                                                         draws=100))
+    assert len(every.measured) == 8 and all(np.isfinite(v).all() for per in every.delta.values()
+                                            for v in per.values())
+    for li, ei in res.measured:
+        np.testing.assert_array_equal(every.delta["reroute"]["a"][li, ei], res.delta["reroute"]["a"][li, ei])
 
 
 def test_training_mode_is_restored(saved):
@@ -411,6 +503,17 @@ def test_bad_layer_expert_and_domains(saved):
     with pytest.raises(ValueError, match="batch_size"):
         AblationConfig(batch_size=0)
     assert issubclass(AblationError, ValueError)
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError,
+                   reason="ablation.py checks the vocabulary on the logits, after the forward; the embedding "
+                          "lookup raises a bare IndexError first when the ids exceed the embedding table")
+def test_ids_outside_the_vocabulary_are_refused(saved):
+    model, views = _load(saved("mixtral"))
+    ids = _ids(model, windows=2)
+    ids[0, 3] = model.get_output_embeddings().weight.shape[0]
+    with pytest.raises(AblationError, match=str(int(ids.max()))):
+        ablate(model, views, {"d": ids}, AblationConfig(experts=(0,), draws=100))
 
 
 def test_encoder_decoder_is_refused(saved):

@@ -252,24 +252,32 @@ class ResidualCache:
 
 # --------------------------------------------------------------------------- losses
 
-def _check_vocab(logits: Tensor, ids: Tensor) -> None:
-    if int(ids.max()) >= logits.shape[-1] or int(ids.min()) < 0:
-        raise AblationError(f"token ids must lie in [0, {logits.shape[-1]}) (the model's output vocabulary); got "
-                            f"ids in [{int(ids.min())}, {int(ids.max())}] — a tokenizer of another model?")
+def _check_vocab(vocab: int, ids: Tensor) -> None:
+    if int(ids.max()) >= vocab or int(ids.min()) < 0:
+        raise AblationError(f"token ids must lie in [0, {vocab}) (the model's vocabulary); got ids in "
+                            f"[{int(ids.min())}, {int(ids.max())}] — a tokenizer of another model?")
+
+
+def _forward_logits(model: nn.Module, ids: Tensor) -> Tensor:
+    embeddings = model.get_input_embeddings()
+    if isinstance(embeddings, nn.Embedding):
+        _check_vocab(embeddings.num_embeddings, ids)  # before the lookup fails with a bare IndexError
+    return model(input_ids=ids.to(model.device)).logits
 
 
 def _per_window(logits: Tensor, ids: Tensor) -> Tensor:
     """(W,) mean next-token cross entropy of each window, in float32 or wider."""
-    _check_vocab(logits, ids)
+    _check_vocab(logits.shape[-1], ids)
     ids = ids.to(logits.device)
-    loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    wide = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    loss = F.cross_entropy(wide.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
     return loss.view(ids.shape[0], -1).mean(dim=1)
 
 
 def window_losses(model: nn.Module, ids: Tensor) -> Tensor:
     """(W,) float64 mean next-token cross entropy of each window of ``ids`` (W, T)."""
     with torch.no_grad():
-        logits = model(input_ids=ids.to(model.device)).logits                 # (W, T, V)
+        logits = _forward_logits(model, ids)                                  # (W, T, V)
     return _per_window(logits, ids).double().cpu()
 
 
@@ -293,7 +301,7 @@ def attribution(model: nn.Module, views: list[MoELayerView], experts: list[int],
             p.grad = None
         with torch.enable_grad():
             for chunk in ids.split(batch_size):
-                logits = model(input_ids=chunk.to(model.device)).logits
+                logits = _forward_logits(model, chunk)
                 (_per_window(logits, chunk).sum() / ids.shape[0]).backward()
         out = np.zeros((len(views), len(experts)))
         for (li, ei), plist in parts.items():
