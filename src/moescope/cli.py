@@ -186,10 +186,12 @@ def _parse_modes(text: str) -> tuple[str, ...]:
 def ablate(
     path: Annotated[Path, typer.Argument(callback=_CHECKPOINT,
                                          help="A Hugging Face MoE checkpoint directory (decoder-only, with "
-                                              "its tokenizer).")],
+                                              "its tokenizer), or a lab run folder (OUT/training/runs/NAME: "
+                                              "measured on the lab's validation text of each domain).")],
     domain: Annotated[list[str], typer.Option("--domain", callback=_DOMAIN,
                                               help="NAME=FILE: a text of one domain (repeatable; default: a "
-                                                   "built-in code / language / math sample).")] = [],  # noqa: B006
+                                                   "built-in code / language / math sample; not with a lab "
+                                                   "run).")] = [],  # noqa: B006
     mode: Annotated[str, typer.Option(help="reroute (the expert's selection score −∞), zero (its weighted "
                                            "output removed) or both.")] = "both",
     layers: Annotated[str | None, typer.Option(help="Comma-separated MoE layer indices (default: all).")] = None,
@@ -208,9 +210,14 @@ def ablate(
     = Path("out/ablate"),
 ) -> None:
     """What each expert does: the loss change per domain when each expert is removed, with intervals."""
-    from moescope.analysis.ablate import AblateConfig, run_ablation
+    from moescope.analysis.ablate import AblateConfig, ablation_results, run_ablation
+    from moescope.lab.ablation import is_lab_run, load_lab_run
     from moescope.report.ablate import write_ablate_report
 
+    lab_run = is_lab_run(path)
+    if lab_run and (domain or dtype != "float32" or device != "cpu"):
+        raise typer.BadParameter(f"{path} is a lab run: it is measured on the lab's own validation text in "
+                                 "float32 on the CPU; --domain, --dtype and --device are for Hugging Face checkpoints")
     try:
         cfg = AblateConfig(path=path, sources=_read_sources([], domain), modes=_parse_modes(mode),
                            layers=_parse_layers(layers), experts=_parse_layers(experts, "--experts", "expert"),
@@ -224,8 +231,14 @@ def ablate(
     try:
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("ablating", total=None)
-            results = run_ablation(cfg, on_step=lambda done, total: progress.update(task, completed=done,
-                                                                                       total=total))
+            def step(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            if lab_run:
+                model, views, domains, about = load_lab_run(path, seq_len=seq_len, max_windows=max_windows)
+                results = ablation_results(model, views, domains, cfg, about, on_step=step)
+            else:
+                results = run_ablation(cfg, on_step=step)
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None

@@ -124,9 +124,37 @@ def sentence(top: dict, above: int, cells: int, domain: str, level: float) -> st
             f"[{lo:+.4f}, {hi:+.4f}] that includes zero; {chance}.")
 
 
-def run_ablation(cfg: AblateConfig, *, on_step: Callable[[int, int], None] | None = None) -> dict:
-    """Load, tokenise, ablate, summarise; returns the dict ``results.json`` holds."""
+def ablation_results(model, views, domains: dict[str, torch.Tensor], cfg: AblateConfig, about: dict, *,
+                     on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Ablate ``model`` on ``domains`` (name -> (W, T) windows) and summarise; ``about`` describes the model
+    (path, model_type, dtype, device) for the report. Returns the dict ``results.json`` holds."""
     start = time.perf_counter()
+    acfg = AblationConfig(modes=cfg.modes, layers=cfg.layers, experts=cfg.experts, exact=cfg.exact,
+                          batch_size=cfg.batch_size, draws=cfg.draws, seed=cfg.seed)
+    res = ablate(model, views, domains, acfg, on_step=on_step)
+    names = list(domains)
+    summary = _summary(res, names)
+    first = views[0]
+    seq_len = int(next(iter(domains.values())).shape[1])
+    return {
+        "model": {**about, "family": first.family, "num_moe_layers": len(views), "num_experts": first.num_experts,
+                  "top_k": first.top_k},
+        "config": {"modes": list(cfg.modes), "exact": cfg.exact, "exact_cells": len(res.measured),
+                   "cells": len(res.layers) * len(res.experts), "seq_len": seq_len, "max_windows": cfg.max_windows,
+                   "draws": cfg.draws, "seed": cfg.seed, "level": res.level, "top": acfg.top},
+        "text": {d: {"windows": int(domains[d].shape[0]), "tokens": int(domains[d].numel())} for d in names},
+        "base_loss": {d: float(res.base[d].mean()) for d in names},
+        "cost": {"forward_equivalents": res.cost, "naive": res.naive_cost, "ratio": res.naive_cost / res.cost},
+        "summary": summary,
+        "sentences": {mode: {d: sentence(per["top"][d][0], per["above_zero"][d], per["cells"], d, res.level)
+                             for d in names} for mode, per in summary.items()},
+        "raw": res.to_dict(),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def run_ablation(cfg: AblateConfig, *, on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Load the checkpoint at ``cfg.path``, tokenise its texts, ablate, summarise (:func:`ablation_results`)."""
     model, tokenizer, views = load_moe_model(cfg.path, dtype=cfg.dtype, device=cfg.device)
     if getattr(model.config, "is_encoder_decoder", False):
         raise AblationError(f"{cfg.path} is an encoder–decoder model ({model.config.model_type}); ablation measures "
@@ -138,26 +166,6 @@ def run_ablation(cfg: AblateConfig, *, on_step: Callable[[int, int], None] | Non
     for s in sources:
         texts.setdefault(s.domain, []).extend(tokenizer(s.text, add_special_tokens=False)["input_ids"])
     domains = {d: windows(ids, cfg.seq_len, cfg.max_windows) for d, ids in texts.items()}
-    acfg = AblationConfig(modes=cfg.modes, layers=cfg.layers, experts=cfg.experts, exact=cfg.exact,
-                          batch_size=cfg.batch_size,
-                          draws=cfg.draws, seed=cfg.seed)
-    res = ablate(model, views, domains, acfg, on_step=on_step)
-    names = list(domains)
-    summary = _summary(res, names)
-    first = views[0]
-    return {
-        "model": {"path": str(cfg.path), "model_type": model.config.model_type, "family": first.family,
-                  "num_moe_layers": len(views), "num_experts": first.num_experts, "top_k": first.top_k,
-                  "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)},
-        "config": {"modes": list(cfg.modes), "exact": cfg.exact, "exact_cells": len(res.measured),
-                   "cells": len(res.layers) * len(res.experts), "seq_len": cfg.seq_len, "max_windows": cfg.max_windows,
-                   "draws": cfg.draws, "seed": cfg.seed, "level": res.level, "top": acfg.top},
-        "text": {d: {"windows": int(domains[d].shape[0]), "tokens": int(domains[d].numel())} for d in names},
-        "base_loss": {d: float(res.base[d].mean()) for d in names},
-        "cost": {"forward_equivalents": res.cost, "naive": res.naive_cost, "ratio": res.naive_cost / res.cost},
-        "summary": summary,
-        "sentences": {mode: {d: sentence(per["top"][d][0], per["above_zero"][d], per["cells"], d, res.level)
-                             for d in names} for mode, per in summary.items()},
-        "raw": res.to_dict(),
-        "seconds": time.perf_counter() - start,
-    }
+    about = {"path": str(cfg.path), "model_type": model.config.model_type,
+             "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)}
+    return ablation_results(model, views, domains, cfg, about, on_step=on_step)

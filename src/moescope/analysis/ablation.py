@@ -259,10 +259,13 @@ def _check_vocab(vocab: int, ids: Tensor) -> None:
 
 
 def _forward_logits(model: nn.Module, ids: Tensor) -> Tensor:
-    embeddings = model.get_input_embeddings()
+    """(W, T, V) logits of a Hugging Face causal LM (``input_ids=``) or a moescope ``TinyLM`` (positional)."""
+    hf = hasattr(model, "get_input_embeddings")
+    embeddings = model.get_input_embeddings() if hf else getattr(model, "wte", None)
     if isinstance(embeddings, nn.Embedding):
         _check_vocab(embeddings.num_embeddings, ids)  # before the lookup fails with a bare IndexError
-    return model(input_ids=ids.to(model.device)).logits
+    ids = ids.to(next(model.parameters()).device)
+    return (model(input_ids=ids) if hf else model(ids)).logits
 
 
 def _per_window(logits: Tensor, ids: Tensor) -> Tensor:
