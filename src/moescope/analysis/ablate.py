@@ -23,6 +23,7 @@ from moescope.analysis.analyze import Source, default_sources
 from moescope.models.loading import check_device, check_dtype, load_moe_model
 
 TOP = 5  # experts listed per domain
+ATTRIBUTION_COST = 3.0  # one forward and one backward over the text, a backward counted as two forwards
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def ablation_results(model, views, domains: dict[str, torch.Tensor], cfg: Ablate
                    "draws": cfg.draws, "seed": cfg.seed, "level": res.level, "top": acfg.top},
         "text": {d: {"windows": int(domains[d].shape[0]), "tokens": int(domains[d].numel())} for d in names},
         "base_loss": {d: float(res.base[d].mean()) for d in names},
-        "cost": {"forward_equivalents": res.cost, "naive": res.naive_cost, "ratio": res.naive_cost / res.cost},
+        "cost": {"forward_equivalents": res.cost, "naive": res.naive_cost, "ratio": res.naive_cost / res.cost,
+                 "attribution_forward_equivalents": ATTRIBUTION_COST},
         "summary": summary,
         "sentences": {mode: {d: sentence(per["top"][d][0], per["above_zero"][d], per["cells"], d, res.level)
                              for d in names} for mode, per in summary.items()},

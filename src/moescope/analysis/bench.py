@@ -209,3 +209,43 @@ def bench_routing_capture(*, tokens: int = 4096, seq_len: int = 256, repeats: in
             "forward_s": st.median(plain), "forward_recorded_s": st.median(recorded),
             "overhead": st.median(recorded) / st.median(plain) - 1,
             "stats_bytes_after_1x": one, "stats_bytes_after_4x": stats_bytes(stats)}
+
+
+def bench_ablation(*, layers: int = 8, experts: int = 8, hidden: int = 256, windows: int = 16, seq_len: int = 128,
+                   seed: int = 0) -> dict:
+    """The full exact ablation map (zero mode, every layer × expert) with the residual cache against whole
+    forwards, in the same process, on a small Mixtral (its real config class, random weights).
+
+    Returns forward-pass equivalents (cached and naive L·E + 1), wall seconds of both, the largest
+    difference between their per-window loss changes (the cache must change nothing) and the Spearman
+    agreement of first-order attribution with the exact map.
+    """
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from moescope.analysis.ablation import AblationConfig, ablate, window_losses, zero
+    from moescope.models import find_moe_layers
+
+    torch.manual_seed(seed)
+    cfg = MixtralConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                        num_attention_heads=8, num_key_value_heads=4, num_local_experts=experts,
+                        num_experts_per_tok=2, vocab_size=2048)
+    model = MixtralForCausalLM(cfg).eval()
+    views = find_moe_layers(model)
+    ids = torch.randint(0, cfg.vocab_size, (windows, seq_len), generator=torch.Generator().manual_seed(seed))
+    t0 = time.perf_counter()
+    res = ablate(model, views, {"text": ids}, AblationConfig(modes=("zero",), exact="all", batch_size=windows,
+                                                             draws=200))
+    cached_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    base = window_losses(model, ids).numpy()
+    worst = 0.0
+    for li, view in enumerate(views):
+        for e in range(experts):
+            with zero(view, e):
+                delta = window_losses(model, ids).numpy() - base
+            worst = max(worst, float(abs(delta - res.delta["zero"]["text"][li, e]).max()))
+    naive_s = time.perf_counter() - t0
+    return {"layers": layers, "experts": experts, "hidden": hidden, "tokens": int(ids.numel()),
+            "threads": torch.get_num_threads(), "cached_forward_equivalents": res.cost,
+            "naive_forward_equivalents": res.naive_cost, "cached_s": cached_s, "naive_s": naive_s,
+            "max_abs_difference": worst, "rank_agreement": res.rank_agreement("zero", "text")}
