@@ -36,9 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
-from moescope.models.families import BY_NAME
+from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits, saved
 from moescope.models.streaming import decoder_layers
 from moescope.models.view import MoELayerView
 from moescope.stats import DEFAULT_LEVEL, bootstrap_interval
@@ -46,37 +45,11 @@ from moescope.stats import DEFAULT_LEVEL, bootstrap_interval
 MODES = ("reroute", "zero")
 
 
-class AblationError(ValueError):
+class AblationError(RouterRewriteError):
     """A model, layer or expert that cannot be ablated as asked (named in the message)."""
 
 
 # --------------------------------------------------------------------------- interventions
-
-_LINEAR_MAPS = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.einsum,
-                torch.addmm, torch.bmm}
-
-
-class _MaskColumn(TorchFunctionMode):
-    """Sets column ``e`` of the first linear map with ``E`` output columns to −inf (once per forward)."""
-
-    def __init__(self, num_experts: int, expert: int) -> None:
-        super().__init__()
-        self.E, self.e, self.done = num_experts, expert, False
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if (not self.done and func in _LINEAR_MAPS and isinstance(out, Tensor) and out.dim() >= 1
-                and out.shape[-1] == self.E and out.is_floating_point()):
-            self.done = True
-            out = out.clone()
-            out[..., self.e] = -math.inf
-        return out
-
-
-def _router(view: MoELayerView) -> nn.Module:
-    family = BY_NAME[view.family]
-    return view.module.get_submodule(family.hook) if family.hook else view.module
-
 
 def _named_tensor(module: nn.Module, t: Tensor) -> str | None:
     """The name of ``module``'s parameter or buffer that ``t`` is (or views into), or None."""
@@ -88,48 +61,23 @@ def _named_tensor(module: nn.Module, t: Tensor) -> str | None:
 
 
 @contextmanager
-def _saved(*tensors: Tensor) -> Iterator[None]:
-    """Restore ``tensors``' values on exit (they are changed in place inside)."""
-    copies = [t.detach().clone() for t in tensors]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for t, c in zip(tensors, copies, strict=True):
-                t.copy_(c)
-
-
-@contextmanager
 def reroute(view: MoELayerView, expert: int) -> Iterator[None]:
     """Within the block: expert ``expert``'s selection score is −∞ (see the module docstring)."""
     _check(view, expert)
-    router = _router(view)
-    state: dict[str, _MaskColumn] = {}
 
-    def pre(module, args):
-        state["mode"] = _MaskColumn(view.num_experts, expert)
-        state["mode"].__enter__()
-
-    def post(module, args, output):
-        mode = state.pop("mode")
-        mode.__exit__(None, None, None)
-        if not mode.done:
-            raise AblationError(f"{view.name}: no linear map with {view.num_experts} outputs ran inside the "
-                                f"{view.family} router ({type(module).__name__}); its scores cannot be rewritten "
-                                "for re-route ablation (use mode 'zero')")
+    def mask(logits: Tensor) -> Tensor:
+        logits[..., expert] = -math.inf
+        return logits
 
     with ExitStack() as stack:
         if view.selection_bias is not None:
             bias = view.selection_bias
-            stack.enter_context(_saved(bias))
+            stack.enter_context(saved(bias))
             with torch.no_grad():
                 bias[expert] = -math.inf
-        handles = [router.register_forward_pre_hook(pre), router.register_forward_hook(post, always_call=True)]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        stack.enter_context(rewriting_logits(view, mask, purpose="re-route ablation (use mode 'zero')",
+                                             error=AblationError))
+        yield
 
 
 def _output_parts(view: MoELayerView, expert: int) -> list[tuple[nn.Parameter, Tensor]]:
@@ -155,7 +103,7 @@ def _output_parts(view: MoELayerView, expert: int) -> list[tuple[nn.Parameter, T
 def zero(view: MoELayerView, expert: int) -> Iterator[None]:
     """Within the block: expert ``expert``'s down projection (and down bias) are zero."""
     targets = [v for _, v in _output_parts(view, expert)]
-    with _saved(*targets):
+    with saved(*targets):
         with torch.no_grad():
             for t in targets:
                 t.zero_()
