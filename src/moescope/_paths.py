@@ -127,6 +127,15 @@ def check_device_name(name: str) -> str:
     return name
 
 
+def check_contrast_spec(spec: str) -> str:
+    """``NAME=FILE`` (a text, as :func:`check_domain_spec`) or a bare ``NAME`` (a lab run's domain)."""
+    if "=" not in spec:
+        if not spec.isidentifier():
+            raise ValueError(f"expected NAME=FILE, or a lab domain's NAME; got {spec!r}")
+        return spec
+    return check_domain_spec(spec)
+
+
 def option(check: Callable[[T], T]) -> Callable:
     """A typer callback that runs ``check`` on the value (each item of a repeated option; None passes)
     and reports its ``ValueError`` as a usage error of that option."""

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from moescope._paths import (
     check_checkpoint_dir,
+    check_contrast_spec,
     check_device_name,
     check_domain_spec,
     check_dtype_name,
@@ -32,6 +33,7 @@ console = Console(stderr=True)
 # Every path a command is given is checked while the command line is parsed, before any work starts.
 _OUT_DIR, _OUT_FILE, _IN_FILE = option(check_out_dir), option(check_out_file), option(check_in_file)
 _CHECKPOINT, _DOMAIN = option(check_checkpoint_dir), option(check_domain_spec)
+_CONTRAST = option(check_contrast_spec)
 _DTYPE_HELP = ("The model's parameters: auto (the checkpoint's own dtype), float32 (exact; the default), "
                "bfloat16 or float16 (half the memory; bfloat16-trained weights can overflow in float16). Routing "
                "scores are computed in float32 either way.")
@@ -246,6 +248,76 @@ def ablate(
     for per in results["sentences"].values():
         for text in per.values():
             console.print(text)
+    console.print(f"Report: {written['report']}  (results: {written['results']}) "
+                  f"in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def steer(
+    path: Annotated[Path, typer.Argument(callback=_CHECKPOINT,
+                                         help="A Hugging Face MoE checkpoint directory (decoder-only, softmax "
+                                              "router, with its tokenizer).")],
+    contrast: Annotated[list[str], typer.Option("--contrast", callback=_CONTRAST,
+                                                help="NAME=FILE, given twice: text A, then text B (default: the "
+                                                     "built-in code against language); for a lab run, two of "
+                                                     "its domains by NAME.")] = [],  # noqa: B006
+    top: Annotated[int, typer.Option(min=1, help="Experts linked to A to steer, at most.")] = 8,
+    random_draws: Annotated[int, typer.Option(min=1, help="Draws of as many random experts (the control).")] = 39,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 128,
+    max_windows: Annotated[int, typer.Option(min=1, help="Windows per text, at most.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the intervals and the random control.")] = 0,
+    dtype: _DtypeOption = "float32",
+    device: _DeviceOption = "cpu",
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for report.html and results.json.")]
+    = Path("out/steer"),
+) -> None:
+    """Find the experts that tell text A from text B (risk difference of activation), switch them on and off,
+    and measure each text's loss change against steering random experts."""
+    from moescope.analysis.steer import DEFAULT_CONTRAST, SteerCommand, run_steer, steer_results
+    from moescope.analysis.steering import SteerConfig
+    from moescope.lab.ablation import is_lab_run, load_lab_run
+    from moescope.report.steer import write_steer_report
+
+    lab_run = is_lab_run(path)
+    if lab_run:  # --contrast NAME (no file): two of the lab's domains
+        names = [c.partition("=")[0] for c in contrast] or list(DEFAULT_CONTRAST)
+        if len(names) != 2 or dtype != "float32" or device != "cpu":
+            raise typer.BadParameter(f"{path} is a lab run: give two of its domains as --contrast NAME, or none "
+                                     "for code against language; --dtype and --device are for Hugging Face "
+                                     "checkpoints")
+        contrast = []
+    elif any("=" not in c for c in contrast):
+        raise typer.BadParameter(f"{path} is a Hugging Face checkpoint: --contrast takes NAME=FILE texts")
+    try:
+        sources = _read_sources([], contrast)
+        cmd = SteerCommand(path=path, contrast=sources, seq_len=seq_len, max_windows=max_windows, dtype=dtype,
+                           device=device, steer=SteerConfig(top=top, random_draws=random_draws, seed=seed))
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    start = time.perf_counter()
+    columns = (TextColumn("steering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("steering", total=None)
+            def step(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            if lab_run:
+                model, views, domains, about = load_lab_run(path, seq_len=seq_len, max_windows=max_windows)
+                unknown = [n for n in names if n not in domains]
+                if unknown:
+                    raise ValueError(f"the lab has no domain {unknown}; its domains: {', '.join(domains)}")
+                results = steer_results(model, views, {n: domains[n] for n in names}, cmd, about, on_step=step)
+            else:
+                results = run_steer(cmd, on_step=step)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    written = write_steer_report(results, out)
+    if not results["linked"]:
+        console.print(f"No expert is used measurably more by {results['sets'][0]} than by {results['sets'][1]}.")
+    for text in results["sentences"]:
+        console.print(text)
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 

@@ -45,3 +45,14 @@ def test_runs_without_a_next_token_loss_or_experts_are_refused(lab, run, message
 def test_hugging_face_options_are_refused_for_a_lab_run(lab):
     result = CliRunner().invoke(app, ["ablate", str(lab / runs.BASELINE), "--dtype", "bfloat16"])
     assert result.exit_code == 2 and "lab run" in result.output
+
+
+def test_a_lab_run_is_steered_between_two_of_its_domains(lab, tmp_path):
+    out = tmp_path / "steer"
+    result = CliRunner().invoke(app, ["steer", str(lab / runs.BASELINE), "--contrast", "math", "--contrast",
+                                      "code", "--max-windows", "12", "--random-draws", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())["sets"] == ["math", "code"]
+    bad = CliRunner().invoke(app, ["steer", str(lab / runs.BASELINE), "--contrast", "poetry", "--contrast",
+                                   "code", "--out", str(out)])
+    assert bad.exit_code == 1 and "no domain ['poetry']" in bad.output
