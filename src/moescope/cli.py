@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -174,6 +175,19 @@ def analyze(
                   f"in {time.perf_counter() - start:.1f} s")
 
 
+def _with_progress(label: str, unit: str, work: Callable[[Callable[[int, int], None]], dict]) -> dict:
+    """Run ``work(step)`` under a progress bar that ``step(done, total)`` advances; a ``ValueError`` or
+    missing file it raises becomes one red line and exit code 1."""
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(label, total=None)
+            return work(lambda done, total: progress.update(task, completed=done, total=total))
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+
+
 def _parse_modes(text: str) -> tuple[str, ...]:
     from moescope.analysis.ablation import MODES
 
@@ -228,22 +242,13 @@ def ablate(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
-    columns = (TextColumn("ablating"), BarColumn(), MofNCompleteColumn(), TextColumn("(layer, expert, mode)"),
-               TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("ablating", total=None)
-            def step(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
+    def work(step: Callable[[int, int], None]) -> dict:
+        if lab_run:
+            model, views, domains, about = load_lab_run(path, seq_len=seq_len, max_windows=max_windows)
+            return ablation_results(model, views, domains, cfg, about, on_step=step)
+        return run_ablation(cfg, on_step=step)
 
-            if lab_run:
-                model, views, domains, about = load_lab_run(path, seq_len=seq_len, max_windows=max_windows)
-                results = ablation_results(model, views, domains, cfg, about, on_step=step)
-            else:
-                results = run_ablation(cfg, on_step=step)
-    except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from None
+    results = _with_progress("ablating", "(layer, expert, mode)", work)
     written = write_ablate_report(results, out)
     for per in results["sentences"].values():
         for text in per.values():
@@ -295,24 +300,16 @@ def steer(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
-    columns = (TextColumn("steering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("steering", total=None)
-            def step(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
+    def work(step: Callable[[int, int], None]) -> dict:
+        if not lab_run:
+            return run_steer(cmd, on_step=step)
+        model, views, domains, about = load_lab_run(path, seq_len=seq_len, max_windows=max_windows)
+        unknown = [n for n in names if n not in domains]
+        if unknown:
+            raise ValueError(f"the lab has no domain {unknown}; its domains: {', '.join(domains)}")
+        return steer_results(model, views, {n: domains[n] for n in names}, cmd, about, on_step=step)
 
-            if lab_run:
-                model, views, domains, about = load_lab_run(path, seq_len=seq_len, max_windows=max_windows)
-                unknown = [n for n in names if n not in domains]
-                if unknown:
-                    raise ValueError(f"the lab has no domain {unknown}; its domains: {', '.join(domains)}")
-                results = steer_results(model, views, {n: domains[n] for n in names}, cmd, about, on_step=step)
-            else:
-                results = run_steer(cmd, on_step=step)
-    except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from None
+    results = _with_progress("steering", "passes", work)
     written = write_steer_report(results, out)
     if not results["linked"]:
         console.print(f"No expert is used measurably more by {results['sets'][0]} than by {results['sets'][1]}.")

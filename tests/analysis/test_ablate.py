@@ -3,16 +3,12 @@ the exact-cell policy and bad input (the interventions' oracles are in ``test_ab
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_checkpoints
 
 from moescope.analysis.ablate import AblateConfig, run_ablation, sentence, windows
 from moescope.analysis.ablation import AblationConfig, _exact_cells, ablate, attribution, window_losses, zero
@@ -25,10 +21,9 @@ CODE = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i * i
 PROSE = "The quick brown fox jumps over the lazy dog. Experts route every token to a few experts. " * 12
 
 
-@pytest.fixture(scope="module")
-def mixtral(tmp_path_factory) -> Path:
-    return tiny_checkpoints.save("mixtral", tmp_path_factory.mktemp("abl") / "mixtral",
-                                 seed=tiny_checkpoints.seed_of("mixtral"))
+@pytest.fixture
+def mixtral(saved) -> Path:
+    return saved("mixtral")
 
 
 def _ids(model, windows_: int = 6, length: int = 10, seed: int = 0) -> torch.Tensor:

@@ -10,7 +10,6 @@
 
 import math
 import re
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -20,9 +19,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_checkpoints
 
 from moescope.analysis.ablation import (
     AblationConfig,
@@ -38,20 +34,6 @@ from moescope.models.loading import load_moe_model
 from moescope.stats import BOOTSTRAP_MIN_N
 
 W, T = 6, 12  # windows, tokens per window
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ablation")
-    cache: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in cache:
-            cache[family] = tiny_checkpoints.save(family, root / family, seed=tiny_checkpoints.seed_of(family),
-                                                  tokenizer=False)
-        return cache[family]
-
-    return get
 
 
 def _load(path: Path):

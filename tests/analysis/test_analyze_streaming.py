@@ -1,32 +1,15 @@
 """``analyze`` with layer streaming (``stream_layers`` / ``max_memory``) equals the in-memory analysis."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_checkpoints
 
 from moescope.analysis.analyze import AnalyzeConfig, Source, analyze
 from moescope.models.streaming import StreamingError, memory_plan
 
 TEXT = "def add(a, b):\n    return a + b\n\nThe quick brown fox jumps over the lazy dog. 12 + 30 = 42.\n" * 8
 FAMILIES = ("mixtral", "deepseek_v3", "switch_transformers")  # fused experts, grouped sigmoid routing, encoder
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    cache = {}
-
-    def get(family: str) -> Path:
-        if family not in cache:
-            cache[family] = tiny_checkpoints.save(family, root / family, seed=tiny_checkpoints.seed_of(family))
-        return cache[family]
-
-    return get
 
 
 def _config(path: Path, **kw) -> AnalyzeConfig:

@@ -3,16 +3,11 @@ rewritten scores' guarantees (an activated expert is always chosen, a deactivate
 random control, refusals, and the command end to end."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_checkpoints
 
 from moescope.analysis.steering import (
     SteerConfig,
@@ -26,19 +21,6 @@ from moescope.analysis.steering import (
 from moescope.cli import app
 from moescope.models import RoutingRecorder
 from moescope.models.loading import load_moe_model
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("steer")
-    cache = {}
-
-    def get(family: str) -> Path:
-        if family not in cache:
-            cache[family] = tiny_checkpoints.save(family, root / family, seed=tiny_checkpoints.seed_of(family))
-        return cache[family]
-
-    return get
 
 
 def _sets(model, seed=0, windows=12, length=16):
