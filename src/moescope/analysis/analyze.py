@@ -209,6 +209,10 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         "routing": routing,
         "samples": samples,
     }
+    if cfg.weights and (memory is None or not memory["streamed"]):  # a streamed model's layers are not resident
+        from moescope.analysis.logit_lens import decode_lens, expert_lens
+
+        results["logit_lens"] = decode_lens(expert_lens(model, chosen), lambda t: tokenizer.decode([t]))
     if memory is not None:
         base, peak = memory.pop("baseline_rss"), _rss("VmHWM")
         memory["peak_rss_growth"] = None if base is None or peak is None else peak - base
