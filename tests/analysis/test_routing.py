@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,3 +218,27 @@ def test_balance_losses_equal_the_token_level_losses(experts, k, seed):
     for convention in CONVENTIONS:
         ref = load_balancing_loss(scores, indices, convention=convention, attention_mask=mask, sequence_length=seq)
         assert reported[convention] == pytest.approx(ref.item(), rel=1e-6), convention
+
+
+def test_router_margins_and_near_ties_against_a_numpy_recount():
+    """k = 2 of 4: margins (s_2 − s_3)/|s_2| counted below 2⁻⁸, 2⁻⁶, 2⁻⁴, 2⁻²; the selection bias shifts them."""
+    rng = np.random.default_rng(0)
+    scores = torch.tensor(rng.dirichlet(np.ones(4), size=200))
+    scores[:5] = torch.tensor([0.5, 0.2 * (1 + 2.0 ** -10), 0.2, 0.1 - 0.2 * 2.0 ** -10])   # planted near-ties
+    indices = scores.topk(2, dim=-1).indices
+    bias = torch.tensor([0.0, 0.3, 0.0, -0.1])
+    for selection_bias in (None, bias):
+        stats = RoutingStats(4, 2, num_layers=1, selection_bias=[selection_bias])
+        stats.update(_record(indices, scores.float(), (4, 50)))
+        s = scores.float().double() + (0 if selection_bias is None else selection_bias.double())
+        top = np.sort(s.numpy(), axis=1)[:, ::-1]
+        kth, nxt = top[:, 1].astype(np.float32), top[:, 2].astype(np.float32)
+        relative = (kth - nxt) / np.abs(kth)
+        summary = stats.summary(0)
+        assert summary["near_tie_share"] == pytest.approx(np.mean(relative < 2.0 ** -8))
+        for exponent in (-8, -6, -4, -2):
+            assert summary["margin_below"][f"2^{exponent}"] == pytest.approx(np.mean(relative < 2.0 ** exponent))
+    plain = RoutingStats(4, 2, num_layers=1)
+    plain.update(_record(indices, scores.float(), (4, 50)))
+    assert plain.summary(0)["near_tie_share"] >= 5 / 200
+    assert RoutingStats(4, 4, num_layers=1).summary(0)["near_tie_share"] is None   # k = E: no (k+1)-th choice

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from moescope.analysis.checkpoint import open_checkpoint
 from moescope.analysis.routing import RoutingStats, SaturationStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder, load_moe_model
@@ -145,6 +146,25 @@ def _load(cfg: AnalyzeConfig) -> tuple[torch.nn.Module, object, list, dict | Non
     return (*(stream_moe_model if stream else load_moe_model)(cfg.path, dtype=dtype, device=cfg.device), memory)
 
 
+def _selection_biases(path: Path, views: list) -> list:
+    """Each view's selection bias (DeepSeek-V3's ``e_score_correction_bias``) or None: the live tensor, or for a
+    streamed model (whose layers are not resident) the tensor read from the checkpoint's files."""
+    if all(v.selection_bias is None or v.selection_bias.device.type != "meta" for v in views):
+        return [v.selection_bias for v in views]
+    disk = {layer.name: layer for layer in open_checkpoint(path).layers}
+    out = []
+    for v in views:
+        if v.selection_bias is None or v.selection_bias.device.type != "meta":
+            out.append(v.selection_bias)
+            continue
+        owner = max((name for name in disk if v.name.startswith(name + ".")), key=len, default=None)
+        if owner is None:
+            raise ValueError(f"{v.name}: its selection bias is not resident and no layer of the checkpoint's files "
+                             "holds it; cannot count router near-ties")
+        out.append(disk[owner].selection_bias())
+    return out
+
+
 def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = None) -> dict:
     """Run the analysis; ``on_tokens(n)`` is called as batches finish (progress bars).
 
@@ -166,7 +186,7 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     domains = tuple(dict.fromkeys(s.domain for s in sources if s.domain))
     position = {v.index: i for i, v in enumerate(chosen)}
     stats = RoutingStats([v.num_experts for v in chosen], [v.top_k for v in chosen], domains=domains,
-                         vocab_size=len(tokenizer))
+                         vocab_size=len(tokenizer), selection_bias=_selection_biases(cfg.path, chosen))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     token_counts, samples = {}, []
     with RoutingRecorder(model, chosen) as recorder:

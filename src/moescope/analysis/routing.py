@@ -11,7 +11,10 @@ Definitions follow the papers they come from: the balance-loss conventions of
 2024, Table 5: first choice, and first-or-second, i.e. top-k sets that intersect); domain
 specialisation with chance correction (p − k/E)/(1 − k/E) of OLMoE (Muennighoff et al.
 2024, §5); token specialisation as the share of a token id's routings that go to its most
-frequent expert (OLMoE §5).
+frequent expert (OLMoE §5). Router margins: the share of tokens whose k-th and (k+1)-th selection
+scores (the scores plus any selection bias) lie within 2⁻⁸, 2⁻⁶, 2⁻⁴, 2⁻² of the k-th score; the first
+is the project's near-tie (:data:`NEAR_TIE`). With group-limited selection (DeepSeek-V3's n_group) the
+(k+1)-th score may lie in a group the token could not choose, so the margin is a lower bound there.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from moescope.stats import normalized_mutual_information
 STARVED_SHARE = 0.1
 # Token-id x expert counts are kept only while vocabulary x experts stays below this size.
 MAX_TOKEN_TABLE = 50_000_000
+# Relative router margins counted: (s_k − s_{k+1}) / |s_k| of the float32 selection scores below each level.
+# The first is the one definition of a near-tie (below bfloat16's resolution, 2⁻⁸): a token whose k-th and
+# (k+1)-th choice a bfloat16 rounding of the scores could swap.
+NEAR_TIE = 2.0 ** -8
+MARGIN_LEVELS = (NEAR_TIE, 2.0 ** -6, 2.0 ** -4, 2.0 ** -2)
 
 
 @dataclass
@@ -52,6 +60,8 @@ class _Layer:
     domain_counts: Tensor = field(init=False)
     domain_tokens: Tensor = field(init=False)
     token_expert: Tensor | None = field(init=False)
+    margin_counts: Tensor = field(init=False)   # tokens whose relative margin is below each MARGIN_LEVELS entry
+    selection_bias: Tensor | None = None       # (E,) added to the scores to select (DeepSeek-V3); not a sum
 
     def __post_init__(self) -> None:
         e, d = self.num_experts, self.num_domains
@@ -65,10 +75,11 @@ class _Layer:
         self.domain_counts, self.domain_tokens = torch.zeros(d, e, dtype=i64), torch.zeros(d, dtype=i64)
         v = self.vocab_size
         self.token_expert = torch.zeros(v, e, dtype=torch.int32) if v and v * e <= MAX_TOKEN_TABLE else None
+        self.margin_counts = torch.zeros(len(MARGIN_LEVELS), dtype=i64)
 
     def tensors(self) -> list[Tensor]:
         names = ["tokens", "counts", "first", "prob_sum", "entropy_sum", "coact", "pairs", "repeat_first",
-                 "repeat_any", "seq_balance_sum", "sequences", "domain_counts", "domain_tokens"]
+                 "repeat_any", "seq_balance_sum", "sequences", "domain_counts", "domain_tokens", "margin_counts"]
         out = [getattr(self, n) for n in names]
         return out + ([self.token_expert] if self.token_expert is not None else [])
 
@@ -84,7 +95,8 @@ class RoutingStats:
     """
 
     def __init__(self, num_experts: list[int] | int, top_k: list[int] | int, *, num_layers: int | None = None,
-                 domains: tuple[str, ...] = (), vocab_size: int | None = None) -> None:
+                 domains: tuple[str, ...] = (), vocab_size: int | None = None,
+                 selection_bias: list[Tensor | None] | None = None) -> None:
         if isinstance(num_experts, int):
             if num_layers is None:
                 raise ValueError("num_layers is required when num_experts is a single int")
@@ -94,6 +106,8 @@ class RoutingStats:
             raise ValueError(f"got {len(num_experts)} layers of experts but {len(top_k)} values of top_k")
         self.domains = tuple(domains)
         self.layers = [_Layer(e, k, len(self.domains), vocab_size) for e, k in zip(num_experts, top_k, strict=True)]
+        for layer, bias in zip(self.layers, selection_bias or [None] * len(self.layers), strict=True):
+            layer.selection_bias = None if bias is None else bias.detach().double().cpu()
 
     # -- accumulation ---------------------------------------------------------------------
     def update(self, record: RoutingRecord, domain: str | None = None) -> None:
@@ -118,6 +132,7 @@ class RoutingStats:
         onehot = torch.zeros(real.shape[0], e, dtype=torch.int64)
         onehot.scatter_add_(1, real.clamp_min(0), valid.long())
         acc.coact += onehot.t() @ onehot
+        self._margins(acc, record.scores.double()[mask])
         self._consecutive(acc, record, onehot)
         self._sequence_balance(acc, record, onehot, probs)
         if domain is not None:
@@ -130,6 +145,17 @@ class RoutingStats:
             ids = record.token_ids.long()[mask]
             flat = (ids.unsqueeze(1) * e + real.clamp_min(0))[valid]
             acc.token_expert.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+
+    @staticmethod
+    def _margins(acc: _Layer, scores: Tensor) -> None:
+        """Count tokens whose k-th and (k+1)-th selection scores lie within each relative level of each other."""
+        if acc.top_k >= acc.num_experts or scores.shape[0] == 0:
+            return
+        selection = scores + acc.selection_bias if acc.selection_bias is not None else scores
+        top = selection.topk(acc.top_k + 1, dim=-1).values                     # (N, k+1), descending
+        kth = top[:, -2].float()                                                # the margin in float32, as defined
+        relative = (kth - top[:, -1].float()) / kth.abs().clamp_min(torch.finfo(torch.float32).tiny)
+        acc.margin_counts += (relative.unsqueeze(1) < torch.tensor(MARGIN_LEVELS)).sum(0)
 
     @staticmethod
     def _consecutive(acc: _Layer, record: RoutingRecord, onehot_real: Tensor) -> None:
@@ -209,6 +235,10 @@ class RoutingStats:
             "dead_experts": torch.nonzero(acc.counts == 0).squeeze(-1).tolist(),
             "starved_experts": torch.nonzero((counts > 0) & (counts < STARVED_SHARE * mean)).squeeze(-1).tolist(),
             "router_entropy": float(acc.entropy_sum / t / math.log(e)) if e > 1 else 0.0,
+            "near_tie_share": float(acc.margin_counts[0] / t) if k < e else None,
+            "margin_below": ({f"2^{round(math.log2(level))}": float(c / t)
+                              for level, c in zip(MARGIN_LEVELS, acc.margin_counts.tolist(), strict=True)}
+                             if k < e else None),
             "coactivation": acc.coact.tolist(),
             "coactivation_conditional": cond.tolist(),
             "repetition": {
