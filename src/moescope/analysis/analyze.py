@@ -55,6 +55,7 @@ class AnalyzeConfig:
     rank: int | None = None                # expert subspace rank (None: by energy threshold)
     stream_layers: bool = False            # run one decoder layer at a time from disk (models.streaming)
     max_memory: str | int | None = None    # budget ("4GB"): stream when the whole model would not fit it
+    boundary_points: int = 64              # tokens per layer whose distance to a routing change is measured (0: off)
     dtype: str = "float32"                 # parameters' dtype (models.loading.DTYPES): float32 keeps statistics exact
     device: str = "cpu"                    # where the model runs (models.loading.DEVICES)
 
@@ -62,6 +63,8 @@ class AnalyzeConfig:
         for name in ("seq_len", "batch_size", "max_tokens", "heatmap_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
+        if self.boundary_points < 0:
+            raise ValueError(f"boundary_points must be >= 0; got {self.boundary_points}")
         if self.max_memory is not None:
             parse_size(self.max_memory)  # a bad size fails here, before any work
         check_dtype(self.dtype)
@@ -233,6 +236,13 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         from moescope.analysis.logit_lens import decode_lens, expert_lens
 
         results["logit_lens"] = decode_lens(expert_lens(model, chosen), lambda t: tokenizer.decode([t]))
+    if cfg.boundary_points and chosen and (memory is None or not memory["streamed"]) \
+            and not getattr(model.config, "is_encoder_decoder", False):
+        from moescope.analysis.router_boundary import router_boundary
+
+        first_ids = tokenizer(sources[0].text, add_special_tokens=False)["input_ids"][: cfg.seq_len]
+        results["router_boundary"] = router_boundary(model, chosen, torch.tensor([first_ids]),
+                                                     points=cfg.boundary_points)
     if memory is not None:
         base, peak = memory.pop("baseline_rss"), _rss("VmHWM")
         memory["peak_rss_growth"] = None if base is None or peak is None else peak - base
