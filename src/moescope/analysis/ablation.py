@@ -10,7 +10,9 @@ named as in the literature:
   the first linear map inside the family's router module (the module the recorder hooks) whose
   output has E columns, and a selection bias (DeepSeek-V3, GLM-4-MoE, ...) for *e* is set to −∞
   for the forward, so that the corrected score that selects experts is −∞ too. Softmax routers
-  then renormalise over the others exactly as the family does with a −∞ logit.
+  then renormalise over the others exactly as the family does with a −∞ logit. With group-limited
+  selection (DeepSeek-V3's n_group) a −∞ score can drop the expert's whole group when its group
+  score sums that expert (groups of two): the family's own rule, applied as written.
 * **zero** (``"zero"``): the expert's weighted output is removed and nothing else changes (the
   other experts keep their combine weights): its down projection (and a down bias, GPT-OSS) is
   zero for the forward.
@@ -20,6 +22,13 @@ is cached at every decoder layer's input on the unablated pass (:class:`Residual
 ablating layer *l* re-runs only the layers ≥ *l*: the map costs Σₗ E·(L − l)/L forward-pass
 equivalents instead of the naive L·E + 1 (counted in :attr:`AblationResult.cost`). The cache
 holds every decoder layer's output for every window: (L, windows, T, H) values.
+
+**Attribution.** Scaling expert e's output by α, removing it is α: 1 → 0; to first order the zero-mode
+change is −∂L/∂α = −⟨∂L/∂W_down, W_down⟩ (plus the down bias's term), so one forward and one backward
+estimate every cell at once (:func:`attribution`). ``AblationConfig.exact`` decides which cells are
+also measured exactly: all of them up to ``exact_limit`` (256), otherwise the ``top`` 16 per domain by
+attribution. Removing a trained expert is far from infinitesimal; the rank agreement of the two is
+reported (:meth:`AblationResult.rank_agreement`), not assumed.
 
 Encoder–decoder checkpoints (Switch Transformers) are refused: their loss is span corruption,
 which needs a masking recipe this module does not define.
