@@ -243,6 +243,10 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         first_ids = tokenizer(sources[0].text, add_special_tokens=False)["input_ids"][: cfg.seq_len]
         results["router_boundary"] = router_boundary(model, chosen, torch.tensor([first_ids]),
                                                      points=cfg.boundary_points)
+        if hasattr(model, "get_input_embeddings"):
+            from moescope.analysis.router_flips import router_flips
+
+            results["router_flips"] = router_flips(model, chosen, torch.tensor([first_ids]))
     if memory is not None:
         base, peak = memory.pop("baseline_rss"), _rss("VmHWM")
         memory["peak_rss_growth"] = None if base is None or peak is None else peak - base

@@ -1,0 +1,115 @@
+r"""Routing under a small push of the input embeddings: FGSM against random noise of the same size.
+
+For each MoE layer *l*: the objective is the layer's router cross entropy against its current
+first choice (on its own score map, :class:`~moescope.analysis.router_boundary.RouterScores`), summed
+over the tokens; one step of FGSM moves the input embeddings by ε·rms·sign(∇), with ε in units of
+the embeddings' RMS value and no clamping; the control moves them by ε·rms·(random signs), the same
+L∞ and L2 size. What is counted is the share of tokens whose set of k experts *actually chosen by the
+block* at layer *l* changes (the recorder, on the model's own forward from the perturbed embeddings),
+with a Clopper–Pearson interval that treats tokens as independent (they share sequences, so it is
+narrower than the truth). The lecture's claim, for routers: a step along the gradient's sign moves
+routing far more than a random step of the same size.
+
+Hugging Face models only (the forward must take ``inputs_embeds``); the gradient's forward stops at
+layer *l*'s router, so the layers above it are not run for it.
+"""
+
+from __future__ import annotations
+
+import torch
+from scipy import stats as st
+from torch import Tensor, nn
+
+from moescope.analysis.router_boundary import RouterScores
+from moescope.analysis.router_rewrite import router_module
+from moescope.models import RoutingRecorder
+from moescope.models.view import MoELayerView
+
+EPSILONS = (0.01, 0.03, 0.1, 0.3)
+LEVEL = 0.95
+
+
+class _Stop(Exception):
+    """Raised inside the forward once the router input is captured: the layers above are not needed."""
+
+
+class RouterFromEmbeddings(nn.Module):
+    """(B, T, H) input embeddings -> (B·T, E) selection scores of ``view``'s router, differentiable."""
+
+    def __init__(self, model: nn.Module, view: MoELayerView) -> None:
+        super().__init__()
+        self.model, self.router, self.scores = model, router_module(view), RouterScores(view)
+
+    def forward(self, x: Tensor) -> Tensor:
+        captured: list[Tensor] = []
+
+        def hook(module, args, kwargs):
+            captured.append(next(a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)))
+            raise _Stop
+
+        handle = self.router.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            self.model(inputs_embeds=x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError("the router of the layer did not run on these embeddings")
+        h = captured[0]
+        return self.scores(h.reshape(-1, h.shape[-1]))
+
+
+def fgsm_step(f: nn.Module, x: Tensor, target: Tensor, size: float) -> Tensor:
+    """x + size·sign(∇ₓ Σ CE(f(x), target)), no clamping."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = nn.functional.cross_entropy(f(x), target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return (x + size * grad.sign()).detach()
+
+
+def _chosen(model: nn.Module, views: list[MoELayerView], ids: Tensor, embeds: Tensor) -> dict[int, Tensor]:
+    """Each layer's (B·T, E) bool mask of the experts the block chose, on the forward from ``embeds``."""
+    with RoutingRecorder(model, views) as rec, torch.no_grad():
+        rec.set_batch(ids, torch.ones_like(ids))
+        model(inputs_embeds=embeds)
+        out = {}
+        for r in rec.pop():
+            E = r.scores.shape[-1]
+            hit = torch.zeros(r.indices.shape[0], E + 1, dtype=torch.bool)
+            hit.scatter_(1, torch.where(r.indices >= 0, r.indices, E), True)
+            out[r.layer] = hit[:, :E]
+    return out
+
+
+def router_flips(model: nn.Module, views: list[MoELayerView], ids: Tensor, *, epsilons=EPSILONS,
+                 seed: int = 0) -> list[dict]:
+    """Per layer and ε: the share of tokens whose chosen experts change under FGSM and under random signs."""
+    if not hasattr(model, "get_input_embeddings"):
+        raise ValueError(f"{type(model).__name__} takes no inputs_embeds; router flips need a Hugging Face model")
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids.to(next(model.parameters()).device)).float()
+    rms = float(embeds.pow(2).mean().sqrt())
+    dtype = next(model.parameters()).dtype
+    clean = _chosen(model, views, ids, embeds.to(dtype))
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for view in views:
+        f = RouterFromEmbeddings(model, view)
+        with torch.no_grad():
+            target = f(embeds.to(dtype)).argmax(dim=-1)
+        rows = []
+        for eps in epsilons:
+            size = eps * rms
+            noise = torch.randint(0, 2, embeds.shape, generator=gen).float() * 2 - 1
+            shares = {}
+            for name, moved in (("fgsm", fgsm_step(f, embeds.to(dtype), target, size)),
+                                ("random", embeds + size * noise)):
+                changed = (_chosen(model, [view], ids, moved.to(dtype))[view.index] != clean[view.index]).any(dim=1)
+                n, k = int(changed.numel()), int(changed.sum())
+                ci = st.binomtest(k, n).proportion_ci(LEVEL, method="exact")
+                shares[name] = {"share": k / n, "interval": [float(ci.low), float(ci.high)], "tokens": n}
+            rows.append({"epsilon": eps, **shares})
+        out.append({"layer": view.index, "rms": rms, "sweep": rows})
+    return out
