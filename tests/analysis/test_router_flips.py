@@ -9,7 +9,7 @@ from moescope.models.loading import load_moe_model
 
 def test_the_step_is_fgsm_on_the_router_objective_without_clamping(saved):
     model, _, views = load_moe_model(saved("mixtral"))
-    f = RouterFromEmbeddings(model, views[1])
+    f = RouterFromEmbeddings(model, [views[1]])
     vocab = model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (6, 1), generator=torch.Generator().manual_seed(0))   # one token per sequence
     x = model.get_input_embeddings()(ids).detach()

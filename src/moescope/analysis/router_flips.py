@@ -1,17 +1,18 @@
 r"""Routing under a small push of the input embeddings: FGSM against random noise of the same size.
 
-For each MoE layer *l*: the objective is the layer's router cross entropy against its current
-first choice (on its own score map, :class:`~moescope.analysis.router_boundary.RouterScores`), summed
-over the tokens; one step of FGSM moves the input embeddings by ε·rms·sign(∇), with ε in units of
-the embeddings' RMS value and no clamping; the control moves them by ε·rms·(random signs), the same
-L∞ and L2 size. What is counted is the share of tokens whose set of k experts *actually chosen by the
-block* at layer *l* changes (the recorder, on the model's own forward from the perturbed embeddings),
-with a Clopper–Pearson interval that treats tokens as independent (they share sequences, so it is
-narrower than the truth). The lecture's claim, for routers: a step along the gradient's sign moves
-routing far more than a random step of the same size.
+The objective is every MoE layer's router cross entropy against its current first choice (on each
+router's own score map, :class:`~moescope.analysis.router_boundary.RouterScores`), summed over the
+layers and tokens: one attack on all the routers at once, so its cost does not grow with depth. One
+step of FGSM moves the input embeddings by ε·rms·sign(∇), with ε in units of the embeddings' RMS value
+and no clamping; the control moves them by ε·rms·(random signs), the same L∞ and L2 size. What is
+counted is the share of tokens whose set of k experts *actually chosen by the block* at each layer
+changes (the recorder, on the model's own forward from the perturbed embeddings), with a
+Clopper–Pearson interval that treats tokens as independent (they share sequences, so it is narrower
+than the truth). The lecture's claim, for routers: a step along the gradient's sign moves routing far
+more than a random step of the same size.
 
 Hugging Face models only (the forward must take ``inputs_embeds``); the gradient's forward stops at
-layer *l*'s router, so the layers above it are not run for it.
+the last router, so the layers above it are not run for it.
 """
 
 from __future__ import annotations
@@ -30,34 +31,41 @@ LEVEL = 0.95
 
 
 class _Stop(Exception):
-    """Raised inside the forward once the router input is captured: the layers above are not needed."""
+    """Raised inside the forward once the last router input is captured: the layers above are not needed."""
 
 
 class RouterFromEmbeddings(nn.Module):
-    """(B, T, H) input embeddings -> (B·T, E) selection scores of ``view``'s router, differentiable."""
+    """(B, T, H) input embeddings -> (L·B·T, E) selection scores of the ``views``' routers (layer-major),
+    differentiable; the forward stops at the last of them."""
 
-    def __init__(self, model: nn.Module, view: MoELayerView) -> None:
+    def __init__(self, model: nn.Module, views: list[MoELayerView]) -> None:
         super().__init__()
-        self.model, self.router, self.scores = model, router_module(view), RouterScores(view)
+        self.model, self.views = model, views
+        self.scores = nn.ModuleList(RouterScores(v) for v in views)
 
     def forward(self, x: Tensor) -> Tensor:
-        captured: list[Tensor] = []
+        captured: dict[int, Tensor] = {}
 
-        def hook(module, args, kwargs):
-            captured.append(next(a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)))
-            raise _Stop
+        def keep(i: int):
+            def hook(module, args, kwargs):
+                captured[i] = next(a for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
+                if len(captured) == len(self.views):
+                    raise _Stop
+            return hook
 
-        handle = self.router.register_forward_pre_hook(hook, with_kwargs=True)
+        handles = [router_module(v).register_forward_pre_hook(keep(i), with_kwargs=True)
+                   for i, v in enumerate(self.views)]
         try:
             self.model(inputs_embeds=x)
         except _Stop:
             pass
         finally:
-            handle.remove()
-        if not captured:
-            raise ValueError("the router of the layer did not run on these embeddings")
-        h = captured[0]
-        return self.scores(h.reshape(-1, h.shape[-1]))
+            for h in handles:
+                h.remove()
+        if len(captured) != len(self.views):
+            raise ValueError("not every router of the layers ran on these embeddings")
+        return torch.cat([self.scores[i](captured[i].reshape(-1, captured[i].shape[-1]))
+                          for i in range(len(self.views))])
 
 
 def fgsm_step(f: nn.Module, x: Tensor, target: Tensor, size: float) -> Tensor:
@@ -85,7 +93,11 @@ def _chosen(model: nn.Module, views: list[MoELayerView], ids: Tensor, embeds: Te
 
 def router_flips(model: nn.Module, views: list[MoELayerView], ids: Tensor, *, epsilons=EPSILONS,
                  seed: int = 0) -> list[dict]:
-    """Per layer and ε: the share of tokens whose chosen experts change under FGSM and under random signs."""
+    """Per layer and ε: the share of tokens whose chosen experts change under FGSM and under random signs.
+
+    One attack for all layers: the objective sums every layer's router cross entropy against its current
+    first choice, so the cost is one backward and two forwards per ε whatever the depth.
+    """
     if not hasattr(model, "get_input_embeddings"):
         raise ValueError(f"{type(model).__name__} takes no inputs_embeds; router flips need a Hugging Face model")
     with torch.no_grad():
@@ -93,23 +105,22 @@ def router_flips(model: nn.Module, views: list[MoELayerView], ids: Tensor, *, ep
     rms = float(embeds.pow(2).mean().sqrt())
     dtype = next(model.parameters()).dtype
     clean = _chosen(model, views, ids, embeds.to(dtype))
+    f = RouterFromEmbeddings(model, views)
+    with torch.no_grad():
+        target = f(embeds.to(dtype)).argmax(dim=-1)
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for view in views:
-        f = RouterFromEmbeddings(model, view)
-        with torch.no_grad():
-            target = f(embeds.to(dtype)).argmax(dim=-1)
-        rows = []
-        for eps in epsilons:
-            size = eps * rms
-            noise = torch.randint(0, 2, embeds.shape, generator=gen).float() * 2 - 1
-            shares = {}
-            for name, moved in (("fgsm", fgsm_step(f, embeds.to(dtype), target, size)),
-                                ("random", embeds + size * noise)):
-                changed = (_chosen(model, [view], ids, moved.to(dtype))[view.index] != clean[view.index]).any(dim=1)
+    sweeps: dict[int, list[dict]] = {v.index: [] for v in views}
+    for eps in epsilons:
+        size = eps * rms
+        noise = torch.randint(0, 2, embeds.shape, generator=gen).float() * 2 - 1
+        rows: dict[int, dict] = {v.index: {"epsilon": eps} for v in views}
+        for name, moved in (("fgsm", fgsm_step(f, embeds.to(dtype), target, size)), ("random", embeds + size * noise)):
+            chosen = _chosen(model, views, ids, moved.to(dtype))
+            for v in views:
+                changed = (chosen[v.index] != clean[v.index]).any(dim=1)
                 n, k = int(changed.numel()), int(changed.sum())
                 ci = st.binomtest(k, n).proportion_ci(LEVEL, method="exact")
-                shares[name] = {"share": k / n, "interval": [float(ci.low), float(ci.high)], "tokens": n}
-            rows.append({"epsilon": eps, **shares})
-        out.append({"layer": view.index, "rms": rms, "sweep": rows})
-    return out
+                rows[v.index][name] = {"share": k / n, "interval": [float(ci.low), float(ci.high)], "tokens": n}
+        for index, row in rows.items():
+            sweeps[index].append(row)
+    return [{"layer": v.index, "rms": rms, "sweep": sweeps[v.index]} for v in views]
