@@ -4,12 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from moescope.lab.external import ExternalConfig
-
-# ~1.5k tokens; 40 random routers on 256 tokens per domain (the order-statistic 95% interval of
-# moescope.stats needs >= 39 draws, or it is unbounded); 50 regroupings: a second or two per checkpoint
-SMALL = ExternalConfig(max_tokens=512, seq_len=32, null_draws=40, null_tokens=256, expert_draws=50)
+from lab_fixtures import SMALL
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,15 @@ from dataclasses import replace
 from functools import cache
 
 from moescope.lab.corpus import Corpus, CorpusConfig, build_corpus
+from moescope.lab.external import ExternalConfig
 from moescope.lab.model import NON_CAUSAL_ROUTERS, LMConfig, MoESpec
 from moescope.lab.tokenizer import CorpusTokens, load_or_train_tokenizer, tokenize_corpus
 from moescope.lab.train import RunSpec, TrainConfig
 
+# ``lab --model`` on tiny checkpoints: ~1.5k tokens; 40 random routers on 256 tokens per domain (the
+# order-statistic 95% interval of moescope.stats needs >= 39 draws, or it is unbounded); 50 regroupings:
+# a second or two per checkpoint. Imported from here, not from conftest (several test folders have one).
+SMALL = ExternalConfig(max_tokens=512, seq_len=32, null_draws=40, null_tokens=256, expert_draws=50)
 TINY_CORPUS = CorpusConfig(chars_per_domain=20_000, doc_chars=1_000, val_fraction=0.2, seed=0)
 TINY_VOCAB = 512
 TINY_LM = LMConfig(vocab_size=TINY_VOCAB, d_model=32, n_layer=2, n_head=2, seq_len=16,

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))  # tiny_checkpoints.py
 
 import tiny_checkpoints
-from conftest import SMALL
+from lab_fixtures import SMALL
 
 from moescope.cli import app
 from moescope.lab.claims import c10_shared_expert
