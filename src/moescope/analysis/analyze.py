@@ -246,7 +246,11 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         if hasattr(model, "get_input_embeddings"):
             from moescope.analysis.router_flips import router_flips
 
-            results["router_flips"] = router_flips(model, chosen, torch.tensor([first_ids]))
+            try:
+                results["router_flips"] = router_flips(model, chosen, torch.tensor([first_ids]))
+            except (RuntimeError, ValueError, TypeError, AttributeError) as err:
+                # some families cannot run from input embeddings (Gemma 4 inverts them; DeepSeek-V4 routes by id)
+                results["router_flips_skipped"] = f"{type(err).__name__}: {err}"[:300]
     if memory is not None:
         base, peak = memory.pop("baseline_rss"), _rss("VmHWM")
         memory["peak_rss_growth"] = None if base is None or peak is None else peak - base
