@@ -11,15 +11,7 @@ import tiny_checkpoints
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """family -> directory of its saved tiny checkpoint (+ tokenizer), written once per session."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    saved: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in saved:
-            saved[family] = tiny_checkpoints.save(family, root / family, seed=tiny_checkpoints.seed_of(family))
-        return saved[family]
-
-    return get
+    return tiny_checkpoints.saver(tmp_path_factory.mktemp("checkpoints"))
 
 
 @pytest.fixture(scope="session")

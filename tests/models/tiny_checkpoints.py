@@ -54,6 +54,18 @@ ORIGINAL = ("deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe", "granitemoesh
             "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "switch_transformers")
 
 
+def saver(root: Path) -> Callable[[str], Path]:
+    """family -> directory under ``root`` of its tiny checkpoint (with a tokenizer), saved on first request."""
+    saved: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in saved:
+            saved[family] = save(family, root / family, seed=seed_of(family))
+        return saved[family]
+
+    return get
+
+
 def seed_of(family: str) -> int:
     """A seed for ``family``'s checkpoint that does not move when families are added (crc32 of the name)."""
     return zlib.crc32(family.encode()) % 10_000

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from moescope.adversarial.boundary import measure_boundary
 from moescope.analysis.router_rewrite import router_module
 from moescope.models import RoutingRecorder
+from moescope.models.recorder import first_tensor
 from moescope.models.view import MoELayerView
 
 AGREEMENT = 0.99   # share of tokens whose best selection score must be among the experts the block chose
@@ -54,7 +55,7 @@ def router_inputs(model: nn.Module, views: list[MoELayerView], ids: Tensor) -> t
 
     def keep(view: MoELayerView):
         def hook(module, args, kwargs):
-            h = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+            h = first_tensor(args, kwargs)
             if h is not None:
                 captured[view.index] = h.detach().reshape(-1, h.shape[-1]).float().cpu()
         return hook

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from moescope.analysis.router_boundary import RouterScores
 from moescope.analysis.router_rewrite import router_module
 from moescope.models import RoutingRecorder
+from moescope.models.recorder import first_tensor
 from moescope.models.view import MoELayerView
 
 EPSILONS = (0.01, 0.03, 0.1, 0.3)
@@ -48,7 +49,7 @@ class RouterFromEmbeddings(nn.Module):
 
         def keep(i: int):
             def hook(module, args, kwargs):
-                captured[i] = next(a for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
+                captured[i] = first_tensor(args, kwargs)
                 if len(captured) == len(self.views):
                     raise _Stop
             return hook
@@ -82,13 +83,7 @@ def _chosen(model: nn.Module, views: list[MoELayerView], ids: Tensor, embeds: Te
     with RoutingRecorder(model, views) as rec, torch.no_grad():
         rec.set_batch(ids, torch.ones_like(ids))
         model(inputs_embeds=embeds)
-        out = {}
-        for r in rec.pop():
-            E = r.scores.shape[-1]
-            hit = torch.zeros(r.indices.shape[0], E + 1, dtype=torch.bool)
-            hit.scatter_(1, torch.where(r.indices >= 0, r.indices, E), True)
-            out[r.layer] = hit[:, :E]
-    return out
+        return {r.layer: r.chosen() for r in rec.pop()}
 
 
 def router_flips(model: nn.Module, views: list[MoELayerView], ids: Tensor, *, epsilons=EPSILONS,

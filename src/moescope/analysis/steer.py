@@ -7,6 +7,7 @@ Without contrasts: the built-in sample's code against its prose (``language``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ def sentence(direction: str, name: str, r: dict, n: int, level: float) -> str:
     """The computed sentence for one direction and text set (the numbers the table shows)."""
     lo, hi = r["interval"]
     verb = "Switching on" if direction == "activate" else "Switching off"
-    interval = f"[{lo:+.4f}, {hi:+.4f}]" if all(map(lambda x: abs(x) != float("inf"), (lo, hi))) else "(no interval)"
+    interval = f"[{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) and math.isfinite(hi) else "(no interval)"
     return (f"{verb} the {n} experts linked to the first text changes the {name} loss by {r['delta_loss']:+.4f} "
             f"nats {interval} ({level:.0%}); as many random experts change it by {r['random_mean']:+.4f} on average "
             f"(two-sided p = {r['p_value']:.2f} over {len(r['random'])} random draws).")

@@ -64,9 +64,8 @@ def activation_rates(model: nn.Module, views: list[MoELayerView], ids: Tensor, b
             window_losses(model, chunk)
             B, T = chunk.shape
             for r in rec.pop():
-                hit = torch.zeros(B * T, E + 1, dtype=torch.bool)
-                hit.scatter_(1, torch.where(r.indices >= 0, r.indices, E), True)   # E: "no expert" column
-                out[row: row + B, position[r.layer]] = hit[:, :E].view(B, T, E).float().mean(dim=1).numpy()
+                e = r.scores.shape[-1]
+                out[row: row + B, position[r.layer], :e] = r.chosen().view(B, T, e).float().mean(dim=1).numpy()
             row += B
     return out
 

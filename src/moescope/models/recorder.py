@@ -96,7 +96,7 @@ class _Capture:
     own_mask: Tensor | None            # the attention_mask a moescope layer was called with
 
 
-def _first_tensor(args: tuple, kwargs: dict) -> Tensor | None:
+def first_tensor(args: tuple, kwargs: dict) -> Tensor | None:
     for v in (*args, *kwargs.values()):
         if isinstance(v, Tensor):
             return v
@@ -210,7 +210,7 @@ class RoutingRecorder:
 
     def _block_pre(self, view: MoELayerView):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = _first_tensor(args, kwargs)
+            x = first_tensor(args, kwargs)
             lead = tuple(x.shape[:-1]) if x is not None else ()
             own = kwargs.get("attention_mask") if view.family == "moescope" else None
             self._lead[view.index] = (lead, own)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 SCORINGS = ("softmax", "sigmoid", "sqrtsoftplus", "soft")  # sqrtsoftplus: √softplus(logit) (DeepSeek-V4)
@@ -99,3 +100,10 @@ class RoutingRecord:
     batch_shape: tuple[int, int]
     mask: Tensor
     token_ids: Tensor | None = None
+
+    def chosen(self) -> Tensor:
+        """(T, E) bool: True where the token was processed by the expert (``indices``, -1 skipped)."""
+        E = self.scores.shape[-1]
+        hit = torch.zeros(self.indices.shape[0], E + 1, dtype=torch.bool, device=self.indices.device)
+        hit.scatter_(1, torch.where(self.indices >= 0, self.indices, E), True)  # column E: "no expert"
+        return hit[:, :E]
