@@ -43,8 +43,26 @@ def test_streamed_analysis_equals_in_memory(family, saved):
         assert plain.pop("router_flips") and "router_flips" not in streamed
     memory = streamed.pop("memory")
     assert memory["streamed"] is True and memory["bytes_read"] > 0
+    layers = memory_plan(saved(family)).num_layers
+    assert memory["chunks"] == 1 and memory["layer_reads"] == layers, "layer-major: each layer read once"
+    assert 0 < memory["hidden_buffer"]
     json.dumps(memory, allow_nan=False)
     _close(plain, streamed)
+
+
+def test_a_tight_budget_splits_the_windows_into_chunks_with_the_same_results(saved):
+    """The kept residual stream is bounded by the budget: more chunks, each layer read once per chunk."""
+    path = saved("mixtral")
+    plan = memory_plan(path, tokens=16 * 3)
+    budget = plan.streamed + plan.per_token * 16 * 3  # room for two forwards' residual stream
+    assert plan.buffer_tokens(budget) == 16 * 3 * 2
+    plain = analyze(_config(path, stream_layers=True))
+    tight = analyze(_config(path, stream_layers=True, max_memory=budget))
+    memory = tight.pop("memory")
+    assert memory["chunks"] > 1 and memory["layer_reads"] == memory["chunks"] * plan.num_layers
+    assert memory["hidden_buffer"] <= plan.per_token * plan.buffer_tokens(budget)
+    plain.pop("memory")
+    _close(plain, tight)
 
 
 def test_a_budget_decides_to_stream_or_refuses(saved):

@@ -104,8 +104,12 @@ def test_a_moe_block_outside_a_layer_list_is_refused():
         decoder_layers(layer, find_moe_layers(layer))
 
 
-def test_a_layer_missing_from_the_checkpoint_is_named(checkpoint, tmp_path):
+def test_a_layer_missing_from_the_checkpoint_is_named(checkpoint, tmp_path, monkeypatch):
+    """Refused up front (the config builds a tensor no file holds); and, should that check miss it, by the
+    streamer itself when the layer's forward starts."""
     from safetensors.torch import load_file, save_file
+
+    import moescope.models.streaming as streaming
 
     src = checkpoint("mixtral")
     for f in src.iterdir():
@@ -114,6 +118,9 @@ def test_a_layer_missing_from_the_checkpoint_is_named(checkpoint, tmp_path):
     dropped = "model.layers.1.self_attn.q_proj.weight"
     del tensors[dropped]
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks tensors its config\.json builds: model\.layers\.1\.self_attn\.q_proj"):
+        stream_moe_model(tmp_path)
+    monkeypatch.setattr(streaming, "_check_weights", lambda path: None)
     model, tokenizer, views = stream_moe_model(tmp_path)
     with pytest.raises(StreamingError, match=r"lacks weights of decoder layer 1: model\.layers\.1\.self_attn\.q_proj"):
         _records(model, views, tokenizer)

@@ -26,6 +26,7 @@ from moescope.analysis.checkpoint import open_checkpoint
 from moescope.analysis.routing import RoutingStats, SaturationStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder, load_moe_model
+from moescope.models.layer_major import LayerMajor
 from moescope.models.loading import check_device, check_dtype, checkpoint_dtype
 from moescope.models.streaming import format_size, memory_plan, parse_size, stream_moe_model
 from moescope.models.view import RoutingRecord
@@ -145,7 +146,7 @@ def _load(cfg: AnalyzeConfig) -> tuple[torch.nn.Module, object, list, dict | Non
     stream = plan.decide(cfg.max_memory, stream=True if cfg.stream_layers else None)
     memory = {"streamed": stream, "budget": None if cfg.max_memory is None else parse_size(cfg.max_memory),
               "baseline_rss": _rss("VmRSS"), "streamed_minimum": plan.streamed, "in_memory": plan.in_memory,
-              "plan": plan.describe()}
+              "plan": plan.describe(), "buffer_tokens": plan.buffer_tokens(cfg.max_memory) if stream else None}
     return (*(stream_moe_model if stream else load_moe_model)(cfg.path, dtype=dtype, device=cfg.device), memory)
 
 
@@ -191,29 +192,23 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     stats = RoutingStats([v.num_experts for v in chosen], [v.top_k for v in chosen], domains=domains,
                          vocab_size=len(tokenizer), selection_bias=_selection_biases(cfg.path, chosen))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    token_counts, samples = {}, []
-    with RoutingRecorder(model, chosen) as recorder:
-        for src in sources:
-            ids = tokenizer(src.text, add_special_tokens=False)["input_ids"][: cfg.max_tokens]
-            if not ids:
-                raise ValueError(f"text source {src.label!r} tokenizes to nothing")
-            token_counts[src.label] = len(ids)
-            seqs, masks = _sequences(ids, cfg.seq_len, pad)
-            for number, start in enumerate(range(0, seqs.shape[0], cfg.batch_size)):
-                if number % world != rank:
-                    continue
-                batch, mask = seqs[start : start + cfg.batch_size], masks[start : start + cfg.batch_size]
-                recorder.set_batch(batch, mask)
-                _forward(model, batch, mask)
-                for rec in recorder.pop():
-                    stats.update(_relabel(rec, position), src.domain)
-                if on_tokens is not None:
-                    on_tokens(int(mask.sum()))
-            head = torch.tensor([ids[: cfg.heatmap_tokens]])
-            recorder.set_batch(head, torch.ones_like(head))
-            _forward(model, head, torch.ones_like(head))
-            samples.append({"name": src.label, "tokens": [tokenizer.decode([t]) for t in head[0].tolist()],
-                            "weights": {rec.layer: _dense_weights(rec) for rec in recorder.pop()}})
+    token_counts, jobs = {}, []
+    for number, src in enumerate(sources):
+        ids = tokenizer(src.text, add_special_tokens=False)["input_ids"][: cfg.max_tokens]
+        if not ids:
+            raise ValueError(f"text source {src.label!r} tokenizes to nothing")
+        token_counts[src.label] = len(ids)
+        seqs, masks = _sequences(ids, cfg.seq_len, pad)
+        jobs += [_Job(number, seqs[start : start + cfg.batch_size], masks[start : start + cfg.batch_size])
+                 for start in range(0, seqs.shape[0], cfg.batch_size)][rank::world]
+        head = torch.tensor([ids[: cfg.heatmap_tokens]])
+        jobs.append(_Job(number, head, torch.ones_like(head), sample=True))
+    weights = _route(model, views, chosen, jobs, memory,
+                     count=lambda job, records: [stats.update(_relabel(rec, position), sources[job.source].domain)
+                                                 for rec in records],
+                     on_tokens=on_tokens)
+    samples = [{"name": sources[job.source].label, "tokens": [tokenizer.decode([t]) for t in job.ids[0].tolist()],
+                "weights": weights.get(job.source, {})} for job in jobs if job.sample]
     if world > 1:
         stats.all_reduce()
     routing = []
@@ -276,6 +271,74 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
                                                      key=lambda lay: lay["index"])}
         results["weights"] = geometry
     return results
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One forward of ``analyze``: a batch of a source's sequences, or the head of a source (heatmap sample)."""
+
+    source: int            # index into the sources
+    ids: torch.Tensor      # (B, S) token ids
+    mask: torch.Tensor     # (B, S) attention mask
+    sample: bool = False   # the heatmap sample, not counted in the statistics
+
+
+def _route(model: torch.nn.Module, views: list, chosen: list, jobs: list[_Job], memory: dict | None, *,
+           count: Callable[[_Job, list[RoutingRecord]], object],
+           on_tokens: Callable[[float], None] | None) -> dict[int, dict]:
+    """Every job through ``model`` with ``chosen`` recorded: ``count(job, records)`` for the statistics' jobs;
+    returns the heatmap samples' dense weights, ``{source: {layer: (T, E) list}}``.
+
+    A streamed model runs layer-major (:class:`~moescope.models.layer_major.LayerMajor`): each decoder layer is
+    read once per chunk of jobs whose residual stream fits ``memory["buffer_tokens"]``, and ``memory`` gains
+    ``chunks``, ``layer_reads`` and ``hidden_buffer`` (bytes of the kept residual stream). ``on_tokens`` then
+    advances by each job's tokens divided by the rounds, so that a progress bar still totals the tokens.
+    """
+    weights: dict[int, dict] = {}
+    streamed = memory is not None and memory["streamed"]
+    runner = LayerMajor(model, views) if streamed else None
+    last = max((runner.layer_of(v) for v in chosen), default=0) if runner is not None else 0
+    rounds = last + 1 if runner is not None else 1
+
+    with RoutingRecorder(model, chosen) as recorder:
+        def forward(job: _Job) -> None:
+            recorder.set_batch(job.ids, job.mask)
+            try:
+                _forward(model, job.ids, job.mask)
+            finally:
+                records = recorder.pop()
+                if job.sample:
+                    weights.setdefault(job.source, {}).update({rec.layer: _dense_weights(rec) for rec in records})
+                else:
+                    count(job, records)
+                    if on_tokens is not None:
+                        on_tokens(int(job.mask.sum()) / rounds if rounds > 1 else int(job.mask.sum()))
+
+        if runner is None:
+            for job in jobs:
+                forward(job)
+            return weights
+        chunks = _chunks(jobs, memory["buffer_tokens"])
+        for chunk in chunks:
+            runner.run(len(chunk), lambda b, chunk=chunk: forward(chunk[b]), layers=[last])
+            memory["hidden_buffer"] = max(memory.get("hidden_buffer", 0), runner.hidden_bytes)
+        memory.update(chunks=len(chunks), layer_reads=model.moescope_streamer.layer_loads)
+    return weights
+
+
+def _chunks(jobs: list[_Job], tokens: int) -> list[list[_Job]]:
+    """Consecutive jobs grouped so that each group holds at most ``tokens`` tokens (at least one job each):
+    the residual stream a layer-major run keeps is one group's."""
+    chunks: list[list[_Job]] = []
+    held = 0
+    for job in jobs:
+        n = job.ids.numel()
+        if not chunks or held + n > tokens:
+            chunks.append([])
+            held = 0
+        chunks[-1].append(job)
+        held += n
+    return chunks
 
 
 def _relabel(rec: RoutingRecord, position: dict[int, int]) -> RoutingRecord:

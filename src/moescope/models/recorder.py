@@ -57,11 +57,13 @@ and ``on_pass`` is called with each pass's records (use it under ``generate``). 
 directly, without ``model``, form a pass that ends when a layer fires a second time or the
 records are read. While a pass runs, captures stay on the model's device; they are moved to
 the CPU (float32 / int64, detached) once per pass. Hooks are removed on exit, exceptions
-included.
+included. A forward ended on purpose by :class:`~moescope.models.layer_major.StopForward` (a
+layer-major run) is a finished pass: the layers that ran are recorded.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,6 +74,7 @@ from torch.utils.hooks import RemovableHandle
 from moescope.models.adapters import find_moe_layers
 from moescope.models.families import BY_NAME
 from moescope.models.family import Reader
+from moescope.models.layer_major import StopForward
 from moescope.models.view import MoELayerView, RoutingRecord
 
 
@@ -202,7 +205,8 @@ class RoutingRecorder:
 
     def _model_post(self, module: nn.Module, args: tuple, output) -> None:
         self._in_model = False
-        if output is None:             # the forward raised (an always_call hook): drop the pass
+        if output is None and not isinstance(sys.exc_info()[1], StopForward):
+            # the forward raised (an always_call hook sees the exception being handled): drop the pass
             self._pending.clear()
             self._pending_batch = (None, None)
         elif self._pending:

@@ -60,6 +60,7 @@ from torch import nn
 from moescope.models.adapters import find_moe_layers
 from moescope.models.family import Family
 from moescope.models.loading import _TOKENIZER_FILES, _auto_class, _check_dir, _check_weights, _family
+from moescope.models.memory import bound_allocators
 from moescope.models.shards import read_header, weight_files
 from moescope.models.view import MoELayerView
 
@@ -261,6 +262,7 @@ class LayerStreamer:
         self.resident_keys, self.layer_keys = self._group()
         self._handles: list = []
         self._loaded: dict[int, list[tuple[nn.Module, str, torch.Tensor]]] = {}
+        self._held: set[int] = set()
         self.layer_loads = 0
         self.bytes_read = 0
 
@@ -343,6 +345,8 @@ class LayerStreamer:
 
     def _pre(self, i: int):
         def hook(module: nn.Module, args) -> None:
+            if i in self._held:
+                return
             pending = [(owner, name, t) for owner, name, t in _tensors(module) if t.is_meta]
             self._load(self.layer_keys[i])
             left = [f"{self.layers_path}.{i}.{_path(module, owner)}{name}" for owner, name, _ in pending
@@ -360,10 +364,25 @@ class LayerStreamer:
 
     def _post(self, i: int):
         def hook(module: nn.Module, args, output) -> None:
+            if i in self._held:
+                return
             for owner, name, meta in self._loaded.pop(i, []):
                 _put(owner, name, meta)  # the loaded tensor's last reference goes: freed
 
         return hook
+
+    @contextlib.contextmanager
+    def hold(self, i: int) -> Iterator[None]:
+        """Decoder layer ``i`` resident for the whole block: read once, its forwards neither read nor free it
+        (what a layer-major run, :mod:`moescope.models.layer_major`, needs)."""
+        layer = self.layers[i]
+        self._pre(i)(layer, ())
+        self._held.add(i)
+        try:
+            yield
+        finally:
+            self._held.discard(i)
+            self._post(i)(layer, (), None)
 
     def prefetch(self, i: int) -> None:
         """Ask the kernel to read layer ``i``'s byte ranges into the page cache (no resident copy here)."""
@@ -382,7 +401,7 @@ class LayerStreamer:
                 os.close(fd)
 
     def attach(self) -> LayerStreamer:
-        _fixed_mmap_threshold()
+        bound_allocators()
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.register_forward_pre_hook(self._pre(i)))
             self._handles.append(layer.register_forward_hook(self._post(i), always_call=True))
@@ -408,32 +427,7 @@ class LayerStreamer:
             resident=sum(self._nbytes(k) for k in self.resident_keys),
             largest_layer=largest, conversion=max(fused.values(), default=0),
             activations=int(tokens * item * (ACTIVATION_WIDTHS * hidden + vocab)),
-            num_layers=len(layers), tokens=tokens)
-
-
-#: allocations above this size get their own mmap and go back to the OS when freed (glibc's M_MMAP_THRESHOLD)
-MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3  # glibc malloc.h
-
-
-def _fixed_mmap_threshold() -> None:
-    """Pin glibc's mmap threshold so that a freed layer's memory leaves the process.
-
-    glibc raises the threshold to the size of each freed mmapped block (up to 32 MiB), so after the
-    first layer is freed its tensors' successors are carved out of the heap, which fragments and keeps
-    each freed layer resident (measured: +70 MiB of RSS per 200 MiB layer); setting the threshold
-    turns that adjustment off. Process-wide and harmless elsewhere; a no-op off glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version"):
-            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except OSError:
-        pass
+            num_layers=len(layers), tokens=tokens, per_token=hidden * item)
 
 
 def _path(root: nn.Module, owner: nn.Module) -> str:
@@ -478,6 +472,8 @@ ACTIVATION_WIDTHS = 32
 #: what a streamed model holds beyond its tensors: allocator slack, Python objects of the model and
 #: the loader (measured +19 MiB on a 4-layer bfloat16 Mixtral), with room to spare
 OVERHEAD = 64 * 2**20
+#: residual-stream buffer of a layer-major run when no memory budget is given
+DEFAULT_BUFFER = 2**30
 
 
 @dataclass(frozen=True)
@@ -494,6 +490,8 @@ class MemoryPlan:
             :data:`ACTIVATION_WIDTHS`) plus its logits.
         num_layers: decoder layers.
         tokens: tokens per forward the activations were sized for.
+        per_token: bytes of one token's residual stream, which a layer-major run
+            (:mod:`moescope.models.layer_major`) keeps for every token between layers.
     """
 
     whole: int
@@ -503,11 +501,23 @@ class MemoryPlan:
     activations: int
     num_layers: int
     tokens: int
+    per_token: int = 0
 
     @property
     def streamed(self) -> int:
-        """The smallest budget the streamed path runs in: resident + one layer (+ its conversion) + activations."""
-        return self.resident + self.largest_layer + self.conversion + self.activations + OVERHEAD
+        """The smallest budget the streamed path runs in: resident + one layer (+ its conversion) + activations
+        + the residual stream of one forward's tokens."""
+        return (self.resident + self.largest_layer + self.conversion + self.activations + self.per_token * self.tokens
+                + OVERHEAD)
+
+    def buffer_tokens(self, budget: int | str | None) -> int:
+        """Tokens whose residual stream a layer-major run keeps at once: as many as ``budget`` leaves room for
+        beyond :attr:`streamed` (without a budget, :data:`DEFAULT_BUFFER` bytes' worth), at least one forward's.
+
+        Each decoder layer is read once per that many tokens, so a larger buffer means fewer reads.
+        """
+        room = DEFAULT_BUFFER if budget is None else parse_size(budget) - self.streamed
+        return self.tokens + max(0, room) // max(1, self.per_token)
 
     @property
     def in_memory(self) -> int:
