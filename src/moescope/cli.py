@@ -134,8 +134,17 @@ def analyze(
         "the same routing statistics).")] = False,
     max_memory: Annotated[str | None, typer.Option(
         "--max-memory", metavar="SIZE", help="Memory budget such as 4GB or 512MiB: layers are streamed when the "
-        "whole model would not fit; refused, naming the smallest workable budget, when even streaming would not.")]
+        "whole model would not fit; refused, naming the smallest workable budget, when even streaming would not. "
+        "With --device-map: the CPU memory accelerate may fill.")]
     = None,
+    device_map: Annotated[str | None, typer.Option(
+        "--device-map", help="Spread the model with accelerate: auto, balanced, balanced_low_0 or sequential (GPUs "
+        "first, then CPU memory up to --max-memory, then --offload-folder).")] = None,
+    offload_folder: Annotated[Path | None, typer.Option(
+        "--offload-folder", help="With --device-map: a folder for the weights that fit in no memory.")] = None,
+    routing: Annotated[bool, typer.Option(
+        help="Route text through the model. --no-routing: only the weight geometry, read expert by expert from "
+        "the files (no model is built; memory stays near one expert matrix).")] = True,
     out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for report.html and results.json.")]
     = Path("out/analyze"),
 ) -> None:
@@ -149,7 +158,8 @@ def analyze(
     try:
         cfg = AnalyzeConfig(path=path, sources=_read_sources(text, domain), layers=_parse_layers(layers),
                             max_tokens=max_tokens, seq_len=seq_len, weights=weights, dtype=dtype,
-                            device=device, stream_layers=stream_layers, max_memory=max_memory)
+                            device=device, stream_layers=stream_layers, max_memory=max_memory,
+                            device_map=device_map, offload_folder=offload_folder, routing=routing)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
@@ -166,8 +176,18 @@ def analyze(
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun: rank 0 writes
         return
     written = write_analyze_report(results, out)
+    only = results.get("weights_only")
+    if only is not None:
+        peak = only["peak_rss_growth"]
+        console.print(f"Read {format_size(only['bytes'])} of MoE weights in {only['seconds']:.1f} s "
+                      f"({format_size(only['bytes_per_second'] or 0)}/s: a 100 GB checkpoint would take "
+                      f"{(only['seconds_per_100GB'] or 0) / 60:.0f} min); peak memory growth "
+                      f"{format_size(peak) if peak is not None else 'not measured on this OS'}.")
     memory = results.get("memory")
-    if memory is not None:
+    if memory is not None and "streamed_minimum" not in memory:
+        console.print(f"Placed by accelerate (device map {memory['device_map']}); peak memory growth "
+                      f"{memory.get('peak', 'not measured on this OS')}.")
+    elif memory is not None:
         how = "one decoder layer at a time" if memory["streamed"] else "the whole model in memory"
         console.print(f"Ran {how}; peak memory growth {memory.get('peak', 'not measured on this OS')} "
                       f"(streamed minimum {format_size(memory['streamed_minimum'])}).")

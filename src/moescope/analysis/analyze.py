@@ -27,7 +27,7 @@ from moescope.analysis.routing import RoutingStats, SaturationStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder, load_moe_model
 from moescope.models.layer_major import LayerMajor
-from moescope.models.loading import check_device, check_dtype, checkpoint_dtype
+from moescope.models.loading import check_device, check_dtype, check_placement, checkpoint_dtype
 from moescope.models.streaming import format_size, memory_plan, parse_size, stream_moe_model
 from moescope.models.view import RoutingRecord
 
@@ -59,6 +59,9 @@ class AnalyzeConfig:
     boundary_points: int = 64              # tokens per layer whose distance to a routing change is measured (0: off)
     dtype: str = "float32"                 # parameters' dtype (models.loading.DTYPES): float32 keeps statistics exact
     device: str = "cpu"                    # where the model runs (models.loading.DEVICES)
+    device_map: str | None = None          # spread the model with accelerate (models.loading.DEVICE_MAPS)
+    offload_folder: Path | None = None     # with device_map: where weights that fit nowhere else are kept
+    routing: bool = True                   # route text (False: weight geometry from the files only, no model built)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "max_tokens", "heatmap_tokens"):
@@ -70,9 +73,23 @@ class AnalyzeConfig:
             parse_size(self.max_memory)  # a bad size fails here, before any work
         check_dtype(self.dtype)
         check_device(self.device)
+        if not self.routing and not self.weights:
+            raise ValueError("nothing to measure: routing=False (--no-routing) needs weights=True (--weights)")
+        if self.device_map is not None:
+            if self.stream_layers:
+                raise ValueError("stream_layers (--stream-layers) and device_map (--device-map) are two ways to "
+                                 "hold part of the model; choose one")
+            check_placement(torch.device(self.device), self.device_map, self.accelerate_memory(),
+                            self.offload_folder)
+        elif self.offload_folder is not None:
+            raise ValueError("offload_folder (--offload-folder) only applies with device_map (--device-map auto)")
         for s in self.sources:
             if not s.text.strip():
                 raise ValueError(f"text source {s.label!r} is empty")
+
+    def accelerate_memory(self) -> dict | None:
+        """``max_memory`` for accelerate: the budget is the CPU's (GPUs get what is free)."""
+        return None if self.max_memory is None else {"cpu": self.max_memory}
 
 
 def default_sources(max_chars: int = 20_000) -> tuple[Source, ...]:
@@ -139,6 +156,11 @@ def _rss(key: str) -> int | None:
 def _load(cfg: AnalyzeConfig) -> tuple[torch.nn.Module, object, list, dict | None]:
     """The model, in memory or layer-streamed as ``cfg`` asks; the memory section of the results (None
     when neither ``stream_layers`` nor ``max_memory`` is set, so that default results do not change)."""
+    if cfg.device_map is not None:
+        memory = {"streamed": False, "device_map": cfg.device_map, "baseline_rss": _rss("VmRSS"),
+                  "budget": None if cfg.max_memory is None else parse_size(cfg.max_memory)}
+        return (*load_moe_model(cfg.path, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
+                                max_memory=cfg.accelerate_memory(), offload_folder=cfg.offload_folder), memory)
     if not cfg.stream_layers and cfg.max_memory is None:
         return (*load_moe_model(cfg.path, dtype=cfg.dtype, device=cfg.device), None)
     dtype = check_dtype(cfg.dtype) or checkpoint_dtype(cfg.path)
@@ -178,6 +200,8 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     rank returns the same dict.
     """
     rank, world = _distributed()
+    if not cfg.routing:
+        return _weights_only(cfg, rank, world, progress=on_tokens is not None)
     model, tokenizer, views, memory = _load(cfg)
     if tokenizer is None:
         raise ValueError(f"{cfg.path} has no tokenizer files; analyze needs one to turn the text into token ids")
@@ -227,11 +251,12 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         "routing": routing,
         "samples": samples,
     }
-    if cfg.weights and (memory is None or not memory["streamed"]):  # a streamed model's layers are not resident
+    resident = memory is None or (not memory["streamed"] and cfg.device_map is None)
+    if cfg.weights and resident:  # a streamed or offloaded model's layers are not resident
         from moescope.analysis.logit_lens import decode_lens, expert_lens
 
         results["logit_lens"] = decode_lens(expert_lens(model, chosen), lambda t: tokenizer.decode([t]))
-    if cfg.boundary_points and chosen and (memory is None or not memory["streamed"]) \
+    if cfg.boundary_points and chosen and resident \
             and not getattr(model.config, "is_encoder_decoder", False):
         from moescope.analysis.router_boundary import router_boundary
 
@@ -256,20 +281,7 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         results["memory"] = memory
     del model
     if cfg.weights:
-        from moescope.analysis.weights import weight_geometry
-
-        indices = [v.index for v in chosen]
-        mine = indices[rank::world]
-        geometry = weight_geometry(cfg.path, layers=tuple(mine), rank=cfg.rank,
-                                   progress=on_tokens is not None and rank == 0) if mine else {"layers": []}
-        if world > 1:
-            import torch.distributed as dist
-
-            parts = [None] * world
-            dist.all_gather_object(parts, geometry)
-            geometry = {**parts[0], "layers": sorted((lay for p in parts for lay in p["layers"]),
-                                                     key=lambda lay: lay["index"])}
-        results["weights"] = geometry
+        results["weights"] = _geometry(cfg, [v.index for v in chosen], rank, world, progress=on_tokens is not None)
     return results
 
 
@@ -281,6 +293,59 @@ class _Job:
     ids: torch.Tensor      # (B, S) token ids
     mask: torch.Tensor     # (B, S) attention mask
     sample: bool = False   # the heatmap sample, not counted in the statistics
+
+
+def _geometry(cfg: AnalyzeConfig, indices: list[int], rank: int, world: int, *, progress: bool) -> dict:
+    """Weight geometry of MoE layers ``indices`` from the safetensors files; under torchrun split by layer."""
+    from moescope.analysis.weights import weight_geometry
+
+    mine = indices[rank::world]
+    geometry = weight_geometry(cfg.path, layers=tuple(mine), rank=cfg.rank,
+                               progress=progress and rank == 0) if mine else {"layers": []}
+    if world > 1:
+        import torch.distributed as dist
+
+        parts = [None] * world
+        dist.all_gather_object(parts, geometry)
+        geometry = {**parts[0], "layers": sorted((lay for p in parts for lay in p["layers"]),
+                                                 key=lambda lay: lay["index"])}
+    return geometry
+
+
+def _weights_only(cfg: AnalyzeConfig, rank: int, world: int, *, progress: bool) -> dict:
+    """``routing=False``: the weight geometry alone, read expert by expert from the files (no model is built, so
+    memory stays near one expert matrix); with the read rate and the time a 100 GB checkpoint would take at it."""
+    import time
+
+    from moescope.models.shards import DTYPE_BITS
+
+    ckpt = open_checkpoint(cfg.path)
+    indices = [lay.index for lay in ckpt.layers if cfg.layers is None or lay.index in cfg.layers]
+    if cfg.layers is not None and len(indices) != len(set(cfg.layers)):
+        missing = sorted(set(cfg.layers) - set(indices))
+        raise ValueError(f"--layers {missing} not found; the model has MoE layers 0..{len(ckpt.layers) - 1}")
+    prefixes = tuple(f"{lay.name}." for lay in ckpt.layers if lay.index in indices)
+    nbytes = sum(math.prod(info.shape) * DTYPE_BITS.get(info.dtype, 32) // 8
+                 for key, info in ckpt.tensors.items() if key.startswith(prefixes))
+    base = _rss("VmRSS")
+    start = time.perf_counter()
+    geometry = _geometry(cfg, indices, rank, world, progress=progress)
+    seconds = time.perf_counter() - start
+    peak = _rss("VmHWM")
+    first = ckpt.layers[indices[0]] if indices else None
+    return {
+        "model": {"path": str(cfg.path), "model_type": ckpt.model_type, "family": ckpt.model_type,
+                  "num_moe_layers": len(ckpt.layers), "num_experts": first and first.num_experts,
+                  "top_k": first and first.view().top_k, "hidden": first and first.hidden, "dtype": None,
+                  "device": None},
+        "routing": [],
+        "samples": [],
+        "weights": geometry,
+        "weights_only": {"layers": len(indices), "bytes": nbytes, "seconds": seconds,
+                         "bytes_per_second": nbytes / seconds if seconds > 0 else None,
+                         "seconds_per_100GB": 100e9 * seconds / nbytes if nbytes else None,
+                         "peak_rss_growth": None if base is None or peak is None else peak - base},
+    }
 
 
 def _route(model: torch.nn.Module, views: list, chosen: list, jobs: list[_Job], memory: dict | None, *,
