@@ -16,14 +16,15 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def loaded(checkpoint):
-    """family -> (model, tokenizer, views) loaded from disk with load_moe_model, once per session."""
+    """family -> (model, tokenizer, views) loaded from disk by transformers' own ``from_pretrained``
+    (``load_moe_model(loader="transformers")``, the independent reference), once per session."""
     from moescope.models import load_moe_model
 
     cache: dict[str, tuple] = {}
 
     def get(family: str):
         if family not in cache:
-            cache[family] = load_moe_model(checkpoint(family))
+            cache[family] = load_moe_model(checkpoint(family), loader="transformers")
         return cache[family]
 
     return get

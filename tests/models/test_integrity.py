@@ -9,6 +9,7 @@ tiny checkpoint of every family.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,8 @@ from moescope.models.loading import _check_weights
 from moescope.models.shards import INDEX, read_header
 from moescope.models.streaming import stream_moe_model
 
-LOADERS = {"load": load_moe_model, "stream": stream_moe_model}
+LOADERS = {"load": load_moe_model, "stream": stream_moe_model,
+           "transformers": functools.partial(load_moe_model, loader="transformers")}
 
 
 def _refused(loader: str, path: Path, pattern: str, error: type[Exception] = ValueError) -> str:
@@ -203,6 +205,7 @@ def test_shape_mismatch_the_dry_run_misses_is_still_named(mixtral, monkeypatch):
     config["vocab_size"] = 200
     (mixtral / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr(loading, "check_shapes", lambda *args: None)
-    _refused("load", mixtral, r"lacks \(or has wrongly shaped\) weights the model needs: lm_head\.weight "
+    _refused("load", mixtral, r"wrong shape .*lm_head\.weight")
+    _refused("transformers", mixtral, r"lacks \(or has wrongly shaped\) weights the model needs: lm_head\.weight "
                               r"\(\[300, 32\] in the checkpoint, \[200, 32\] for the config\), "
                               r"model\.embed_tokens\.weight")

@@ -19,7 +19,7 @@ import tiny_checkpoints
 import torch
 
 from moescope.analysis.analyze import _forward
-from moescope.models import RoutingRecorder
+from moescope.models import RoutingRecorder, load_moe_model
 from moescope.models.families import BY_MODEL_TYPE, BY_NAME, FAMILIES
 from moescope.models.streaming import (
     MemoryPlan,
@@ -102,6 +102,23 @@ def test_a_moe_block_outside_a_layer_list_is_refused():
     layer = MoELayer(router=TopKRouter(8, 4, 2), experts=Experts(4, 8, 12))
     with pytest.raises(StreamingError, match="not inside a list of repeated layers"):
         decoder_layers(layer, find_moe_layers(layer))
+
+
+@pytest.mark.parametrize("family", sorted(tiny_checkpoints.BUILDERS))
+def test_the_pread_reader_builds_what_from_pretrained_builds(family, checkpoint, loaded):
+    """load_moe_model's default reader (no memory map): every tensor, parameter or buffer, equal to
+    from_pretrained's, bit for bit; and the same routing."""
+    if family in REFUSED:
+        return
+    model, tokenizer, views = loaded(family)
+    read, _, rviews = load_moe_model(checkpoint(family))
+    expected, got = model.state_dict(), read.state_dict()
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), f"{family}: {key} differs"
+    assert [(v.name, v.num_experts, v.top_k) for v in rviews] == [(v.name, v.num_experts, v.top_k) for v in views]
+    for a, b in zip(_records(model, views, tokenizer), _records(read, rviews, tokenizer), strict=True):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.weights, b.weights)
 
 
 def test_a_layer_missing_from_the_checkpoint_is_named(checkpoint, tmp_path, monkeypatch):
@@ -195,7 +212,7 @@ _CHILD = textwrap.dedent("""
     def status(key):
         text = open("/proc/self/status").read()
         return int(re.search(rf"^{key}:\\s+(\\d+) kB", text, re.M).group(1)) * 1024
-    from moescope.models import RoutingRecorder
+    from moescope.models import RoutingRecorder, load_moe_model
     from moescope.models.streaming import memory_plan, stream_moe_model
     path, tokens = sys.argv[1], int(sys.argv[2])
     plan = memory_plan(path, tokens=tokens)

@@ -63,6 +63,8 @@ DEVICES = ("cpu", "cuda", "mps")
 #: ``balanced`` spread the layers evenly over the GPUs, ``balanced_low_0`` keeps GPU 0 light for generation,
 #: ``sequential`` fills GPU 0 first; each spills to CPU memory, then disk, as ``max_memory`` says
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+#: how :func:`load_moe_model` reads the weights: moescope's ``pread`` reader (one copy) or ``from_pretrained``
+LOADERS = ("pread", "transformers")
 #: where a ``device_map`` entry or ``max_memory`` key can point besides GPU indices
 _PLACES = ("cpu", "mps", "disk")
 # safetensors header dtype -> torch dtype, for the floating dtypes a model can be run in
@@ -324,7 +326,7 @@ def _auto_class(family: Family):
 def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
                    device: str | torch.device = "cpu", device_map: str | dict | None = None,
                    max_memory: dict | None = None, offload_folder: str | os.PathLike | None = None,
-                   ) -> tuple[nn.Module, object | None, list[MoELayerView]]:
+                   loader: str = "pread") -> tuple[nn.Module, object | None, list[MoELayerView]]:
     """Load the MoE model in ``path`` for analysis: ``(model in eval mode, tokenizer or None, views)``.
 
     Args:
@@ -339,6 +341,11 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
             bytes or a size such as ``"4GiB"`` (accelerate's default: what is free).
         offload_folder: with ``device_map``, where weights that fit nowhere else are written and read
             back from, layer by layer.
+        loader: one of :data:`LOADERS`. ``pread`` (the default without a ``device_map``) builds the same
+            transformers class but reads each tensor into place without memory-mapping the shards
+            (:func:`moescope.models.streaming.read_moe_model`: one copy of the weights);
+            ``transformers`` is ``from_pretrained`` itself (the shards stay mapped while it converts them;
+            the tests' independent reference, and what ``device_map`` uses).
 
     The tokenizer is loaded when tokenizer files exist, else None (the caller then passes
     token ids).
@@ -351,6 +358,8 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
             a dtype, device or placement that is unknown or not on this machine (the message lists what is).
     """
     path = Path(path).expanduser()
+    if loader not in LOADERS:
+        raise ValueError(f"loader {loader!r} is not one of {', '.join(LOADERS)}")
     wanted, device = check_dtype(dtype), check_device(device)
     device_map, max_memory, offload_folder = check_placement(device, device_map, max_memory, offload_folder)
     _check_dir(path)
@@ -360,6 +369,10 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
     for dev in _placement_devices(device_map) if device_map is not None else [device]:
         check_dtype_on_device(dtype, dev)
     bound_allocators()
+    if loader == "pread" and device_map is None:
+        from moescope.models.streaming import read_moe_model
+
+        return read_moe_model(path, dtype=dtype, device=device)
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
