@@ -117,6 +117,10 @@ def test_the_pread_reader_builds_what_from_pretrained_builds(family, checkpoint,
     for key, value in expected.items():
         assert got[key].dtype == value.dtype and torch.equal(got[key], value), f"{family}: {key} differs"
     assert [(v.name, v.num_experts, v.top_k) for v in rviews] == [(v.name, v.num_experts, v.top_k) for v in views]
+    for a, b in zip(views, rviews, strict=True):  # the views read the loaded tensors, not the meta skeleton's
+        assert torch.equal(a.router_weight, b.router_weight)
+        for e in (0, a.num_experts - 1):
+            assert torch.equal(a.expert(e).down, b.expert(e).down) and torch.equal(a.expert(e).up, b.expert(e).up)
     for a, b in zip(_records(model, views, tokenizer), _records(read, rviews, tokenizer), strict=True):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.weights, b.weights)
 

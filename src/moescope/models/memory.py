@@ -19,7 +19,7 @@ Two allocators keep memory that an analysis never uses again; :func:`bound_alloc
   fragments and stays resident (measured: +70 MiB of RSS per 200 MiB streamed layer); pinning the
   threshold at :data:`MMAP_THRESHOLD` turns that adjustment off. A no-op off glibc.
 
-Both are process-wide and harmless elsewhere; ``tests/models/test_memory.py`` checks that loading sets them.
+Both are process-wide and harmless elsewhere; ``tests/models/test_allocators.py`` checks that loading sets them.
 """
 
 from __future__ import annotations
