@@ -573,8 +573,8 @@ def big_lines(out: dict) -> list[str]:
              f"{format_size(plan['streamed_minimum'])}, in memory {format_size(plan['in_memory'])}",
              f"machine: {machine['cpus']} CPUs, load average {machine['load_avg'] or 0:.1f}, "
              f"{format_size(machine['mem_available'] or 0)} available"]
-    lines.append("RSS counts the checkpoint pages a process maps (the in-memory path memory-maps the shards; "
-                 "the kernel can drop them), anonymous RSS only what it allocated")
+    lines.append("RSS counts any checkpoint pages a process maps (moescope reads with pread and maps none; "
+                 "from_pretrained would), anonymous RSS only what it allocated")
     s = out["streamed"]
     if s.get("budget_raised"):
         lines.append(f"the budget asked for, {format_size(out['budget_requested'])}, is below the streamed minimum "
