@@ -41,6 +41,19 @@ _DTYPE_HELP = ("The model's parameters: auto (the checkpoint's own dtype), float
 _DEVICE_HELP = "Where the model runs: cpu, cuda (cuda:N) or mps, if this machine has it."
 _DtypeOption = Annotated[str, typer.Option(callback=option(check_dtype_name), help=_DTYPE_HELP)]
 _DeviceOption = Annotated[str, typer.Option(callback=option(check_device_name), help=_DEVICE_HELP)]
+# where the weights live (moescope.models.placement.Placement): the same four options on analyze, ablate and steer
+_StreamOption = Annotated[bool, typer.Option(
+    "--stream-layers", help="Run one decoder layer at a time from the safetensors shards (bounded memory, the same "
+    "routing).")]
+_MaxMemoryOption = Annotated[str | None, typer.Option(
+    "--max-memory", metavar="SIZE", help="Memory budget such as 4GB or 512MiB: layers are streamed when the whole "
+    "model would not fit; refused, naming the smallest workable budget, when even streaming would not. With "
+    "--device-map: the CPU memory accelerate may fill.")]
+_DeviceMapOption = Annotated[str | None, typer.Option(
+    "--device-map", help="Spread the model with accelerate: auto, balanced, balanced_low_0 or sequential (GPUs "
+    "first, then CPU memory up to --max-memory, then --offload-folder).")]
+_OffloadOption = Annotated[Path | None, typer.Option(
+    "--offload-folder", help="With --device-map: a folder for the weights that fit in no memory.")]
 
 
 @app.callback()
@@ -129,19 +142,10 @@ def analyze(
     weights: Annotated[bool, typer.Option(help="Also measure expert and router weight geometry.")] = True,
     dtype: _DtypeOption = "float32",
     device: _DeviceOption = "cpu",
-    stream_layers: Annotated[bool, typer.Option(
-        "--stream-layers", help="Run one decoder layer at a time from the safetensors shards (bounded memory, "
-        "the same routing statistics).")] = False,
-    max_memory: Annotated[str | None, typer.Option(
-        "--max-memory", metavar="SIZE", help="Memory budget such as 4GB or 512MiB: layers are streamed when the "
-        "whole model would not fit; refused, naming the smallest workable budget, when even streaming would not. "
-        "With --device-map: the CPU memory accelerate may fill.")]
-    = None,
-    device_map: Annotated[str | None, typer.Option(
-        "--device-map", help="Spread the model with accelerate: auto, balanced, balanced_low_0 or sequential (GPUs "
-        "first, then CPU memory up to --max-memory, then --offload-folder).")] = None,
-    offload_folder: Annotated[Path | None, typer.Option(
-        "--offload-folder", help="With --device-map: a folder for the weights that fit in no memory.")] = None,
+    stream_layers: _StreamOption = False,
+    max_memory: _MaxMemoryOption = None,
+    device_map: _DeviceMapOption = None,
+    offload_folder: _OffloadOption = None,
     routing: Annotated[bool, typer.Option(
         help="Route text through the model. --no-routing: only the weight geometry, read expert by expert from "
         "the files (no model is built; memory stays near one expert matrix).")] = True,
@@ -183,16 +187,24 @@ def analyze(
                       f"({format_size(only['bytes_per_second'] or 0)}/s: a 100 GB checkpoint would take "
                       f"{(only['seconds_per_100GB'] or 0) / 60:.0f} min); peak memory growth "
                       f"{format_size(peak) if peak is not None else 'not measured on this OS'}.")
-    memory = results.get("memory")
-    if memory is not None and "streamed_minimum" not in memory:
-        console.print(f"Placed by accelerate (device map {memory['device_map']}); peak memory growth "
-                      f"{memory.get('peak', 'not measured on this OS')}.")
-    elif memory is not None:
-        how = "one decoder layer at a time" if memory["streamed"] else "the whole model in memory"
-        console.print(f"Ran {how}; peak memory growth {memory.get('peak', 'not measured on this OS')} "
-                      f"(streamed minimum {format_size(memory['streamed_minimum'])}).")
+    _print_memory(results.get("memory"))
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
+
+
+def _print_memory(memory: dict | None) -> None:
+    """One line on where the weights were and the peak memory growth (the results' memory section)."""
+    from moescope.models.streaming import format_size
+
+    if memory is None:
+        return
+    peak = memory.get("peak", "not measured on this OS")
+    if "streamed_minimum" not in memory:
+        console.print(f"Placed by accelerate (device map {memory['device_map']}); peak memory growth {peak}.")
+        return
+    how = "one decoder layer at a time" if memory["streamed"] else "the whole model in memory"
+    console.print(f"Ran {how}; peak memory growth {peak} (streamed minimum "
+                  f"{format_size(memory['streamed_minimum'])}).")
 
 
 def _with_progress(label: str, unit: str, work: Callable[[Callable[[int, int], None]], dict]) -> dict:
@@ -242,6 +254,10 @@ def ablate(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
     dtype: _DtypeOption = "float32",
     device: _DeviceOption = "cpu",
+    stream_layers: _StreamOption = False,
+    max_memory: _MaxMemoryOption = None,
+    device_map: _DeviceMapOption = None,
+    offload_folder: _OffloadOption = None,
     out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for report.html and results.json.")]
     = Path("out/ablate"),
 ) -> None:
@@ -251,14 +267,17 @@ def ablate(
     from moescope.report.ablate import write_ablate_report
 
     lab_run = is_lab_run(path)
-    if lab_run and (domain or dtype != "float32" or device != "cpu"):
+    placed = stream_layers or max_memory is not None or device_map is not None or offload_folder is not None
+    if lab_run and (domain or dtype != "float32" or device != "cpu" or placed):
         raise typer.BadParameter(f"{path} is a lab run: it is measured on the lab's own validation text in "
-                                 "float32 on the CPU; --domain, --dtype and --device are for Hugging Face checkpoints")
+                                 "float32 on the CPU; --domain, --dtype, --device and the memory options are for "
+                                 "Hugging Face checkpoints")
     try:
         cfg = AblateConfig(path=path, sources=_read_sources([], domain), modes=_parse_modes(mode),
                            layers=_parse_layers(layers), experts=_parse_layers(experts, "--experts", "expert"),
                            exact=exact, seq_len=seq_len, max_windows=max_windows, batch_size=batch_size, seed=seed,
-                           dtype=dtype, device=device)
+                           dtype=dtype, device=device, stream_layers=stream_layers, max_memory=max_memory,
+                           device_map=device_map, offload_folder=offload_folder)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
@@ -273,6 +292,7 @@ def ablate(
     for per in results["sentences"].values():
         for text in per.values():
             console.print(text)
+    _print_memory(results.get("memory"))
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 
@@ -293,6 +313,10 @@ def steer(
     seed: Annotated[int, typer.Option(help="Seed of the intervals and the random control.")] = 0,
     dtype: _DtypeOption = "float32",
     device: _DeviceOption = "cpu",
+    stream_layers: _StreamOption = False,
+    max_memory: _MaxMemoryOption = None,
+    device_map: _DeviceMapOption = None,
+    offload_folder: _OffloadOption = None,
     out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for report.html and results.json.")]
     = Path("out/steer"),
 ) -> None:
@@ -306,17 +330,20 @@ def steer(
     lab_run = is_lab_run(path)
     if lab_run:  # --contrast NAME (no file): two of the lab's domains
         names = [c.partition("=")[0] for c in contrast] or list(DEFAULT_CONTRAST)
-        if len(names) != 2 or dtype != "float32" or device != "cpu":
+        placed = stream_layers or max_memory is not None or device_map is not None or offload_folder is not None
+        if len(names) != 2 or dtype != "float32" or device != "cpu" or placed:
             raise typer.BadParameter(f"{path} is a lab run: give two of its domains as --contrast NAME, or none "
-                                     "for code against language; --dtype and --device are for Hugging Face "
-                                     "checkpoints")
+                                     "for code against language; --dtype, --device and the memory options are for "
+                                     "Hugging Face checkpoints")
         contrast = []
     elif any("=" not in c for c in contrast):
         raise typer.BadParameter(f"{path} is a Hugging Face checkpoint: --contrast takes NAME=FILE texts")
     try:
         sources = _read_sources([], contrast)
         cmd = SteerCommand(path=path, contrast=sources, seq_len=seq_len, max_windows=max_windows, dtype=dtype,
-                           device=device, steer=SteerConfig(top=top, random_draws=random_draws, seed=seed))
+                           device=device, steer=SteerConfig(top=top, random_draws=random_draws, seed=seed),
+                           stream_layers=stream_layers, max_memory=max_memory, device_map=device_map,
+                           offload_folder=offload_folder)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
@@ -335,6 +362,7 @@ def steer(
         console.print(f"No expert is used measurably more by {results['sets'][0]} than by {results['sets'][1]}.")
     for text in results["sentences"]:
         console.print(text)
+    _print_memory(results.get("memory"))
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 

@@ -20,7 +20,7 @@ import torch
 
 from moescope.analysis.ablation import MODES, AblationConfig, AblationError, AblationResult, ablate
 from moescope.analysis.analyze import Source, default_sources
-from moescope.models.loading import check_device, check_dtype, load_moe_model
+from moescope.models.placement import Placement, finish_memory
 
 TOP = 5  # experts listed per domain
 ATTRIBUTION_COST = 3.0  # one forward and one backward over the text, a backward counted as two forwards
@@ -43,6 +43,15 @@ class AblateConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
+    stream_layers: bool = False               # see models.placement.Placement
+    max_memory: str | int | None = None
+    device_map: str | None = None
+    offload_folder: Path | None = None
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(dtype=self.dtype, device=self.device, stream_layers=self.stream_layers,
+                         max_memory=self.max_memory, device_map=self.device_map, offload_folder=self.offload_folder)
 
     def __post_init__(self) -> None:
         for name in ("max_windows", "batch_size"):
@@ -51,8 +60,7 @@ class AblateConfig:
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 (a next-token loss needs two tokens); got {self.seq_len}")
         AblationConfig(modes=self.modes, exact=self.exact, batch_size=self.batch_size, draws=self.draws)  # checks
-        check_dtype(self.dtype)
-        check_device(self.device)
+        self.placement  # noqa: B018 - dtype, device, streaming and device map are checked here
         for s in self.sources:
             if not s.domain:
                 raise ValueError(f"text {s.label!r} has no domain; ablation compares domains (--domain NAME=FILE)")
@@ -75,6 +83,11 @@ def _listed(a: np.ndarray) -> list:
     return [None if not np.isfinite(x).all() else (x.tolist() if np.ndim(x) else float(x)) for x in a]
 
 
+def _computed(res: AblationResult) -> bool:
+    """Whether first-order attribution was computed (it needs resident weights: not on a streamed model)."""
+    return all(np.isfinite(a).all() for a in res.attribution.values())
+
+
 def _summary(res: AblationResult, domains: list[str]) -> dict:
     """Per mode: matrices per layer and the costliest experts per domain (all from ``res``)."""
     out = {}
@@ -84,7 +97,7 @@ def _summary(res: AblationResult, domains: list[str]) -> dict:
             layers.append({"layer": layer, "domains": domains, "experts": res.experts,
                            "mean": [_listed(res.mean(mode, d)[li]) for d in domains],
                            "interval": [_listed(res.intervals[mode][d][li]) for d in domains],
-                           "attribution": [res.attribution[d][li].tolist() for d in domains]})
+                           "attribution": [_listed(res.attribution[d][li]) for d in domains]})
         top = {}
         for d in domains:
             mean = res.mean(mode, d)
@@ -146,7 +159,7 @@ def ablation_results(model, views, domains: dict[str, torch.Tensor], cfg: Ablate
         "text": {d: {"windows": int(domains[d].shape[0]), "tokens": int(domains[d].numel())} for d in names},
         "base_loss": {d: float(res.base[d].mean()) for d in names},
         "cost": {"forward_equivalents": res.cost, "naive": res.naive_cost, "ratio": res.naive_cost / res.cost,
-                 "attribution_forward_equivalents": ATTRIBUTION_COST},
+                 "attribution_forward_equivalents": ATTRIBUTION_COST if _computed(res) else None},
         "summary": summary,
         "sentences": {mode: {d: sentence(per["top"][d][0], per["above_zero"][d], per["cells"], d, res.level)
                              for d in names} for mode, per in summary.items()},
@@ -157,7 +170,7 @@ def ablation_results(model, views, domains: dict[str, torch.Tensor], cfg: Ablate
 
 def run_ablation(cfg: AblateConfig, *, on_step: Callable[[int, int], None] | None = None) -> dict:
     """Load the checkpoint at ``cfg.path``, tokenise its texts, ablate, summarise (:func:`ablation_results`)."""
-    model, tokenizer, views = load_moe_model(cfg.path, dtype=cfg.dtype, device=cfg.device)
+    model, tokenizer, views, memory = cfg.placement.load(cfg.path, tokens=cfg.seq_len * cfg.batch_size)
     if getattr(model.config, "is_encoder_decoder", False):
         raise AblationError(f"{cfg.path} is an encoder–decoder model ({model.config.model_type}); ablation measures "
                             "the next-token loss of decoder-only language models")
@@ -170,4 +183,7 @@ def run_ablation(cfg: AblateConfig, *, on_step: Callable[[int, int], None] | Non
     domains = {d: windows(ids, cfg.seq_len, cfg.max_windows) for d, ids in texts.items()}
     about = {"path": str(cfg.path), "model_type": model.config.model_type,
              "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)}
-    return ablation_results(model, views, domains, cfg, about, on_step=on_step)
+    results = ablation_results(model, views, domains, cfg, about, on_step=on_step)
+    if memory is not None:
+        results["memory"] = finish_memory(model, memory)
+    return results

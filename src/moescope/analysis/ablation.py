@@ -358,19 +358,20 @@ class AblationResult:
             return None
         rows, cols = zip(*self.measured, strict=True)
         exact, approx = self.mean(mode, domain)[rows, cols], self.attribution[domain][rows, cols]
-        if np.ptp(exact) == 0 or np.ptp(approx) == 0:
+        if not np.isfinite(approx).all() or np.ptp(exact) == 0 or np.ptp(approx) == 0:
             return None
         return float(spearmanr(approx, exact).statistic)
 
     def to_dict(self) -> dict:
-        def listed(a: np.ndarray) -> list:
-            return np.where(np.isfinite(a), a, np.nan).tolist()
+        def listed(a: np.ndarray) -> list:  # JSON has no NaN: a cell not measured (or not computed) is null
+            a = np.asarray(a, dtype=float)
+            return np.where(np.isfinite(a), a, None).tolist()
 
         return {"layers": self.layers, "experts": self.experts, "level": self.level, "draws": self.draws,
                 "seed": self.seed, "cost_forward_equivalents": self.cost, "naive_forward_equivalents": self.naive_cost,
                 "measured": [list(c) for c in self.measured],
                 "base_loss": {d: v.tolist() for d, v in self.base.items()},
-                "attribution": {d: v.tolist() for d, v in self.attribution.items()},
+                "attribution": {d: listed(v) for d, v in self.attribution.items()},
                 "delta": {m: {d: {"mean": listed(self.mean(m, d)), "interval": listed(self.intervals[m][d]),
                                   "per_window": listed(v)} for d, v in per.items()}
                           for m, per in self.delta.items()}}
@@ -387,6 +388,24 @@ def _exact_cells(attr: dict[str, np.ndarray], cfg: AblationConfig) -> list[tuple
         for flat in np.argsort(-a, axis=None, kind="stable")[: cfg.top]:
             chosen.add(tuple(int(i) for i in np.unravel_index(flat, shape)))
     return sorted(chosen)
+
+
+def _not_resident(model: nn.Module, views: list[MoELayerView], experts: list[int], domains: dict, cfg: AblationConfig
+                  ) -> dict[str, np.ndarray]:
+    """A model whose MoE weights are not resident between forwards (layer-streamed, or offloaded by accelerate):
+    re-routing works (it rewrites the router's scores during the forward), but zeroing a weight and the
+    gradients attribution needs do not. Refuses what cannot be measured; returns attribution as NaN."""
+    how = "layer-streamed" if getattr(model, "moescope_streamer", None) is not None else "offloaded"
+    if "zero" in cfg.modes:
+        raise AblationError(f"zero mode edits an expert's resident down projection, and this {how} model keeps its "
+                            "MoE weights only inside each forward; use --mode reroute, or load the model in memory")
+    cells = len(views) * len(experts)
+    if cfg.exact != "all" and cells > cfg.exact_limit:
+        raise AblationError(f"{cells} cells exceed the exact limit ({cfg.exact_limit}), and the first-order "
+                            f"attribution that would choose among them needs gradients of resident weights, which "
+                            f"this {how} model does not keep; measure every cell (--exact all) or fewer "
+                            "(--layers, --experts)")
+    return {d: np.full((len(views), len(experts)), np.nan) for d in domains}
 
 
 def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tensor],
@@ -424,7 +443,10 @@ def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tenso
     cache = ResidualCache(model, chosen)
     n_dec = len(cache.layers)
     batches = {d: list(ids.split(cfg.batch_size)) for d, ids in domains.items()}
-    attr = {d: attribution(model, chosen, experts, ids, cfg.batch_size) for d, ids in domains.items()}
+    if all(not p.is_meta for v in chosen for p in v.module.parameters()):
+        attr = {d: attribution(model, chosen, experts, ids, cfg.batch_size) for d, ids in domains.items()}
+    else:
+        attr = _not_resident(model, chosen, experts, domains, cfg)
     cells = _exact_cells(attr, cfg)
     base = {}
     was_training = model.training

@@ -27,8 +27,7 @@ from moescope.analysis.routing import RoutingStats, SaturationStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder, load_moe_model
 from moescope.models.layer_major import LayerMajor
-from moescope.models.loading import check_device, check_dtype, check_placement, checkpoint_dtype
-from moescope.models.streaming import format_size, memory_plan, parse_size, stream_moe_model
+from moescope.models.placement import Placement, finish_memory, rss
 from moescope.models.view import RoutingRecord
 
 
@@ -69,27 +68,18 @@ class AnalyzeConfig:
                 raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
         if self.boundary_points < 0:
             raise ValueError(f"boundary_points must be >= 0; got {self.boundary_points}")
-        if self.max_memory is not None:
-            parse_size(self.max_memory)  # a bad size fails here, before any work
-        check_dtype(self.dtype)
-        check_device(self.device)
+        self.placement  # noqa: B018 - dtype, device, streaming and device map are checked here, before any work
         if not self.routing and not self.weights:
             raise ValueError("nothing to measure: routing=False (--no-routing) needs weights=True (--weights)")
-        if self.device_map is not None:
-            if self.stream_layers:
-                raise ValueError("stream_layers (--stream-layers) and device_map (--device-map) are two ways to "
-                                 "hold part of the model; choose one")
-            check_placement(torch.device(self.device), self.device_map, self.accelerate_memory(),
-                            self.offload_folder)
-        elif self.offload_folder is not None:
-            raise ValueError("offload_folder (--offload-folder) only applies with device_map (--device-map auto)")
         for s in self.sources:
             if not s.text.strip():
                 raise ValueError(f"text source {s.label!r} is empty")
 
-    def accelerate_memory(self) -> dict | None:
-        """``max_memory`` for accelerate: the budget is the CPU's (GPUs get what is free)."""
-        return None if self.max_memory is None else {"cpu": self.max_memory}
+    @property
+    def placement(self) -> Placement:
+        """Where the model's weights live (:class:`~moescope.models.placement.Placement`)."""
+        return Placement(dtype=self.dtype, device=self.device, stream_layers=self.stream_layers,
+                         max_memory=self.max_memory, device_map=self.device_map, offload_folder=self.offload_folder)
 
 
 def default_sources(max_chars: int = 20_000) -> tuple[Source, ...]:
@@ -141,37 +131,6 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _rss(key: str) -> int | None:
-    """``VmRSS``/``VmHWM`` of this process in bytes (Linux), else None."""
-    import re
-
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
-    return int(m.group(1)) * 1024 if m else None
-
-
-def _load(cfg: AnalyzeConfig) -> tuple[torch.nn.Module, object, list, dict | None]:
-    """The model, in memory or layer-streamed as ``cfg`` asks; the memory section of the results (None
-    when neither ``stream_layers`` nor ``max_memory`` is set, so that default results do not change)."""
-    if cfg.device_map is not None:
-        memory = {"streamed": False, "device_map": cfg.device_map, "baseline_rss": _rss("VmRSS"),
-                  "budget": None if cfg.max_memory is None else parse_size(cfg.max_memory)}
-        return (*load_moe_model(cfg.path, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
-                                max_memory=cfg.accelerate_memory(), offload_folder=cfg.offload_folder), memory)
-    if not cfg.stream_layers and cfg.max_memory is None:
-        return (*load_moe_model(cfg.path, dtype=cfg.dtype, device=cfg.device), None)
-    dtype = check_dtype(cfg.dtype) or checkpoint_dtype(cfg.path)
-    plan = memory_plan(cfg.path, dtype=dtype, tokens=cfg.seq_len * cfg.batch_size)
-    stream = plan.decide(cfg.max_memory, stream=True if cfg.stream_layers else None)
-    memory = {"streamed": stream, "budget": None if cfg.max_memory is None else parse_size(cfg.max_memory),
-              "baseline_rss": _rss("VmRSS"), "streamed_minimum": plan.streamed, "in_memory": plan.in_memory,
-              "plan": plan.describe(), "buffer_tokens": plan.buffer_tokens(cfg.max_memory) if stream else None}
-    return (*(stream_moe_model if stream else load_moe_model)(cfg.path, dtype=dtype, device=cfg.device), memory)
-
-
 def _selection_biases(path: Path, views: list) -> list:
     """Each view's selection bias (DeepSeek-V3's ``e_score_correction_bias``) or None: the live tensor, or for a
     streamed model (whose layers are not resident) the tensor read from the checkpoint's files."""
@@ -202,7 +161,7 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     rank, world = _distributed()
     if not cfg.routing:
         return _weights_only(cfg, rank, world, progress=on_tokens is not None)
-    model, tokenizer, views, memory = _load(cfg)
+    model, tokenizer, views, memory = cfg.placement.load(cfg.path, tokens=cfg.seq_len * cfg.batch_size)
     if tokenizer is None:
         raise ValueError(f"{cfg.path} has no tokenizer files; analyze needs one to turn the text into token ids")
     chosen = [v for v in views if cfg.layers is None or v.index in cfg.layers]
@@ -272,13 +231,7 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
                 # some families cannot run from input embeddings (Gemma 4 inverts them; DeepSeek-V4 routes by id)
                 results["router_flips_skipped"] = f"{type(err).__name__}: {err}"[:300]
     if memory is not None:
-        base, peak = memory.pop("baseline_rss"), _rss("VmHWM")
-        memory["peak_rss_growth"] = None if base is None or peak is None else peak - base
-        streamer = getattr(model, "moescope_streamer", None)
-        memory["bytes_read"] = streamer.bytes_read if streamer is not None else None
-        if memory["peak_rss_growth"] is not None:
-            memory["peak"] = format_size(memory["peak_rss_growth"])
-        results["memory"] = memory
+        results["memory"] = finish_memory(model, memory)
     del model
     if cfg.weights:
         results["weights"] = _geometry(cfg, [v.index for v in chosen], rank, world, progress=on_tokens is not None)
@@ -327,11 +280,11 @@ def _weights_only(cfg: AnalyzeConfig, rank: int, world: int, *, progress: bool) 
     prefixes = tuple(f"{lay.name}." for lay in ckpt.layers if lay.index in indices)
     nbytes = sum(math.prod(info.shape) * DTYPE_BITS.get(info.dtype, 32) // 8
                  for key, info in ckpt.tensors.items() if key.startswith(prefixes))
-    base = _rss("VmRSS")
+    base = rss()
     start = time.perf_counter()
     geometry = _geometry(cfg, indices, rank, world, progress=progress)
     seconds = time.perf_counter() - start
-    peak = _rss("VmHWM")
+    peak = rss("VmHWM")
     first = ckpt.layers[indices[0]] if indices else None
     return {
         "model": {"path": str(cfg.path), "model_type": ckpt.model_type, "family": ckpt.model_type,

@@ -16,7 +16,7 @@ from pathlib import Path
 from moescope.analysis.ablate import windows
 from moescope.analysis.analyze import Source, default_sources
 from moescope.analysis.steering import SteerConfig, SteeringError, steer
-from moescope.models.loading import check_device, check_dtype, load_moe_model
+from moescope.models.placement import Placement, finish_memory
 
 DEFAULT_CONTRAST = ("code", "language")
 
@@ -32,6 +32,15 @@ class SteerCommand:
     max_windows: int = 32
     dtype: str = "float32"
     device: str = "cpu"
+    stream_layers: bool = False               # see models.placement.Placement
+    max_memory: str | int | None = None
+    device_map: str | None = None
+    offload_folder: Path | None = None
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(dtype=self.dtype, device=self.device, stream_layers=self.stream_layers,
+                         max_memory=self.max_memory, device_map=self.device_map, offload_folder=self.offload_folder)
 
     def __post_init__(self) -> None:
         if self.contrast and len(self.contrast) != 2:
@@ -40,8 +49,7 @@ class SteerCommand:
             raise ValueError("the two contrast texts need different names")
         if self.seq_len < 2 or self.max_windows < 1:
             raise ValueError(f"seq_len must be >= 2 and max_windows >= 1; got {self.seq_len}, {self.max_windows}")
-        check_dtype(self.dtype)
-        check_device(self.device)
+        self.placement  # noqa: B018 - dtype, device, streaming and device map are checked here
 
 
 def sentence(direction: str, name: str, r: dict, n: int, level: float) -> str:
@@ -73,7 +81,7 @@ def steer_results(model, views, sets: dict, cmd: SteerCommand, about: dict, *,
 
 def run_steer(cmd: SteerCommand, *, on_step: Callable[[int, int], None] | None = None) -> dict:
     """Load the checkpoint at ``cmd.path``, tokenise the two texts, steer (:func:`steer_results`)."""
-    model, tokenizer, views = load_moe_model(cmd.path, dtype=cmd.dtype, device=cmd.device)
+    model, tokenizer, views, memory = cmd.placement.load(cmd.path, tokens=cmd.seq_len * cmd.steer.batch_size)
     if getattr(model.config, "is_encoder_decoder", False):
         raise SteeringError(f"{cmd.path} is an encoder–decoder model; steering measures next-token loss")
     if tokenizer is None:
@@ -83,4 +91,7 @@ def run_steer(cmd: SteerCommand, *, on_step: Callable[[int, int], None] | None =
             for s in contrast}
     about = {"path": str(cmd.path), "model_type": model.config.model_type,
              "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)}
-    return steer_results(model, views, sets, cmd, about, on_step=on_step)
+    results = steer_results(model, views, sets, cmd, about, on_step=on_step)
+    if memory is not None:
+        results["memory"] = finish_memory(model, memory)
+    return results
