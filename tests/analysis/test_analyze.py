@@ -105,7 +105,7 @@ def test_compare_saturation(saved, tmp_path):
     assert all(0.0 <= s < 1.0 for s in sat)
 
 
-def _sharded_worker(rank, world, port, path, out):
+def _sharded_worker(rank, world, port, path, out, stream=False):
     import os
 
     import torch
@@ -115,7 +115,7 @@ def _sharded_worker(rank, world, port, path, out):
                        "WORLD_SIZE": str(world)})
     try:
         res = analyze(AnalyzeConfig(path=Path(path), sources=(Source("a", TEXT * 3, "code"),), seq_len=16,
-                                    batch_size=2, weights=False))
+                                    batch_size=2, weights=False, stream_layers=stream))
         if rank == 0:
             torch.save(res, out)
     finally:
@@ -123,8 +123,10 @@ def _sharded_worker(rank, world, port, path, out):
             dist.destroy_process_group()
 
 
-def test_sharded_analysis_equals_one_process(saved, tmp_path):
-    """torchrun-style: 2 gloo ranks split the batches; the all-reduced statistics equal one process."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_sharded_analysis_equals_one_process(saved, tmp_path, stream):
+    """torchrun-style: 2 gloo ranks split the batches (each rank layer-major over its own when streamed); the
+    all-reduced statistics equal one process."""
     import socket
 
     import torch
@@ -134,7 +136,7 @@ def test_sharded_analysis_equals_one_process(saved, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     path = saved("olmoe")
-    mp.spawn(_sharded_worker, args=(2, port, str(path), str(tmp_path / "r0.pt")), nprocs=2, join=True)
+    mp.spawn(_sharded_worker, args=(2, port, str(path), str(tmp_path / "r0.pt"), stream), nprocs=2, join=True)
     sharded = torch.load(tmp_path / "r0.pt", weights_only=False)
     single = analyze(AnalyzeConfig(path=path, sources=(Source("a", TEXT * 3, "code"),), seq_len=16, batch_size=2,
                                    weights=False))
