@@ -58,6 +58,19 @@ def test_bad_combinations_fail_before_any_work(tmp_path, kw, message):
         AnalyzeConfig(path=tmp_path, **kw)
 
 
+@pytest.mark.parametrize("flag", ["--stream-layers", "--device-map"])
+def test_the_report_states_where_the_weights_were_and_the_peak(saved, tmp_path, flag):
+    out = tmp_path / "out"
+    args = [flag] if flag == "--stream-layers" else [flag, "auto"]
+    result = CliRunner().invoke(app, ["analyze", str(saved("mixtral")), *args, "--no-weights", "--max-tokens", "64",
+                                      "--seq-len", "16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = " ".join((out / "report.html").read_text().split())
+    assert "Peak resident-memory growth over the process's baseline" in page
+    assert ("layer-major" in page and "Streaming this checkpoint needs at least" in page) if flag == "--stream-layers" \
+        else "Weights placed by accelerate" in page
+
+
 def test_cli_weights_only_writes_a_report(saved, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["analyze", str(saved("mixtral")), "--no-routing", "--out", str(out)])

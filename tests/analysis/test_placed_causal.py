@@ -78,5 +78,6 @@ def test_cli_ablate_streams_and_refuses_memory_options_on_lab_runs(saved, tmp_pa
     assert result.exit_code == 0, result.output
     assert "one decoder layer at a time" in " ".join(result.output.split())
     assert json.loads((out / "results.json").read_text())["memory"]["streamed"] is True
+    assert "Decoder layers streamed from the safetensors shards" in (out / "report.html").read_text()
     bad = CliRunner().invoke(app, ["ablate", str(saved("mixtral")), "--stream-layers", "--device-map", "auto"])
     assert bad.exit_code == 2 and "choose one" in bad.output

@@ -540,9 +540,10 @@ def _shown(items: list[str], n: int = 6) -> str:
 #: normed input, q/k/v/attention output, the router logits and each routed copy of the token through
 #: its experts (k · (2I + I) / H ≈ 2 · 10 for Mixtral), rounded up; the logits add ``vocab`` more.
 ACTIVATION_WIDTHS = 32
-#: what a streamed model holds beyond its tensors: allocator slack, Python objects of the model and
-#: the loader (measured +19 MiB on a 4-layer bfloat16 Mixtral), with room to spare
-OVERHEAD = 64 * 2**20
+#: what a streamed model holds beyond its tensors: allocator slack, Python objects of the model and the
+#: loader, the bounded oneDNN cache (models.memory); with 64 MiB a 0.8 GB bfloat16 Mixtral peaked at
+#: 0.999x the plan, so 96
+OVERHEAD = 96 * 2**20
 #: residual-stream buffer of a layer-major run when no memory budget is given
 DEFAULT_BUFFER = 2**30
 
@@ -578,9 +579,8 @@ class MemoryPlan:
     @property
     def streamed(self) -> int:
         """The smallest budget the streamed path runs in: resident + one layer + the residual stream of one
-        forward's tokens + the layer's conversion copy + the activations, summed so as to err high (they do not
-        all coexist). Measured peaks: 0.78x it on a 12 GB Mixtral-8x7B-shaped checkpoint, 1.03x on a 0.8 GB
-        Mixtral (hidden 1024), where the oneDNN cache and allocator slack weigh more than :data:`OVERHEAD`."""
+        forward's tokens + the layer's conversion copy + the activations + :data:`OVERHEAD`, summed so as to err
+        high. ``moescope bench analyze --big`` compares it with the measured peak."""
         return (self.resident + self.largest_layer + self.conversion + self.activations
                 + self.per_token * self.tokens + OVERHEAD)
 

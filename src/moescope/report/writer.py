@@ -15,6 +15,7 @@ import jinja2
 
 from moescope import __version__
 from moescope._files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from moescope.models.streaming import format_size
 from moescope.report.figures import data_uri
 
 TEMPLATES = jinja2.Environment(
@@ -22,6 +23,7 @@ TEMPLATES = jinja2.Environment(
     autoescape=jinja2.select_autoescape(["html", "j2"]),
     undefined=jinja2.StrictUndefined,
 )
+TEMPLATES.filters["size"] = format_size  # 1536 * 2**20 -> "1.50 GiB"
 
 FigureSpecs = Mapping[str, tuple[str, Callable[[dict], bytes]]]
 """Figures by file name: ``(caption, draw)``, where ``draw(data)`` returns PNG bytes."""
