@@ -8,6 +8,15 @@ import tempfile
 from pathlib import Path
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a directory's data (a directory: its entries, after a rename) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
     path = Path(path)

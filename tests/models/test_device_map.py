@@ -13,20 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_streaming import _records  # a padded batch's routing records
 
-from moescope.analysis.analyze import _forward
-from moescope.models import RoutingRecorder, load_moe_model
+from moescope.models import load_moe_model
 from moescope.models.loading import DEVICE_MAPS
-
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "x = 3"]  # padded: the second row is mostly padding
-
-
-def _records(model, views, tokenizer):
-    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    with RoutingRecorder(model, views) as rec:
-        rec.set_batch(batch["input_ids"], batch["attention_mask"])
-        _forward(model, batch["input_ids"], batch["attention_mask"])
-        return rec.pop()
 
 
 def _same_routing(expected, got) -> None:

@@ -20,14 +20,14 @@ import torch
 
 from moescope.analysis.ablation import MODES, AblationConfig, AblationError, AblationResult, ablate
 from moescope.analysis.analyze import Source, default_sources
-from moescope.models.placement import Placement, finish_memory
+from moescope.models.placement import Placed, finish_memory
 
 TOP = 5  # experts listed per domain
 ATTRIBUTION_COST = 3.0  # one forward and one backward over the text, a backward counted as two forwards
 
 
 @dataclass(frozen=True)
-class AblateConfig:
+class AblateConfig(Placed):
     """What ``moescope ablate`` measures."""
 
     path: Path
@@ -41,17 +41,6 @@ class AblateConfig:
     batch_size: int = 8
     draws: int = 2000
     seed: int = 0
-    dtype: str = "float32"
-    device: str = "cpu"
-    stream_layers: bool = False               # see models.placement.Placement
-    max_memory: str | int | None = None
-    device_map: str | None = None
-    offload_folder: Path | None = None
-
-    @property
-    def placement(self) -> Placement:
-        return Placement(dtype=self.dtype, device=self.device, stream_layers=self.stream_layers,
-                         max_memory=self.max_memory, device_map=self.device_map, offload_folder=self.offload_folder)
 
     def __post_init__(self) -> None:
         for name in ("max_windows", "batch_size"):
@@ -60,7 +49,7 @@ class AblateConfig:
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 (a next-token loss needs two tokens); got {self.seq_len}")
         AblationConfig(modes=self.modes, exact=self.exact, batch_size=self.batch_size, draws=self.draws)  # checks
-        self.placement  # noqa: B018 - dtype, device, streaming and device map are checked here
+        super().__post_init__()  # dtype, device, streaming and device map
         for s in self.sources:
             if not s.domain:
                 raise ValueError(f"text {s.label!r} has no domain; ablation compares domains (--domain NAME=FILE)")

@@ -27,7 +27,7 @@ from moescope.analysis.routing import RoutingStats, SaturationStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder, load_moe_model
 from moescope.models.layer_major import LayerMajor
-from moescope.models.placement import Placement, finish_memory, rss
+from moescope.models.placement import Placed, finish_memory, rss
 from moescope.models.view import RoutingRecord
 
 
@@ -41,7 +41,7 @@ class Source:
 
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(Placed):
     """What ``moescope analyze`` measures."""
 
     path: Path
@@ -53,13 +53,7 @@ class AnalyzeConfig:
     heatmap_tokens: int = 48               # tokens per sample in the token x expert heatmaps
     weights: bool = True                   # also measure weight geometry from the safetensors files
     rank: int | None = None                # expert subspace rank (None: by energy threshold)
-    stream_layers: bool = False            # run one decoder layer at a time from disk (models.streaming)
-    max_memory: str | int | None = None    # budget ("4GB"): stream when the whole model would not fit it
     boundary_points: int = 64              # tokens per layer whose distance to a routing change is measured (0: off)
-    dtype: str = "float32"                 # parameters' dtype (models.loading.DTYPES): float32 keeps statistics exact
-    device: str = "cpu"                    # where the model runs (models.loading.DEVICES)
-    device_map: str | None = None          # spread the model with accelerate (models.loading.DEVICE_MAPS)
-    offload_folder: Path | None = None     # with device_map: where weights that fit nowhere else are kept
     routing: bool = True                   # route text (False: weight geometry from the files only, no model built)
 
     def __post_init__(self) -> None:
@@ -68,19 +62,12 @@ class AnalyzeConfig:
                 raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
         if self.boundary_points < 0:
             raise ValueError(f"boundary_points must be >= 0; got {self.boundary_points}")
-        self.placement  # noqa: B018 - dtype, device, streaming and device map are checked here, before any work
+        super().__post_init__()  # dtype, device, streaming and device map, before any work
         if not self.routing and not self.weights:
             raise ValueError("nothing to measure: routing=False (--no-routing) needs weights=True (--weights)")
         for s in self.sources:
             if not s.text.strip():
                 raise ValueError(f"text source {s.label!r} is empty")
-
-    @property
-    def placement(self) -> Placement:
-        """Where the model's weights live (:class:`~moescope.models.placement.Placement`)."""
-        return Placement(dtype=self.dtype, device=self.device, stream_layers=self.stream_layers,
-                         max_memory=self.max_memory, device_map=self.device_map, offload_folder=self.offload_folder)
-
 
 def default_sources(max_chars: int = 20_000) -> tuple[Source, ...]:
     """The built-in labelled sample (code, language, math) as sources."""

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from moescope._files import fsync_path
 from moescope.analysis.checkpoint import write_safetensors
 
 __all__ = ["MARKER", "MIXTRAL_8X7B_4_LAYERS", "bench_cache_dir", "checkpoint_spec", "make_mixtral_checkpoint"]
@@ -158,14 +159,6 @@ def _save_tokenizer(path: Path, vocab: int) -> None:
     fast.save_pretrained(path)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _finished(root: Path, shape: dict) -> bool:
     try:
         return json.loads((root / MARKER).read_text()) == shape
@@ -245,7 +238,7 @@ def make_mixtral_checkpoint(root: str | os.PathLike, *, layers: int = 4, hidden:
             shapes = dict(group)
             write_safetensors(tmp / fname, [(n, s, torch.bfloat16) for n, s in group],
                               lambda n, shapes=shapes: make(n, shapes[n]))
-            _fsync(tmp / fname)
+            fsync_path(tmp / fname)
             weight_map.update(dict.fromkeys(shapes, fname))
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

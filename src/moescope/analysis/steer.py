@@ -16,13 +16,13 @@ from pathlib import Path
 from moescope.analysis.ablate import windows
 from moescope.analysis.analyze import Source, default_sources
 from moescope.analysis.steering import SteerConfig, SteeringError, steer
-from moescope.models.placement import Placement, finish_memory
+from moescope.models.placement import Placed, finish_memory
 
 DEFAULT_CONTRAST = ("code", "language")
 
 
 @dataclass(frozen=True)
-class SteerCommand:
+class SteerCommand(Placed):
     """What ``moescope steer`` measures."""
 
     path: Path
@@ -30,17 +30,6 @@ class SteerCommand:
     steer: SteerConfig = field(default_factory=SteerConfig)
     seq_len: int = 128
     max_windows: int = 32
-    dtype: str = "float32"
-    device: str = "cpu"
-    stream_layers: bool = False               # see models.placement.Placement
-    max_memory: str | int | None = None
-    device_map: str | None = None
-    offload_folder: Path | None = None
-
-    @property
-    def placement(self) -> Placement:
-        return Placement(dtype=self.dtype, device=self.device, stream_layers=self.stream_layers,
-                         max_memory=self.max_memory, device_map=self.device_map, offload_folder=self.offload_folder)
 
     def __post_init__(self) -> None:
         if self.contrast and len(self.contrast) != 2:
@@ -49,7 +38,7 @@ class SteerCommand:
             raise ValueError("the two contrast texts need different names")
         if self.seq_len < 2 or self.max_windows < 1:
             raise ValueError(f"seq_len must be >= 2 and max_windows >= 1; got {self.seq_len}, {self.max_windows}")
-        self.placement  # noqa: B018 - dtype, device, streaming and device map are checked here
+        super().__post_init__()  # dtype, device, streaming and device map
 
 
 def sentence(direction: str, name: str, r: dict, n: int, level: float) -> str:

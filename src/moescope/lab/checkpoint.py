@@ -40,7 +40,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from moescope._files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from moescope._files import fsync_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "state.json"
 _STEP_DIR = re.compile(r"step_(\d{6,})")
@@ -52,14 +52,6 @@ def step_dir(checkpoints: Path, step: int) -> Path:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- RNG states as JSON --------------------------------------------------------------------------
@@ -110,11 +102,11 @@ def save_checkpoint(checkpoints: str | os.PathLike, step: int, model: nn.Module,
         write_bytes_atomic(tmp / OPTIMIZER_FILE, opt_bytes)
         meta = {**state, "step": step, "files": {MODEL_FILE: _sha256(weights), OPTIMIZER_FILE: _sha256(opt_bytes)}}
         write_json_atomic(tmp / STATE_FILE, meta)
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         if final.exists():  # only when a run re-saves a step it already had: replace it whole
             _discard(final)
         os.replace(tmp, final)  # the commit: one rename of a complete directory
-        _fsync_dir(checkpoints)
+        fsync_path(checkpoints)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,7 @@ from torch import nn
 from moescope.models.loading import check_device, check_dtype, check_placement, checkpoint_dtype, load_moe_model
 from moescope.models.streaming import format_size, memory_plan, parse_size, stream_moe_model
 
-__all__ = ["Placement", "finish_memory", "rss"]
+__all__ = ["Placed", "Placement", "finish_memory", "rss"]
 
 
 def rss(key: str = "VmRSS") -> int | None:
@@ -86,6 +86,28 @@ class Placement:
                   "plan": plan.describe(), "buffer_tokens": plan.buffer_tokens(self.max_memory) if stream else None}
         load = stream_moe_model if stream else load_moe_model
         return (*load(path, dtype=dtype, device=self.device), memory)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placed:
+    """The placement fields of a command's config (``AnalyzeConfig``, ``AblateConfig``, ``SteerCommand``),
+    keyword-only, checked by :class:`Placement` when the config is made (subclasses call
+    ``super().__post_init__()``)."""
+
+    dtype: str = "float32"                 # parameters' dtype (models.loading.DTYPES): float32 keeps statistics exact
+    device: str = "cpu"                    # where the model runs (models.loading.DEVICES)
+    stream_layers: bool = False            # run one decoder layer at a time from disk (models.streaming)
+    max_memory: str | int | None = None    # budget ("4GB"): stream when the whole model would not fit it
+    device_map: str | None = None          # spread the model with accelerate (models.loading.DEVICE_MAPS)
+    offload_folder: Path | None = None     # with device_map: where weights that fit nowhere else are kept
+
+    def __post_init__(self) -> None:
+        self.placement  # noqa: B018 - every placement option is checked here, before any work
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(dtype=self.dtype, device=self.device, stream_layers=self.stream_layers,
+                         max_memory=self.max_memory, device_map=self.device_map, offload_folder=self.offload_folder)
 
 
 def finish_memory(model: nn.Module, memory: dict) -> dict:
