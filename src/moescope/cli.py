@@ -146,6 +146,10 @@ def analyze(
     max_memory: _MaxMemoryOption = None,
     device_map: _DeviceMapOption = None,
     offload_folder: _OffloadOption = None,
+    trace: Annotated[Path | None, typer.Option(
+        "--trace", metavar="FILE.parquet", help="Also write one row per routed token (document, position, token, "
+        "and per MoE layer the chosen experts, their weights, router entropy and margin) to a Parquet file.")]
+    = None,
     routing: Annotated[bool, typer.Option(
         help="Route text through the model. --no-routing: only the weight geometry, read expert by expert from "
         "the files (no model is built; memory stays near one expert matrix).")] = True,
@@ -163,7 +167,7 @@ def analyze(
         cfg = AnalyzeConfig(path=path, sources=_read_sources(text, domain), layers=_parse_layers(layers),
                             max_tokens=max_tokens, seq_len=seq_len, weights=weights, dtype=dtype,
                             device=device, stream_layers=stream_layers, max_memory=max_memory,
-                            device_map=device_map, offload_folder=offload_folder, routing=routing)
+                            device_map=device_map, offload_folder=offload_folder, routing=routing, trace=trace)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
@@ -188,6 +192,8 @@ def analyze(
                       f"{(only['seconds_per_100GB'] or 0) / 60:.0f} min); peak memory growth "
                       f"{format_size(peak) if peak is not None else 'not measured on this OS'}.")
     _print_memory(results.get("memory"))
+    if trace is not None:
+        console.print(f"Token trace: {trace} ({results['text']['tokens']} rows)")
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 

@@ -15,6 +15,7 @@ resident-memory growth over the baseline before loading, the bytes read).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class AnalyzeConfig(Placed):
     rank: int | None = None                # expert subspace rank (None: by energy threshold)
     boundary_points: int = 64              # tokens per layer whose distance to a routing change is measured (0: off)
     routing: bool = True                   # route text (False: weight geometry from the files only, no model built)
+    trace: Path | None = None              # write every routed token's choices to this .parquet (analysis.trace)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "max_tokens", "heatmap_tokens"):
@@ -63,6 +65,12 @@ class AnalyzeConfig(Placed):
         if self.boundary_points < 0:
             raise ValueError(f"boundary_points must be >= 0; got {self.boundary_points}")
         super().__post_init__()  # dtype, device, streaming and device map, before any work
+        if self.trace is not None:
+            if not self.routing:
+                raise ValueError("--trace records routed tokens; it cannot be combined with --no-routing")
+            trace = Path(self.trace)
+            if trace.suffix != ".parquet" or not trace.parent.is_dir():
+                raise ValueError(f"--trace {str(self.trace)!r}: give a .parquet file in an existing folder")
         if not self.routing and not self.weights:
             raise ValueError("nothing to measure: routing=False (--no-routing) needs weights=True (--weights)")
         for s in self.sources:
@@ -146,6 +154,8 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     rank returns the same dict.
     """
     rank, world = _distributed()
+    if cfg.trace is not None and world > 1:
+        raise ValueError("--trace writes one file from one process; run it without torchrun")
     if not cfg.routing:
         return _weights_only(cfg, rank, world, progress=on_tokens is not None)
     model, tokenizer, views, memory = cfg.placement.load(cfg.path, tokens=cfg.seq_len * cfg.batch_size)
@@ -159,8 +169,9 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     sources = cfg.sources or default_sources()
     domains = tuple(dict.fromkeys(s.domain for s in sources if s.domain))
     position = {v.index: i for i, v in enumerate(chosen)}
+    biases = _selection_biases(cfg.path, chosen)
     stats = RoutingStats([v.num_experts for v in chosen], [v.top_k for v in chosen], domains=domains,
-                         vocab_size=len(tokenizer), selection_bias=_selection_biases(cfg.path, chosen))
+                         vocab_size=len(tokenizer), selection_bias=biases)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     token_counts, jobs = {}, []
     for number, src in enumerate(sources):
@@ -169,14 +180,27 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
             raise ValueError(f"text source {src.label!r} tokenizes to nothing")
         token_counts[src.label] = len(ids)
         seqs, masks = _sequences(ids, cfg.seq_len, pad)
-        jobs += [_Job(number, seqs[start : start + cfg.batch_size], masks[start : start + cfg.batch_size])
+        jobs += [_Job(number, seqs[start : start + cfg.batch_size], masks[start : start + cfg.batch_size],
+                      start=torch.arange(start, min(start + cfg.batch_size, seqs.shape[0])) * cfg.seq_len)
                  for start in range(0, seqs.shape[0], cfg.batch_size)][rank::world]
         head = torch.tensor([ids[: cfg.heatmap_tokens]])
         jobs.append(_Job(number, head, torch.ones_like(head), sample=True))
-    weights = _route(model, views, chosen, jobs, memory,
-                     count=lambda job, records: [stats.update(_relabel(rec, position), sources[job.source].domain)
-                                                 for rec in records],
-                     on_tokens=on_tokens)
+    with contextlib.ExitStack() as stack:
+        trace = None
+        if cfg.trace is not None:
+            from moescope.analysis.trace import TraceWriter
+
+            trace = stack.enter_context(TraceWriter(cfg.trace, [v.index for v in chosen],
+                                                    lambda t: tokenizer.decode([t]),
+                                                    top_k=[v.top_k for v in chosen], selection_bias=biases))
+
+        def count(job: _Job, records: list[RoutingRecord]) -> None:
+            for rec in records:
+                stats.update(_relabel(rec, position), sources[job.source].domain)
+            if trace is not None:
+                trace.add(id(job), sources[job.source].label, job.ids, job.mask, job.start, records)
+
+        weights = _route(model, views, chosen, jobs, memory, count=count, on_tokens=on_tokens)
     samples = [{"name": sources[job.source].label, "tokens": [tokenizer.decode([t]) for t in job.ids[0].tolist()],
                 "weights": weights.get(job.source, {})} for job in jobs if job.sample]
     if world > 1:
@@ -233,6 +257,7 @@ class _Job:
     ids: torch.Tensor      # (B, S) token ids
     mask: torch.Tensor     # (B, S) attention mask
     sample: bool = False   # the heatmap sample, not counted in the statistics
+    start: torch.Tensor | None = None  # (B,) position in its text of each row's first token
 
 
 def _geometry(cfg: AnalyzeConfig, indices: list[int], rank: int, world: int, *, progress: bool) -> dict:

@@ -40,6 +40,25 @@ NEAR_TIE = 2.0 ** -8
 MARGIN_LEVELS = (NEAR_TIE, 2.0 ** -6, 2.0 ** -4, 2.0 ** -2)
 
 
+def relative_margins(scores: Tensor, top_k: int, selection_bias: Tensor | None = None) -> Tensor:
+    """(N,) float32 margin between each token's k-th and (k+1)-th selection score, relative to the k-th's
+    magnitude (a near-tie is one below :data:`NEAR_TIE`); ``scores`` (N, E), plus ``selection_bias`` (E,) where
+    the family selects with one. NaN when ``top_k >= E`` (no (k+1)-th expert)."""
+    if top_k >= scores.shape[-1]:
+        return torch.full(scores.shape[:1], float("nan"))
+    selection = scores + selection_bias.to(scores) if selection_bias is not None else scores
+    top = selection.topk(top_k + 1, dim=-1).values                     # (N, k+1), descending
+    kth = top[:, -2].float()                                           # the margin in float32, as defined
+    return (kth - top[:, -1].float()) / kth.abs().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def router_entropy(scores: Tensor) -> Tensor:
+    """(N,) entropy in nats of each token's routing distribution: ``scores`` (N, E) normalised to sum to 1 (a
+    sigmoid router's scores too), as the statistics' mean router entropy reads them."""
+    probs = scores.double() / scores.double().sum(-1, keepdim=True).clamp_min(1e-300)
+    return -(probs * probs.clamp_min(1e-300).log()).sum(-1)
+
+
 @dataclass
 class _Layer:
     num_experts: int
@@ -151,10 +170,7 @@ class RoutingStats:
         """Count tokens whose k-th and (k+1)-th selection scores lie within each relative level of each other."""
         if acc.top_k >= acc.num_experts or scores.shape[0] == 0:
             return
-        selection = scores + acc.selection_bias if acc.selection_bias is not None else scores
-        top = selection.topk(acc.top_k + 1, dim=-1).values                     # (N, k+1), descending
-        kth = top[:, -2].float()                                                # the margin in float32, as defined
-        relative = (kth - top[:, -1].float()) / kth.abs().clamp_min(torch.finfo(torch.float32).tiny)
+        relative = relative_margins(scores, acc.top_k, acc.selection_bias)
         acc.margin_counts += (relative.unsqueeze(1) < torch.tensor(MARGIN_LEVELS)).sum(0)
 
     @staticmethod
