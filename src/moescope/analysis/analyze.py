@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from moescope.analysis.checkpoint import open_checkpoint
+from moescope.analysis.pathways import Pathways
 from moescope.analysis.routing import RoutingStats, SaturationStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder, load_moe_model
@@ -194,13 +195,23 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
                                                     lambda t: tokenizer.decode([t]),
                                                     top_k=[v.top_k for v in chosen], selection_bias=biases))
 
+        paths = Pathways([v.num_experts for v in chosen]) if len(chosen) > 1 and world == 1 else None
+        firsts: dict[int, dict[int, torch.Tensor]] = {}  # job -> layer position -> first choices of real tokens
+
         def count(job: _Job, records: list[RoutingRecord]) -> None:
             for rec in records:
                 stats.update(_relabel(rec, position), sources[job.source].domain)
             if trace is not None:
                 trace.add(id(job), sources[job.source].label, job.ids, job.mask, job.start, records)
+            if paths is not None:  # a job's layers arrive together, or one by one when layer-major
+                got = firsts.setdefault(id(job), {})
+                got.update({position[rec.layer]: rec.indices[rec.mask.bool(), 0] for rec in records})
+                if len(got) == len(chosen):
+                    paths.add(torch.stack([got[i] for i in range(len(chosen))], dim=1).numpy())
+                    del firsts[id(job)]
 
         weights = _route(model, views, chosen, jobs, memory, count=count, on_tokens=on_tokens)
+    pathways = paths.summary() if paths is not None else None
     samples = [{"name": sources[job.source].label, "tokens": [tokenizer.decode([t]) for t in job.ids[0].tolist()],
                 "weights": weights.get(job.source, {})} for job in jobs if job.sample]
     if world > 1:
@@ -221,6 +232,8 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         "routing": routing,
         "samples": samples,
     }
+    if pathways is not None:
+        results["pathways"] = pathways
     resident = memory is None or (not memory["streamed"] and cfg.device_map is None)
     if cfg.weights and resident:  # a streamed or offloaded model's layers are not resident
         from moescope.analysis.logit_lens import decode_lens, expert_lens

@@ -45,6 +45,24 @@ def token_heatmaps(res: dict) -> list[tuple[str, str]]:
     return out
 
 
+def pathway_heatmaps(res: dict) -> list[tuple[str, str]]:
+    """P(expert j at layer l+1 | expert i at layer l) for every consecutive pair of MoE layers."""
+    out = []
+    for t in res.get("pathways", {}).get("transitions", []):
+        if t.get("transition") is None:
+            continue
+        z = t["transition"]
+        width = len(next(row for row in z if row is not None))
+        fig = _heatmap([row if row is not None else [None] * width for row in z], [f"e{j}" for j in range(width)],
+                       [f"e{i}" for i in range(len(z))],
+                       f"P(expert at layer {t['to']} | expert at layer {t['from']}), first choices",
+                       f"expert at layer {t['to']}", f"expert at layer {t['from']}",
+                       "from %{y} to %{x}<br>P = %{z:.3f}<extra></extra>", zmin=0, zmax=1)
+        fig.update_yaxes(autorange="reversed")
+        out.append((f"Pathway, layer {t['from']} → {t['to']}", _html(fig, f"path-{t['from']}")))
+    return out
+
+
 def load_heatmap(res: dict) -> tuple[str, str]:
     rows = res["routing"]
     z = [r["load"] for r in rows]
@@ -125,6 +143,6 @@ def write_analyze_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
         dom = domain_heatmap(results, mid)
         if dom:
             plots.append(dom)
-    plots += token_heatmaps(results) + weight_figures(results)
+    plots += pathway_heatmaps(results) + token_heatmaps(results) + weight_figures(results)
     return write_report(results, {}, "analyze.html.j2", out_dir, context={"plots": plots,
                                                                           "plotly_js": get_plotlyjs()})
