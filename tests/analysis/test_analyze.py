@@ -39,9 +39,11 @@ def _text(output: str) -> str:
 @pytest.mark.parametrize("family", sorted(tiny_checkpoints.BUILDERS))
 def test_every_family_from_disk(family, saved):
     cfg = AnalyzeConfig(path=saved(family), sources=(Source("a", TEXT, "code"), Source("b", TEXT[::-1], "prose")),
-                        seq_len=16, batch_size=3, weights=False)
+                        seq_len=16, batch_size=3, weights=False, activity_draws=0)
     res = analyze(cfg)
     json.dumps(res, allow_nan=False)
+    for layer in res["expert_activity"]["layers"]:  # each expert's output, summed with the weights, is the block's
+        assert layer["identity_error"] is None or layer["identity_error"] < 1e-4, (layer["name"], layer["reason"])
     assert res["model"]["model_type"] == json.loads((saved(family) / "config.json").read_text())["model_type"]
     assert res["text"]["tokens"] == sum(res["text"]["per_source"].values())
     for layer in res["routing"]:

@@ -58,6 +58,8 @@ class AnalyzeConfig(Placed):
     boundary_points: int = 64              # tokens per layer whose distance to a routing change is measured (0: off)
     routing: bool = True                   # route text (False: weight geometry from the files only, no model built)
     trace: Path | None = None              # write every routed token's choices to this .parquet (analysis.trace)
+    activity_tokens: int = 2048            # real tokens per layer whose expert outputs are measured (0: off)
+    activity_draws: int = 99               # permutation draws of the expert-output geometry's null (0: none)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "max_tokens", "heatmap_tokens"):
@@ -65,6 +67,9 @@ class AnalyzeConfig(Placed):
                 raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
         if self.boundary_points < 0:
             raise ValueError(f"boundary_points must be >= 0; got {self.boundary_points}")
+        if self.activity_tokens < 0 or (self.activity_draws and self.activity_draws < 39):
+            raise ValueError(f"activity_tokens must be >= 0 and activity_draws 0 or >= 39; got "
+                             f"{self.activity_tokens}, {self.activity_draws}")
         super().__post_init__()  # dtype, device, streaming and device map, before any work
         if self.trace is not None:
             if not self.routing:
@@ -239,6 +244,13 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         from moescope.analysis.logit_lens import decode_lens, expert_lens
 
         results["logit_lens"] = decode_lens(expert_lens(model, chosen), lambda t: tokenizer.decode([t]))
+    if cfg.activity_tokens and chosen and resident:
+        from moescope.analysis.expert_activity import decode_activity, expert_activity
+
+        batches = ((job.ids, job.mask) for job in jobs if not job.sample)
+        results["expert_activity"] = decode_activity(
+            expert_activity(model, chosen, batches, max_tokens=cfg.activity_tokens, rank=cfg.rank,
+                            draws=cfg.activity_draws), lambda t: tokenizer.decode([t]))
     if cfg.boundary_points and chosen and resident \
             and not getattr(model.config, "is_encoder_decoder", False):
         from moescope.analysis.router_boundary import router_boundary

@@ -9,7 +9,8 @@ arbitrary, so both poles are shown). Router row r_e, the direction whose alignme
 state selects expert e, is read the same way (its + pole only: the sign is meaningful there).
 
 This is the weight-only half of the lens (nostalgebraist 2020; Geva et al. 2022 read FFN value
-vectors the same way); what an expert writes on real tokens needs its activations.
+vectors the same way); what an expert writes on real tokens needs its activations: its mean output is
+read by :func:`read_outputs`, fed by :mod:`moescope.analysis.expert_activity`.
 """
 
 from __future__ import annotations
@@ -94,3 +95,16 @@ def decode_lens(lens: list[dict], decode) -> list[dict]:
     return [{"layer": layer["layer"],
              "experts": [{**e, **{k: [decode(t) for t in e[k]] for k in keys}} for e in layer["experts"]]}
             for layer in lens]
+
+
+def read_outputs(outputs: Tensor, w_u: Tensor, gain: Tensor | None, *, top: int = TOP_TOKENS
+                 ) -> list[tuple[list[int], list[int]]]:
+    """Per row of ``outputs`` (N, H) — e.g. experts' mean outputs on real tokens — the token ids it promotes and
+    those it suppresses, read through the final norm's gain and the unembedding ``w_u`` (V, H) as
+    :func:`expert_lens` reads a down projection's direction. A mean output's sign is meaningful (unlike a
+    singular vector's), so + promotes and − suppresses. A zero row promotes nothing: ``([], [])``."""
+    top = min(top, w_u.shape[0])
+    out = []
+    for row in outputs.to(w_u.device, torch.float32):
+        out.append(([], []) if not bool(row.any()) else _read(row, w_u, gain, top))
+    return out
