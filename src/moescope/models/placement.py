@@ -13,7 +13,7 @@ default results do not change): the plan, the budget, the baseline resident memo
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -35,9 +35,11 @@ def rss(key: str = "VmRSS") -> int | None:
     return int(m.group(1)) * 1024 if m else None
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Dtype, device and how much of the model is resident; checked on construction."""
+@dataclass(frozen=True, kw_only=True)
+class Placed:
+    """The placement fields, keyword-only: the base of every command config that loads a model
+    (``AnalyzeConfig``, ``AblateConfig``, ``SteerCommand``) and of :class:`Placement` itself. Checked when
+    the config is made (subclasses call ``super().__post_init__()``)."""
 
     dtype: str = "float32"                 # parameters' dtype (models.loading.DTYPES): float32 keeps statistics exact
     device: str = "cpu"                    # where the model runs (models.loading.DEVICES)
@@ -45,6 +47,23 @@ class Placement:
     max_memory: str | int | None = None    # budget ("4GB"): stream when the whole model would not fit it
     device_map: str | None = None          # spread the model with accelerate (models.loading.DEVICE_MAPS)
     offload_folder: Path | None = None     # with device_map: where weights that fit nowhere else are kept
+
+    def __post_init__(self) -> None:
+        self.placement  # noqa: B018 - every placement option is checked here, before any work
+
+    @property
+    def placement(self) -> Placement:
+        """These fields as a :class:`Placement` (checked, and able to load the model)."""
+        return Placement(**{f.name: getattr(self, f.name) for f in fields(Placed)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement(Placed):
+    """Dtype, device and how much of the model is resident (:class:`Placed`'s fields); checked on construction."""
+
+    @property
+    def placement(self) -> Placement:
+        return self
 
     def __post_init__(self) -> None:
         if self.max_memory is not None:
@@ -87,27 +106,6 @@ class Placement:
         load = stream_moe_model if stream else load_moe_model
         return (*load(path, dtype=dtype, device=self.device), memory)
 
-
-@dataclass(frozen=True, kw_only=True)
-class Placed:
-    """The placement fields of a command's config (``AnalyzeConfig``, ``AblateConfig``, ``SteerCommand``),
-    keyword-only, checked by :class:`Placement` when the config is made (subclasses call
-    ``super().__post_init__()``)."""
-
-    dtype: str = "float32"                 # parameters' dtype (models.loading.DTYPES): float32 keeps statistics exact
-    device: str = "cpu"                    # where the model runs (models.loading.DEVICES)
-    stream_layers: bool = False            # run one decoder layer at a time from disk (models.streaming)
-    max_memory: str | int | None = None    # budget ("4GB"): stream when the whole model would not fit it
-    device_map: str | None = None          # spread the model with accelerate (models.loading.DEVICE_MAPS)
-    offload_folder: Path | None = None     # with device_map: where weights that fit nowhere else are kept
-
-    def __post_init__(self) -> None:
-        self.placement  # noqa: B018 - every placement option is checked here, before any work
-
-    @property
-    def placement(self) -> Placement:
-        return Placement(dtype=self.dtype, device=self.device, stream_layers=self.stream_layers,
-                         max_memory=self.max_memory, device_map=self.device_map, offload_folder=self.offload_folder)
 
 
 def finish_memory(model: nn.Module, memory: dict) -> dict:
