@@ -164,7 +164,7 @@ def analyze(
     code / language / math sample)."""
     from moescope.analysis.analyze import AnalyzeConfig
     from moescope.analysis.analyze import analyze as run_analysis
-    from moescope.models.streaming import format_size
+    from moescope.models.sizes import format_size
     from moescope.report.analyze import write_analyze_report
 
     try:
@@ -205,7 +205,7 @@ def analyze(
 
 def _print_memory(memory: dict | None) -> None:
     """One line on where the weights were and the peak memory growth (the results' memory section)."""
-    from moescope.models.streaming import format_size
+    from moescope.models.sizes import format_size
 
     if memory is None:
         return
@@ -640,7 +640,7 @@ def bench_analyze(
 
     if big:
         from moescope.analysis.bench import bench_big, big_lines, big_table
-        from moescope.models.streaming import parse_size
+        from moescope.models.sizes import parse_size
 
         try:
             parse_size(max_memory)

@@ -21,12 +21,12 @@ import torch
 from moescope.analysis.analyze import _forward
 from moescope.models import RoutingRecorder, load_moe_model
 from moescope.models.families import BY_MODEL_TYPE, BY_NAME, FAMILIES
+from moescope.models.sizes import parse_size
 from moescope.models.streaming import (
     MemoryPlan,
     StreamingError,
     decoder_layers,
     memory_plan,
-    parse_size,
     stream_moe_model,
 )
 

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits, saved
+from moescope.models.layer_major import StandIn
 from moescope.models.streaming import decoder_layers
 from moescope.models.view import MoELayerView
 from moescope.stats import DEFAULT_LEVEL, bootstrap_interval
@@ -131,22 +132,15 @@ def _check(view: MoELayerView, expert: int) -> None:
 
 # --------------------------------------------------------------------------- residual cache
 
-class _Replay(nn.Module):
+class _Replay(StandIn):
     """Stands in for a decoder layer: returns the layer's cached output for the current batch."""
 
     def __init__(self, layer: nn.Module, cache: ResidualCache, index: int) -> None:
-        super().__init__()
-        object.__setattr__(self, "_layer", layer)
+        super().__init__(layer)
         self._cache, self._index = cache, index
 
     def forward(self, *args, **kwargs):
         return _clone(self._cache.outputs[self._cache.batch][self._index])
-
-    def __getattr__(self, name: str):  # attributes a model's loop reads (attention_type, ...)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_layer"), name)
 
 
 def _clone(out):

@@ -438,7 +438,8 @@ def bench_big(root: str | Path | None = None, *, max_memory: str | int = "4GB", 
     """
     from moescope.analysis.big_checkpoint import MARKER, bench_cache_dir, make_mixtral_checkpoint
     from moescope.models.shards import read_header
-    from moescope.models.streaming import format_size, memory_plan, parse_size
+    from moescope.models.sizes import format_size, parse_size
+    from moescope.models.streaming import memory_plan
 
     if tokens < 1:
         raise ValueError(f"tokens must be >= 1; got tokens={tokens}")
@@ -518,7 +519,7 @@ def big_table(out: dict):
     their ratios."""
     from rich.table import Table
 
-    from moescope.models.streaming import format_size
+    from moescope.models.sizes import format_size
 
     s, m, plain, ratios = out["streamed"], out["in_memory"], out["plain_read"], out["ratios"]
 
@@ -565,7 +566,7 @@ def big_table(out: dict):
 
 def big_lines(out: dict) -> list[str]:
     """The notes under :func:`big_table`: the checkpoint, the plan, a raised budget, a skipped or failed run."""
-    from moescope.models.streaming import format_size
+    from moescope.models.sizes import format_size
 
     ck, plan, machine = out["checkpoint"], out["plan"], out["machine"]
     lines = [f"checkpoint {ck['path']}: " + (f"made in {ck['make_s']:.0f} s" if ck["made"] else "cached"),

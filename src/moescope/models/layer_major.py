@@ -41,30 +41,38 @@ from torch import nn
 
 from moescope.models.view import MoELayerView
 
-__all__ = ["LayerMajor", "StopForward"]
+__all__ = ["LayerMajor", "StandIn", "StopForward"]
 
 
 class StopForward(Exception):
     """Raised by a forward hook to end a model's forward once the layers of interest have run."""
 
 
-class _Replay(nn.Module):
+class StandIn(nn.Module):
+    """Takes a decoder layer's place in its list without running it: subclasses say what ``forward`` returns.
+    Attributes the model's loop reads from its layers (``attention_type``, ...) come from the layer."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)  # not a submodule: its weights stay out of this module
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_layer"), name)
+
+
+class _Replay(StandIn):
     """Stands in for decoder layers below the running one: returns the batch's kept hidden state."""
 
     def __init__(self, layer: nn.Module, runner: LayerMajor) -> None:
-        super().__init__()
-        object.__setattr__(self, "_layer", layer)
+        super().__init__(layer)
         object.__setattr__(self, "_runner", runner)
 
     def forward(self, *args, **kwargs):
         runner = object.__getattribute__(self, "_runner")
         return runner.kept[runner.batch]
-
-    def __getattr__(self, name: str):  # attributes a model's loop reads (attention_type, ...)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_layer"), name)
 
 
 def _nbytes(out) -> int:

@@ -173,7 +173,7 @@ def check_placement(device: torch.device, device_map: str | dict | None, max_mem
         raise ValueError(f"device_map must be one of {', '.join(DEVICE_MAPS)} or a non-empty dict of module name -> "
                          f"device; got {device_map!r}")
     if max_memory is not None:
-        from moescope.models.streaming import parse_size  # the one reader of sizes such as "4GiB"
+        from moescope.models.sizes import parse_size  # the one reader of sizes such as "4GiB"
 
         if not isinstance(max_memory, dict) or not max_memory:
             raise ValueError(f"max_memory must be a dict of device -> size (e.g. {{0: '20GiB', 'cpu': '60GiB'}}); "

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from moescope.models.loading import check_device, check_dtype, check_placement, checkpoint_dtype, load_moe_model
-from moescope.models.streaming import format_size, memory_plan, parse_size, stream_moe_model
+from moescope.models.sizes import format_size, parse_size
+from moescope.models.streaming import memory_plan, stream_moe_model
 
 __all__ = ["Placed", "Placement", "finish_memory", "rss"]
 
@@ -82,11 +83,6 @@ class Placement(Placed):
     def accelerate_memory(self) -> dict | None:
         """``max_memory`` for accelerate: the budget is the CPU's (GPUs get what is free)."""
         return None if self.max_memory is None else {"cpu": self.max_memory}
-
-    @property
-    def plain(self) -> bool:
-        """The whole model resident, loaded the default way (no budget, no streaming, no device map)."""
-        return not self.stream_layers and self.max_memory is None and self.device_map is None
 
     def load(self, path: Path, *, tokens: int) -> tuple[nn.Module, object, list, dict | None]:
         """``(model, tokenizer, views, memory section | None)``; ``tokens`` per forward size the streaming plan."""

@@ -34,7 +34,7 @@ Every forward reads every layer again: analyse many tokens per forward (large ba
 the reads are amortised; the page cache makes a re-read of a checkpoint that fits in RAM cheap.
 
 **Memory.** :func:`memory_plan` says, from the safetensors headers and a ``meta`` skeleton, what the
-in-memory and the streamed paths need (:class:`MemoryPlan`) and :func:`parse_size` reads a budget
+in-memory and the streamed paths need (:class:`MemoryPlan`) and :func:`~moescope.models.sizes.parse_size` reads a budget
 such as ``"4GB"``; :meth:`MemoryPlan.decide` picks the path for a budget or refuses it naming the
 smallest budget this checkpoint can be streamed in.
 
@@ -59,55 +59,19 @@ from torch import nn
 
 from moescope.models.adapters import find_moe_layers
 from moescope.models.family import Family
+from moescope.models.fused_fill import fill_fused_op, filling
 from moescope.models.loading import _TOKENIZER_FILES, _auto_class, _check_dir, _check_weights, _family
 from moescope.models.memory import bound_allocators
 from moescope.models.shards import read_header, weight_files
+from moescope.models.sizes import format_size, parse_size
 from moescope.models.view import MoELayerView
 
-__all__ = ["LayerStreamer", "MemoryPlan", "StreamingError", "decoder_layers", "format_size", "memory_plan",
-           "parse_size", "read_moe_model", "stream_moe_model"]
+__all__ = ["LayerStreamer", "MemoryPlan", "StreamingError", "decoder_layers", "memory_plan", "read_moe_model",
+           "stream_moe_model"]
 
 
 class StreamingError(ValueError):
     """A checkpoint that cannot be streamed layer by layer, or a memory budget it cannot meet."""
-
-
-# --------------------------------------------------------------------------- sizes
-
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
-          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
-
-
-def parse_size(size: str | int) -> int:
-    """A memory size in bytes: ``"4GB"`` (10^9), ``"4GiB"`` / ``"4G"`` (2^30), ``"512MiB"``, ``123``.
-
-    SI suffixes (KB, MB, GB, TB) are decimal, IEC ones (KiB, MiB, GiB, TiB) and bare K/M/G/T binary,
-    as ``docker --memory`` reads them; case does not matter.
-    """
-    if isinstance(size, bool) or not isinstance(size, (int, str)):
-        raise TypeError(f"a memory size must be a string such as '4GB' or an int of bytes; got {size!r}")
-    if isinstance(size, int):
-        value = size
-    else:
-        m = _SIZE.match(size)
-        unit = m and m.group(2).upper()
-        if m is None or unit not in _UNITS:
-            raise ValueError(f"memory size {size!r} is not a size; write a number and a unit such as 4GB, "
-                             f"512MiB or 8G (units: {', '.join(u for u in _UNITS if u)})")
-        value = int(float(m.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise ValueError(f"memory size must be positive; got {size!r}")
-    return value
-
-
-def format_size(nbytes: float) -> str:
-    """``1536 * 2**20`` -> ``'1.50 GiB'``."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(nbytes) >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{int(nbytes)} B"
 
 
 # --------------------------------------------------------------------------- shards
@@ -231,72 +195,6 @@ def _quiet_sync_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-# --------------------------------------------------------------------------- fused experts
-
-
-def _fill_fused():
-    """The conversion op that replaces ``MergeModulelist(dim=0)`` [+ ``Concatenate(dim=d >= 1)``] (defined in a
-    function: transformers is imported lazily)."""
-    from transformers.core_model_loading import ConversionOps
-
-    class FillFused(ConversionOps):
-        """Stack each source pattern's per-expert tensors and concatenate the stacks along ``dim`` — the tensor
-        ``MergeModulelist(0)`` then ``Concatenate(dim)`` build — written into one buffer, each source freed as
-        soon as it is copied. transformers' ops hold every source, the stacks and the result at once (twice
-        the fused tensor: 3.5 GiB for one Mixtral-8x7B ``gate_up_proj``); this holds the result and one source."""
-
-        def __init__(self, dim: int | None) -> None:
-            self.dim = dim  # None: stack only (no concatenation)
-
-        @torch.no_grad()
-        def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
-            patterns = [p for p in source_patterns if p in input_dict]
-            lists = [input_dict[p] for p in patterns]
-            if len(target_patterns) != 1 or any(not isinstance(t, list) or not t for t in lists) \
-                    or len({len(t) for t in lists}) != 1 or len({(t[0].shape, t[0].dtype) for t in lists}) != 1:
-                raise ValueError(f"cannot fuse {source_patterns} into {target_patterns}: expected equal lists of "
-                                 "per-expert tensors of one shape")
-            first = lists[0][0]
-            if self.dim is None and len(lists) != 1:
-                raise ValueError(f"stacking {source_patterns} into one {target_patterns} needs one source pattern")
-            shape = [len(lists[0]), *first.shape]
-            width = first.shape[self.dim - 1] if self.dim is not None else 0
-            if self.dim is not None:
-                shape[self.dim] = width * len(lists)
-            out = torch.empty(shape, dtype=first.dtype, device=first.device)
-            for j, pattern in enumerate(patterns):
-                tensors = input_dict.pop(pattern)
-                for e in range(len(tensors)):
-                    slot = out.select(0, e)
-                    if self.dim is not None:
-                        slot = slot.narrow(self.dim - 1, j * width, width)
-                    slot.copy_(tensors[e])
-                    tensors[e] = None  # the source's last reference: freed now, not after the loop
-            return {target_patterns[0]: out}
-
-    return FillFused
-
-
-def _filling(mapping: list | None) -> list | None:
-    """A copy of transformers' conversion ``mapping`` whose expert-fusing converters fill one buffer
-    (:func:`_fill_fused`); every other converter is left as it is."""
-    if not mapping:
-        return mapping
-    from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter
-
-    fill = _fill_fused()
-    mapping = copy.deepcopy(mapping)
-    for m in mapping:
-        ops = getattr(m, "operations", None) if isinstance(m, WeightConverter) else None
-        if not ops or type(ops[0]) is not MergeModulelist or ops[0].dim != 0:
-            continue
-        if len(ops) == 1 and len(m.source_patterns) == 1:
-            m.operations = [fill(None)]
-        elif len(ops) == 2 and type(ops[1]) is Concatenate and ops[1].dim >= 1:
-            m.operations = [fill(ops[1].dim)]
-    return mapping
-
-
 # --------------------------------------------------------------------------- the streamer
 
 
@@ -323,7 +221,7 @@ class LayerStreamer:
         self.table = _tensor_table(root)
         self.load_config = LoadStateDictConfig(
             dtype=dtype, dtype_plan=model._get_dtype_plan(dtype), device_map={"": str(self.device)},
-            weight_mapping=_filling(get_model_conversion_mapping(model, None, None)))
+            weight_mapping=filling(get_model_conversion_mapping(model, None, None)))
         self.targets: dict[str, str] = {}  # checkpoint key -> the model tensor it is loaded into
         self.resident_keys, self.layer_keys = self._group()
         self._handles: list = []
@@ -486,8 +384,8 @@ class LayerStreamer:
         for key in self.layer_keys[layers.index(largest)] if layers else ():
             sources.setdefault(self.targets[key], []).append(self._nbytes(key))
         filled = [m.target_patterns[0] for m in self.load_config.weight_mapping or ()
-                  if type(getattr(m, "operations", [None])[0]).__name__ == "FillFused"]
-        # a filled tensor (_filling) needs one source beside it while it loads; transformers' ops all of them
+                  if isinstance(getattr(m, "operations", [None])[0], fill_fused_op())]
+        # a filled tensor (fused_fill) needs one source beside it while it loads; transformers' ops all of them
         fused = {t: max(b) if len(b) > 1 and any(re.search(f, t) for f in filled) else sum(b)
                  for t, b in sources.items()}
         emb = self.model.get_input_embeddings().weight
@@ -557,8 +455,9 @@ class MemoryPlan:
         resident: the weights outside the decoder layers (embeddings, final norm, head).
         largest_layer: the largest decoder layer's weights.
         conversion: what exists beside that layer's tensors while it loads: for a tensor fused from
-            per-expert ones by :func:`_filling`'s op (Mixtral's ``w1``/``w3`` into ``gate_up_proj``) its largest
-            source, for one built by another of transformers' conversions all its sources.
+            per-expert ones by :mod:`~moescope.models.fused_fill` (Mixtral's ``w1``/``w3`` into
+            ``gate_up_proj``) its largest source, for one built by another of transformers' conversions
+            all its sources.
         activations: the hidden states of one forward of ``tokens`` tokens (see
             :data:`ACTIVATION_WIDTHS`) plus its logits.
         num_layers: decoder layers.

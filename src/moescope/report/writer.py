@@ -15,7 +15,7 @@ import jinja2
 
 from moescope import __version__
 from moescope._files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from moescope.models.streaming import format_size
+from moescope.models.sizes import format_size
 from moescope.report.figures import data_uri
 
 TEMPLATES = jinja2.Environment(
