@@ -12,8 +12,8 @@ Two allocators keep memory that an analysis never uses again; :func:`bound_alloc
   ~120 MiB per forward until the cache was full. The capacity is read from
   ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` when oneDNN first runs; this sets it to :data:`ONEDNN_CACHE`
   unless the user has set it (float32 GEMMs go to MKL and are unaffected). A small cache keeps the
-  fixed-shape primitives (attention, router) that are reused; the README's "Memory" lines give the
-  measured trade (growth after 10 forwards and time per forward at several capacities).
+  fixed-shape primitives (attention, router) that are reused; the experts' primitives are rebuilt, which
+  makes each forward somewhat slower.
 * **glibc's mmap threshold.** glibc raises the threshold to the size of each freed mmapped block (up
   to 32 MiB), so after a large tensor is freed its successors are carved out of the heap, which
   fragments and stays resident (measured: +70 MiB of RSS per 200 MiB streamed layer); pinning the
