@@ -21,6 +21,10 @@ $(VENV)/.dev-deps: pyproject.toml constraints.txt $(VENV)/.run-deps
 	$(PIP) -e '.[dev]'
 	# torchattacks requires torchvision on paper but not in practice; --no-deps keeps the CPU torch
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps 'torchattacks==3.5.1'
+	# manify 0.1 pins scikit-learn 1.5.1 and its package __init__ imports data loaders (anndata,
+	# basemap) we never call; hyperdt pulls geomstats only for toy data. The tests import the
+	# predictor modules directly (tests/curved_models/oracles.py).
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps 'manify==0.1' 'hyperdt==0.0.3'
 	$(BIN)/python scripts/check_torch.py
 	touch $@
 
