@@ -150,6 +150,9 @@ def analyze(
         min=0, help="Real tokens per MoE layer whose expert outputs are measured (the output subspaces, their "
         "overlap and interference against a permutation null, and the logit lens of each expert's mean output; "
         "0: off; needs resident weights).")] = 2048,
+    text_tokens: Annotated[int, typer.Option(
+        min=0, help="Tokens of each text shown in the report as text coloured by expert, with a layer selector "
+        "and the weights on hover (at most --seq-len; 0: off).")] = 256,
     trace: Annotated[Path | None, typer.Option(
         "--trace", metavar="FILE.parquet", help="Also write one row per routed token (document, position, token, "
         "and per MoE layer the chosen experts, their weights, router entropy and margin) to a Parquet file.")]
@@ -172,7 +175,7 @@ def analyze(
                             max_tokens=max_tokens, seq_len=seq_len, weights=weights, dtype=dtype,
                             device=device, stream_layers=stream_layers, max_memory=max_memory,
                             device_map=device_map, offload_folder=offload_folder, routing=routing, trace=trace,
-                            activity_tokens=activity_tokens)
+                            activity_tokens=activity_tokens, text_tokens=text_tokens)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()

@@ -55,6 +55,17 @@ def test_every_family_from_disk(family, saved):
             assert total == pytest.approx(1.0)
         assert layer["domains"]["names"] == ["code", "prose"]
     assert {s["name"] for s in res["samples"]} == {"a", "b"}
+    for sample in res["samples"]:  # the coloured text and the heatmap show the same routing
+        assert len(sample["tokens"]) == sample["heatmap_tokens"] == 48   # the heatmap's 48 > --seq-len 16
+        for layer, text in sample["text"].items():
+            assert len(text["experts"]) == 48
+            dense = sample["weights"][layer]
+            for i, (experts, weights) in enumerate(zip(text["experts"], text["weights"], strict=True)):
+                for e, w in zip(experts, weights, strict=True):
+                    assert e < 0 or dense[i][e] == pytest.approx(w, abs=1e-4)
+    for layer in res["routing"]:  # vocabulary specialisation, decoded
+        vocab = layer["tokens_specialisation"]["vocabulary"]
+        assert all(isinstance(row["token"], str) for rows in vocab["experts"] for row in rows)
 
 
 def test_cli_writes_an_offline_report(saved, tmp_path):

@@ -1,18 +1,18 @@
 """The lab report as a person sees it: headless Chromium loads it offline, no console errors,
 every figure present and visible; a screenshot is saved next to the report."""
 
-import shutil
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from browser import chromium, console_errors, needs_chromium
 
 from moescope.lab.run import LabConfig, run_lab
 from moescope.report.lab import lab_figures, write_lab_report
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or DRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them: apt-get install chromium "
-           "chromium-driver)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +23,12 @@ def report(tmp_path_factory):
 
 
 def test_report_in_headless_chromium(report):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     out, path, res = report
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,2400"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    try:
+    with chromium() as driver:
         driver.get(path.as_uri())
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert errors == [], errors
+        assert console_errors(driver) == []
         images = driver.find_elements(By.CSS_SELECTOR, "figure img")
         wanted = {f for v in res["verdicts"] for f in v["figures"]}
         evidence = sum(len(v.get("evidence") or ()) for v in res["verdicts"])  # one figure per condition
@@ -55,5 +44,3 @@ def test_report_in_headless_chromium(report):
         assert lecture.is_displayed() and "「" in lecture.text
         assert driver.save_screenshot(str(out / "report.png"))
         assert (out / "report.png").stat().st_size > 10_000
-    finally:
-        driver.quit()

@@ -53,6 +53,7 @@ class AnalyzeConfig(Placed):
     batch_size: int = 4                    # sequences per forward pass
     max_tokens: int = 50_000               # per source: enough for stable loads, bounded time
     heatmap_tokens: int = 48               # tokens per sample in the token x expert heatmaps
+    text_tokens: int = 256                 # tokens per sample shown as text coloured by expert (0: off)
     weights: bool = True                   # also measure weight geometry from the safetensors files
     rank: int | None = None                # expert subspace rank (None: by energy threshold)
     boundary_points: int = 64              # tokens per layer whose distance to a routing change is measured (0: off)
@@ -65,6 +66,8 @@ class AnalyzeConfig(Placed):
         for name in ("seq_len", "batch_size", "max_tokens", "heatmap_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
+        if self.text_tokens < 0:
+            raise ValueError(f"text_tokens must be >= 0 (0: no coloured text); got text_tokens={self.text_tokens}")
         if self.boundary_points < 0:
             raise ValueError(f"boundary_points must be >= 0; got {self.boundary_points}")
         if self.activity_tokens < 0 or (self.activity_draws and self.activity_draws < 39):
@@ -107,12 +110,25 @@ def _forward(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> N
         model(**kwargs)
 
 
-def _dense_weights(rec: RoutingRecord) -> list[list[float]]:
-    """(T, E) combine weights of the experts actually used (0 elsewhere)."""
-    dense = torch.zeros(rec.indices.shape[0], rec.scores.shape[-1])
-    valid = rec.indices >= 0
-    dense.scatter_(1, rec.indices.clamp_min(0), torch.where(valid, rec.weights.float(), 0.0))
+def _dense_weights(rec: RoutingRecord, tokens: int) -> list[list[float]]:
+    """(T, E) combine weights of the experts actually used (0 elsewhere), the first ``tokens`` tokens."""
+    indices, weights = rec.indices[:tokens], rec.weights[:tokens]
+    dense = torch.zeros(indices.shape[0], rec.scores.shape[-1])
+    valid = indices >= 0
+    dense.scatter_(1, indices.clamp_min(0), torch.where(valid, weights.float(), 0.0))
     return dense.tolist()
+
+
+def _sample(name: str, tokens: list[str], records: dict[int, RoutingRecord], heatmap: int, text: int) -> dict:
+    """A source's head as the report shows it: ``weights`` {layer: (heatmap, E)} dense combine weights for the
+    token × expert heatmaps, ``text`` {layer: {"experts", "weights"}} (text, k) for the text coloured by
+    expert (experts -1 where a slot processed nothing), ``tokens`` decoded."""
+    return {"name": name, "tokens": tokens[: max(heatmap, text)], "heatmap_tokens": min(heatmap, len(tokens)),
+            "weights": {layer: _dense_weights(rec, heatmap) for layer, rec in records.items()},
+            "text": {layer: {"experts": rec.indices[:text].tolist(),
+                             "weights": [[round(w, 4) for w in row] for row in rec.weights[:text].float().tolist()]}
+                     for layer, rec in records.items()} if text else {},
+            "num_experts": next(iter(records.values())).scores.shape[-1] if records else 0}
 
 
 def _distributed() -> tuple[int, int]:
@@ -189,7 +205,7 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         jobs += [_Job(number, seqs[start : start + cfg.batch_size], masks[start : start + cfg.batch_size],
                       start=torch.arange(start, min(start + cfg.batch_size, seqs.shape[0])) * cfg.seq_len)
                  for start in range(0, seqs.shape[0], cfg.batch_size)][rank::world]
-        head = torch.tensor([ids[: cfg.heatmap_tokens]])
+        head = torch.tensor([ids[: max(cfg.heatmap_tokens, min(cfg.text_tokens, cfg.seq_len))]])
         jobs.append(_Job(number, head, torch.ones_like(head), sample=True))
     with contextlib.ExitStack() as stack:
         trace = None
@@ -215,16 +231,20 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
                     paths.add(torch.stack([got[i] for i in range(len(chosen))], dim=1).numpy())
                     del firsts[id(job)]
 
-        weights = _route(model, views, chosen, jobs, memory, count=count, on_tokens=on_tokens)
+        sampled = _route(model, views, chosen, jobs, memory, count=count, on_tokens=on_tokens)
     pathways = paths.summary() if paths is not None else None
-    samples = [{"name": sources[job.source].label, "tokens": [tokenizer.decode([t]) for t in job.ids[0].tolist()],
-                "weights": weights.get(job.source, {})} for job in jobs if job.sample]
+    samples = [_sample(sources[job.source].label, [tokenizer.decode([t]) for t in job.ids[0].tolist()],
+                       sampled.get(job.source, {}), cfg.heatmap_tokens, cfg.text_tokens)
+               for job in jobs if job.sample]
     if world > 1:
         stats.all_reduce()
     routing = []
     for i, v in enumerate(chosen):
         summary = stats.summary(i)
         summary.update({"layer": v.index, "name": v.name})
+        for listed in summary.get("tokens_specialisation", {}).get("vocabulary", {}).get("experts", ()):
+            for row in listed:
+                row["token"] = tokenizer.decode([row["id"]])
         routing.append(summary)
     first = chosen[0] if chosen else None
     results = {
@@ -342,14 +362,14 @@ def _route(model: torch.nn.Module, views: list, chosen: list, jobs: list[_Job], 
            count: Callable[[_Job, list[RoutingRecord]], object],
            on_tokens: Callable[[float], None] | None) -> dict[int, dict]:
     """Every job through ``model`` with ``chosen`` recorded: ``count(job, records)`` for the statistics' jobs;
-    returns the heatmap samples' dense weights, ``{source: {layer: (T, E) list}}``.
+    returns the samples' records, ``{source: {layer: RoutingRecord}}``.
 
     A streamed model runs layer-major (:class:`~moescope.models.layer_major.LayerMajor`): each decoder layer is
     read once per chunk of jobs whose residual stream fits ``memory["buffer_tokens"]``, and ``memory`` gains
     ``chunks``, ``layer_reads`` and ``hidden_buffer`` (bytes of the kept residual stream). ``on_tokens`` then
     advances by each job's tokens divided by the rounds, so that a progress bar still totals the tokens.
     """
-    weights: dict[int, dict] = {}
+    sampled: dict[int, dict[int, RoutingRecord]] = {}
     streamed = memory is not None and memory["streamed"]
     runner = LayerMajor(model, views) if streamed else None
     last = max((runner.layer_of(v) for v in chosen), default=0) if runner is not None else 0
@@ -363,7 +383,7 @@ def _route(model: torch.nn.Module, views: list, chosen: list, jobs: list[_Job], 
             finally:
                 records = recorder.pop()
                 if job.sample:
-                    weights.setdefault(job.source, {}).update({rec.layer: _dense_weights(rec) for rec in records})
+                    sampled.setdefault(job.source, {}).update({rec.layer: rec for rec in records})
                 else:
                     count(job, records)
                     if on_tokens is not None:
@@ -372,13 +392,13 @@ def _route(model: torch.nn.Module, views: list, chosen: list, jobs: list[_Job], 
         if runner is None:
             for job in jobs:
                 forward(job)
-            return weights
+            return sampled
         chunks = _chunks(jobs, memory["buffer_tokens"])
         for chunk in chunks:
             runner.run(len(chunk), lambda b, chunk=chunk: forward(chunk[b]), layers=[last])
             memory["hidden_buffer"] = max(memory.get("hidden_buffer", 0), runner.hidden_bytes)
         memory.update(chunks=len(chunks), layer_reads=model.moescope_streamer.layer_loads)
-    return weights
+    return sampled
 
 
 def _chunks(jobs: list[_Job], tokens: int) -> list[list[_Job]]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from moescope.analysis.vocabulary import vocabulary_specialisation
 from moescope.models.view import RoutingRecord
 from moescope.moe.losses import CONVENTIONS, balance_loss_from_counts
 from moescope.stats import normalized_mutual_information
@@ -79,6 +80,7 @@ class _Layer:
     domain_counts: Tensor = field(init=False)
     domain_tokens: Tensor = field(init=False)
     token_expert: Tensor | None = field(init=False)
+    token_seen: Tensor | None = field(init=False)   # (V,) occurrences of each token id (with token_expert)
     margin_counts: Tensor = field(init=False)   # tokens whose relative margin is below each MARGIN_LEVELS entry
     selection_bias: Tensor | None = None       # (E,) added to the scores to select (DeepSeek-V3); not a sum
 
@@ -94,13 +96,14 @@ class _Layer:
         self.domain_counts, self.domain_tokens = torch.zeros(d, e, dtype=i64), torch.zeros(d, dtype=i64)
         v = self.vocab_size
         self.token_expert = torch.zeros(v, e, dtype=torch.int32) if v and v * e <= MAX_TOKEN_TABLE else None
+        self.token_seen = torch.zeros(v, dtype=torch.int64) if self.token_expert is not None else None
         self.margin_counts = torch.zeros(len(MARGIN_LEVELS), dtype=i64)
 
     def tensors(self) -> list[Tensor]:
         names = ["tokens", "counts", "first", "prob_sum", "entropy_sum", "coact", "pairs", "repeat_first",
                  "repeat_any", "seq_balance_sum", "sequences", "domain_counts", "domain_tokens", "margin_counts"]
         out = [getattr(self, n) for n in names]
-        return out + ([self.token_expert] if self.token_expert is not None else [])
+        return out + ([self.token_expert, self.token_seen] if self.token_expert is not None else [])
 
 
 class RoutingStats:
@@ -164,6 +167,7 @@ class RoutingStats:
             ids = record.token_ids.long()[mask]
             flat = (ids.unsqueeze(1) * e + real.clamp_min(0))[valid]
             acc.token_expert.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+            acc.token_seen.index_add_(0, ids, torch.ones_like(ids))
 
     @staticmethod
     def _margins(acc: _Layer, scores: Tensor) -> None:
@@ -295,15 +299,17 @@ class RoutingStats:
                 "max_specialisation": corrected.max(0).values.tolist()}
 
     @staticmethod
-    def _tokens(acc: _Layer, top: int = 10) -> dict:
+    def _tokens(acc: _Layer) -> dict:
+        """Token specialisation: the best expert's share of each token id's assignments, and per expert the
+        tokens it takes beyond its load (:func:`moescope.analysis.vocabulary.vocabulary_specialisation`)."""
         table = acc.token_expert.double()
         per_token = table.sum(1)
         seen = per_token > 0
         best_share = torch.where(seen, table.max(1).values / per_token.clamp_min(1), torch.zeros_like(per_token))
         weighted = float((best_share * per_token).sum() / per_token.sum())
-        tops = table.topk(min(top, table.shape[0]), dim=0).indices.t()          # (E, top)
         return {"mean_top_expert_share": weighted, "seen_token_ids": int(seen.sum()),
-                "top_tokens_per_expert": tops.tolist()}
+                "vocabulary": vocabulary_specialisation(acc.token_expert.numpy(), acc.token_seen.numpy(),
+                                                        int(acc.tokens))}
 
     def summaries(self) -> list[dict]:
         return [self.summary(i) for i in range(len(self.layers))]

@@ -32,7 +32,8 @@ def token_heatmaps(res: dict) -> list[tuple[str, str]]:
     """One token × expert heatmap per recorded layer of each sample text (router weights)."""
     out = []
     for sample in res.get("samples", []):
-        labels = [f"{i}: {tok!r}" for i, tok in enumerate(sample["tokens"])]
+        shown = sample["tokens"][: sample.get("heatmap_tokens", len(sample["tokens"]))]
+        labels = [f"{i}: {tok!r}" for i, tok in enumerate(shown)]
         for layer, matrix in sample["weights"].items():
             e = len(matrix[0]) if matrix else 0
             fig = _heatmap(matrix, [f"e{j}" for j in range(e)], labels,
