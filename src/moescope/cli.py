@@ -519,7 +519,7 @@ def lab(
     """Every claim of the lecture, tested on data and models built here, in one report."""
     from moescope.lab.external import ModelInputError
     from moescope.lab.run import LabConfig, run_lab
-    from moescope.report.lab import lab_figures, verdict_table, write_lab_report
+    from moescope.report.lab import lab_figures, timing_text, verdict_table, write_lab_report
 
     try:
         chosen = None if claims is None else tuple(int(c) for c in claims.split(",") if c.strip())
@@ -540,6 +540,7 @@ def lab(
             raise typer.BadParameter(str(err), param_hint="--model") from None
     written = write_lab_report(results, lab_figures(results), out)
     Console().print(verdict_table(results["verdicts"]))
+    console.print(timing_text(results))
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 

@@ -88,29 +88,43 @@ def write_lab_report(results: dict, figures: dict[str, bytes], out_dir: str | Pa
         results, {name: Figure(png) for name, png in figures.items()}, "lab.html.j2", out_dir,
         saved=_json_ready(results),
         context={"anchor": _anchor, "evidence": evidence, "key_text": key_text, "counts": finding_counts(verdicts),
-                 "counts_text": counts_text(verdicts), "css": _css, "by_construction": BY_CONSTRUCTION,
+                 "counts_text": counts_text(verdicts), "css": _css,
+                 "timing_text": timing_text(results), "by_construction": BY_CONSTRUCTION,
                  "constructed": [v for v in verdicts if v.get("construction") or v["verdict"] == BY_CONSTRUCTION]})
+
+
+def _figure_makers(data: dict) -> dict[str, tuple[str, object]]:
+    """Each figure name the experiments in ``data`` can draw: (the experiment it reads, its drawing function)."""
+    from moescope.report import attack, curvature, lab_training, sphere
+
+    by_experiment = {
+        "sphere": lambda d: {n: fn for n, (_, fn) in sphere.FIGURES.items()},
+        "digits": lambda d: {n: fn for n, (_, fn) in attack.figures_for(d).items()},
+        "curvature": lambda d: {n: fn for n, (_, fn) in curvature.FIGURES.items()},
+        "training": lambda d: dict(lab_training.FIGURES),     # claims 6-15 on the lab's runs
+        "checkpoint": lambda d: dict(lab_training.FIGURES),   # or 6 and 10-14 on a given checkpoint
+    }
+    makers: dict[str, tuple[str, object]] = {}
+    for source, figures in by_experiment.items():
+        if source in data:
+            makers.update({name: (source, fn) for name, fn in figures(data[source]).items()})
+    return makers
 
 
 def lab_figures(results: dict) -> dict[str, bytes]:
     """Draw every figure the verdicts name, from the experiments' own data, and each condition's
     evidence figure, from the raw values the verdict stored."""
-    from moescope.report import attack, curvature, lab_training, sphere
-
     data = results["data"]
-    makers: dict[str, tuple[str, object]] = {}
-    if "sphere" in data:
-        makers.update({name: ("sphere", fn) for name, (_, fn) in sphere.FIGURES.items()})
-    if "digits" in data:
-        makers.update({name: ("digits", fn) for name, (_, fn) in attack.figures_for(data["digits"]).items()})
-    if "curvature" in data:
-        makers.update({name: ("curvature", fn) for name, (_, fn) in curvature.FIGURES.items()})
-    for source in ("training", "checkpoint"):  # claims 6-15 on the lab's runs, or 6 and 10-14 on a checkpoint
-        if source in data:
-            makers.update({name: (source, fn) for name, fn in lab_training.FIGURES.items()})
+    makers = _figure_makers(data)
     wanted = {f for v in results["verdicts"] for f in v["figures"]}
     drawn = {name: fn(data[source]) for name, (source, fn) in makers.items() if name in wanted}
     return {**drawn, **evidence_figures(results["verdicts"])}
+
+
+def timing_text(results: dict) -> str:
+    """The wall-clock time of each experiment the run needed, slowest first (reported, never deciding)."""
+    timings = sorted(results.get("timings", {}).items(), key=lambda kv: -kv[1])
+    return "Time per experiment: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)
 
 
 def verdict_table(verdicts: list[dict]) -> Table:
