@@ -128,9 +128,10 @@ def _parse_layers(text: str | None, flag: str = "--layers", what: str = "MoE lay
 
 @app.command()
 def analyze(
-    path: Annotated[Path, typer.Argument(callback=_CHECKPOINT,
-                                         help="A Hugging Face MoE checkpoint directory (config.json, "
-                                              "safetensors weights, tokenizer).")],
+    paths: Annotated[list[Path], typer.Argument(
+        callback=_CHECKPOINT, metavar="PATH",
+        help="A Hugging Face MoE checkpoint directory (config.json, safetensors weights, tokenizer); several, "
+             "or one folder of checkpoint-N / step_N folders: a checkpoint series over training.")],
     text: Annotated[list[Path], typer.Option("--text", callback=_IN_FILE,
                                              help="A text file to route (repeatable).")] = [],  # noqa: B006
     domain: Annotated[list[str], typer.Option("--domain", callback=_DOMAIN,
@@ -165,6 +166,14 @@ def analyze(
 ) -> None:
     """Routing health and expert geometry of an MoE checkpoint (no text given: a built-in
     code / language / math sample)."""
+    if len(paths) > 1 or not (paths[0] / "config.json").is_file():
+        if trace is not None or not routing:
+            raise typer.BadParameter("--trace and --no-routing apply to one checkpoint, not to a series")
+        _series(paths, sources=_read_sources(text, domain), layers=_parse_layers(layers), max_tokens=max_tokens,
+                seq_len=seq_len, dtype=dtype, device=device, stream_layers=stream_layers, max_memory=max_memory,
+                device_map=device_map, offload_folder=offload_folder, out=out)
+        return
+    path = paths[0]
     from moescope.analysis.analyze import AnalyzeConfig
     from moescope.analysis.analyze import analyze as run_analysis
     from moescope.models.sizes import format_size
@@ -202,6 +211,40 @@ def analyze(
     _print_memory(results.get("memory"))
     if trace is not None:
         console.print(f"Token trace: {trace} ({results['text']['tokens']} rows)")
+    console.print(f"Report: {written['report']}  (results: {written['results']}) "
+                  f"in {time.perf_counter() - start:.1f} s")
+
+
+def _series(paths: list[Path], *, out: Path, **options) -> None:
+    """A checkpoint series: every checkpoint routes the same text and is compared with the last."""
+    from moescope.analysis.series import SeriesConfig, checkpoint_series, saturation_text
+    from moescope.report.series import write_series_report
+
+    try:
+        cfg = SeriesConfig(paths=tuple(paths), **options)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    start = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"))
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("routing", total=None)
+
+            def next_checkpoint(label: str) -> None:
+                progress.update(task, description=f"routing {label}", completed=0)
+
+            results = checkpoint_series(cfg, on_checkpoint=next_checkpoint,
+                                        on_tokens=lambda n: progress.advance(task, n))
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    written = write_series_report(results, out)
+    for line in saturation_text(results):
+        console.print(line)
+    change = results["similarity_change"]
+    if change is not None:
+        console.print(f"Expert similarity, first → last checkpoint: {change['effect']:+.4f} "
+                      f"[{change['interval'][0]:+.4f}, {change['interval'][1]:+.4f}] → {change['verdict']}")
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
 
@@ -389,26 +432,16 @@ def compare(
                                                  help="The later checkpoint directory (same architecture).")],
     text: Annotated[list[Path], typer.Option("--text", callback=_IN_FILE,
                                              help="A text file to route (repeatable).")] = [],  # noqa: B006
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 50_000,
-    out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for results.json.")] = Path("out/compare"),
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 20_000,
+    out: Annotated[Path, typer.Option(callback=_OUT_DIR, help="Folder for report.html and results.json.")]
+    = Path("out/compare"),
     dtype: _DtypeOption = "float32",
     device: _DeviceOption = "cpu",
 ) -> None:
-    """Router saturation (share of top-k choices kept) and weight drift between two checkpoints."""
-    from moescope._files import write_json_atomic
-    from moescope.analysis.analyze import compare as run_compare
-    from moescope.analysis.analyze import default_sources
-
-    sources = _read_sources(text, []) or default_sources()
-    try:
-        results = run_compare(checkpoint_a, checkpoint_b, sources, max_tokens=max_tokens, dtype=dtype, device=device)
-    except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from None
-    path = write_json_atomic(out / "results.json", results)
-    for layer, sat in enumerate(results["saturation"]):
-        console.print(f"MoE layer {layer}: saturation {sat:.3f}")
-    console.print(f"Results: {path}")
+    """Router saturation (share of top-k choices kept), similarity and weight drift between two checkpoints:
+    the two-checkpoint case of `moescope analyze A B ...`."""
+    _series([checkpoint_a, checkpoint_b], sources=_read_sources(text, []), layers=None, max_tokens=max_tokens,
+            seq_len=256, dtype=dtype, device=device, out=out)
 
 
 def _parse_eps(text: str | None) -> list[float] | None:

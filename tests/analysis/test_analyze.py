@@ -104,18 +104,22 @@ def test_empty_text_is_refused(saved, tmp_path):
     assert result.exit_code != 0 and "is empty" in _text(result.output)
 
 
-def test_compare_saturation(saved, tmp_path):
+def test_compare_is_the_two_checkpoint_series(saved, tmp_path):
     ckpt = str(saved("qwen3_moe"))
     same = runner.invoke(app, ["compare", ckpt, ckpt, "--out", str(tmp_path / "s"), "--max-tokens", "300"])
     assert same.exit_code == 0, same.output
     data = json.loads((tmp_path / "s" / "results.json").read_text())
-    assert data["saturation"] == [1.0] * len(data["saturation"])   # a checkpoint agrees with itself
-    assert all(c == pytest.approx(1.0) for d in data["drift"] for c in d["router_row_cosine"])
+    first = data["series"][0]
+    assert first["saturation"] == [1.0] * len(first["saturation"])   # a checkpoint agrees with itself
+    assert all(c == pytest.approx(1.0) for d in first["drift"] for c in d["router_row_cosine"])
+    assert all(c == 0.0 for d in first["drift"] for c in d["expert_relative_change"])
+    assert (tmp_path / "s" / "report.html").stat().st_size > 10_000
     other = runner.invoke(app, ["compare", str(saved("qwen3_moe")), str(saved("qwen3_moe", seed=5)),
                                 "--out", str(tmp_path / "o"), "--max-tokens", "300"])
     assert other.exit_code == 0, other.output
-    sat = json.loads((tmp_path / "o" / "results.json").read_text())["saturation"]
+    sat = json.loads((tmp_path / "o" / "results.json").read_text())["series"][0]["saturation"]
     assert all(0.0 <= s < 1.0 for s in sat)
+    assert "saturation" in _text(other.output) and "Report:" in other.output
 
 
 def _sharded_worker(rank, world, port, path, out, stream=False):

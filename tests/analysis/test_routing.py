@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from moescope.analysis.routing import RoutingStats, SaturationStats
+from moescope.analysis.routing import RoutingStats, topk_overlap
 from moescope.models.view import RoutingRecord
 
 
@@ -132,11 +132,10 @@ def test_domain_specialisation_with_chance_correction():
 
 
 def test_saturation():
-    sat = SaturationStats(1)
-    a = _record([[0, 1], [2, 3]], [[0.25] * 4] * 2, (1, 2))
-    b = _record([[1, 0], [2, 0]], [[0.25] * 4] * 2, (1, 2))
-    sat.update(a, b)
-    assert sat.saturation() == [pytest.approx((1.0 + 0.5) / 2)]
+    a, b = torch.tensor([[0, 1], [2, 3], [4, -1]]), torch.tensor([[1, 0], [2, 0], [5, -1]])
+    assert topk_overlap(a, b) == pytest.approx((1.0 + 0.5 + 0.0) / 3)    # "no expert" (-1) never matches
+    with pytest.raises(ValueError, match="same tokens"):
+        topk_overlap(a, b[:2])
 
 
 def test_errors():

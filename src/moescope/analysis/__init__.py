@@ -5,6 +5,6 @@
 * :mod:`.analyze` — the ``moescope analyze`` / ``compare`` pipelines.
 """
 
-from moescope.analysis.routing import RoutingStats, SaturationStats
+from moescope.analysis.routing import RoutingStats, topk_overlap
 
-__all__ = ["RoutingStats", "SaturationStats"]
+__all__ = ["RoutingStats", "topk_overlap"]

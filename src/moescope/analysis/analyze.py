@@ -25,9 +25,9 @@ import torch
 
 from moescope.analysis.checkpoint import open_checkpoint
 from moescope.analysis.pathways import Pathways
-from moescope.analysis.routing import RoutingStats, SaturationStats
+from moescope.analysis.routing import RoutingStats
 from moescope.analysis.sample_text import sample_domains
-from moescope.models import RoutingRecorder, load_moe_model
+from moescope.models import RoutingRecorder
 from moescope.models.layer_major import LayerMajor
 from moescope.models.placement import Placed, finish_memory, rss
 from moescope.models.view import RoutingRecord
@@ -420,37 +420,3 @@ def _relabel(rec: RoutingRecord, position: dict[int, int]) -> RoutingRecord:
     """Records carry the view index; the stats count the chosen layers from 0."""
     return RoutingRecord(layer=position[rec.layer], indices=rec.indices, weights=rec.weights, scores=rec.scores,
                          batch_shape=rec.batch_shape, mask=rec.mask, token_ids=rec.token_ids)
-
-
-def compare(path_a: Path, path_b: Path, sources: tuple[Source, ...], *, seq_len: int = 256,
-            batch_size: int = 4, max_tokens: int = 50_000, dtype: str = "float32", device: str = "cpu") -> dict:
-    """Router saturation (OLMoE §5) and weight drift between two checkpoints of one model."""
-    model_a, tok, views_a = load_moe_model(path_a, dtype=dtype, device=device)
-    model_b, _, views_b = load_moe_model(path_b, dtype=dtype, device=device)
-    if tok is None:
-        raise ValueError(f"{path_a} has no tokenizer files; compare needs one")
-    if [(v.num_experts, v.top_k) for v in views_a] != [(v.num_experts, v.top_k) for v in views_b]:
-        raise ValueError("the two checkpoints have different MoE layouts; compare needs the same architecture")
-    sat = SaturationStats(len(views_a))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    with RoutingRecorder(model_a, views_a) as rec_a, RoutingRecorder(model_b, views_b) as rec_b:
-        for src in sources:
-            ids = tok(src.text, add_special_tokens=False)["input_ids"][:max_tokens]
-            seqs, masks = _sequences(ids, seq_len, pad)
-            for start in range(0, seqs.shape[0], batch_size):
-                batch, mask = seqs[start : start + batch_size], masks[start : start + batch_size]
-                for rec, model in ((rec_a, model_a), (rec_b, model_b)):
-                    rec.set_batch(batch, mask)
-                    _forward(model, batch, mask)
-                for a, b in zip(rec_a.pop(), rec_b.pop(), strict=True):
-                    sat.update(a, b)
-    drift = []
-    for va, vb in zip(views_a, views_b, strict=True):
-        ra, rb = va.router_weight.float().cpu(), vb.router_weight.float().cpu()
-        cos = torch.nn.functional.cosine_similarity(ra, rb, dim=-1)
-        delta = [float((va.expert(e).input_projection().float() - vb.expert(e).input_projection().float()).norm()
-                       / va.expert(e).input_projection().float().norm().clamp_min(1e-30))
-                 for e in range(va.num_experts)]
-        drift.append({"layer": va.index, "router_row_cosine": cos.tolist(), "expert_relative_change": delta})
-    return {"a": str(path_a), "b": str(path_b), "saturation": sat.saturation(), "tokens": sat.tokens.tolist(),
-            "drift": drift}

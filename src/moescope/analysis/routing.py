@@ -315,28 +315,12 @@ class RoutingStats:
         return [self.summary(i) for i in range(len(self.layers))]
 
 
-class SaturationStats:
-    """Router saturation between two checkpoints (OLMoE §5): per layer, the mean over tokens of
-    |S_t ∩ S'_t| / k for the top-k sets S, S' of the same tokens. Mergeable sums."""
-
-    def __init__(self, num_layers: int) -> None:
-        self.overlap = torch.zeros(num_layers, dtype=torch.float64)
-        self.tokens = torch.zeros(num_layers, dtype=torch.int64)
-
-    def update(self, a: RoutingRecord, b: RoutingRecord) -> None:
-        if a.layer != b.layer or a.indices.shape[0] != b.indices.shape[0]:
-            raise ValueError("saturation compares records of the same layer on the same tokens")
-        mask = a.mask.bool() & b.mask.bool()
-        ia, ib = a.indices.long()[mask], b.indices.long()[mask]
-        k = ia.shape[-1]
-        hits = ((ia.unsqueeze(-1) == ib.unsqueeze(-2)) & (ia.unsqueeze(-1) >= 0)).any(-1).sum(-1)
-        self.overlap[a.layer] += (hits.double() / k).sum()
-        self.tokens[a.layer] += int(mask.sum())
-
-    def merge(self, other: SaturationStats) -> SaturationStats:
-        self.overlap += other.overlap
-        self.tokens += other.tokens
-        return self
-
-    def saturation(self) -> list[float]:
-        return (self.overlap / self.tokens.clamp_min(1)).tolist()
+def topk_overlap(a: Tensor, b: Tensor) -> float:
+    """Router saturation between two checkpoints (OLMoE §5): the mean over tokens of |A ∩ B| / k for the
+    (N, k) top-k expert sets A, B of the same tokens (-1: no expert, never matching)."""
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"saturation compares (N, k) expert sets of the same tokens; got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    a, b = a.long(), b.long()
+    hits = ((a.unsqueeze(-1) == b.unsqueeze(-2)) & (a.unsqueeze(-1) >= 0)).any(-1).sum(-1)
+    return float(hits.double().mean() / a.shape[1]) if a.shape[0] else float("nan")

@@ -373,7 +373,7 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
         from moescope.models.streaming import read_moe_model
 
         return read_moe_model(path, dtype=dtype, device=device)
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -396,7 +396,14 @@ def load_moe_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.
         shown = ", ".join(bad[:8]) + (f", ... ({len(bad)} in all)" if len(bad) > 8 else "")
         raise ValueError(f"the checkpoint in {path} lacks (or has wrongly shaped) weights the model needs: {shown}")
     model = (model if device_map is not None else model.to(device)).eval()  # accelerate placed it already
-    tokenizer = None
-    if any((path / name).is_file() for name in _TOKENIZER_FILES):
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return model, tokenizer, find_moe_layers(model)
+    return model, load_tokenizer(path), find_moe_layers(model)
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved in checkpoint directory ``path``, or None when it has no tokenizer files."""
+    path = Path(path)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)

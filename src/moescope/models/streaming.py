@@ -60,7 +60,7 @@ from torch import nn
 from moescope.models.adapters import find_moe_layers
 from moescope.models.family import Family
 from moescope.models.fused_fill import fill_fused_op, filling
-from moescope.models.loading import _TOKENIZER_FILES, _auto_class, _check_dir, _check_weights, _family
+from moescope.models.loading import _auto_class, _check_dir, _check_weights, _family, load_tokenizer
 from moescope.models.memory import bound_allocators
 from moescope.models.shards import read_header, weight_files
 from moescope.models.sizes import format_size, parse_size
@@ -562,15 +562,7 @@ def read_moe_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float3
     for i, layer in enumerate(streamer.layers):
         streamer._pre(i)(layer, ())  # loaded and never freed: no hook is attached
     model.eval()
-    return model, _tokenizer(path), find_moe_layers(model)  # views of the loaded tensors, not the meta ones
-
-
-def _tokenizer(path: Path):
-    if any((path / name).is_file() for name in _TOKENIZER_FILES):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return None
+    return model, load_tokenizer(path), find_moe_layers(model)  # views of the loaded tensors, not the meta ones
 
 
 def stream_moe_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -598,4 +590,4 @@ def stream_moe_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
     streamer.attach()
     model.moescope_streamer = streamer
     model.eval()
-    return model, _tokenizer(path), views
+    return model, load_tokenizer(path), views

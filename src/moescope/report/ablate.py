@@ -10,7 +10,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from moescope.report.analyze import _html
+from moescope.report.analyze import plotly_div
 from moescope.report.writer import write_report
 
 MODE_TITLES = {"reroute": "re-route (the expert's selection score −∞; top-k among the others)",
@@ -35,7 +35,7 @@ def ablation_heatmap(layer: dict, mode: str, level: float) -> go.Figure:
 def write_ablate_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """``report.html`` and ``results.json`` in ``out_dir``."""
     level = results["config"]["level"]
-    plots = {mode: [_html(ablation_heatmap(layer, mode, level), f"ablation-{mode}-{layer['layer']}")
+    plots = {mode: [plotly_div(ablation_heatmap(layer, mode, level), f"ablation-{mode}-{layer['layer']}")
                     for layer in per["layers"]]
              for mode, per in results["summary"].items()}
     return write_report(results, {}, "ablate.html.j2", out_dir,

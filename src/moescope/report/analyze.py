@@ -16,7 +16,7 @@ from moescope.report.writer import write_report
 _SCALE = "Viridis"
 
 
-def _html(fig: go.Figure, div_id: str) -> str:
+def plotly_div(fig: go.Figure, div_id: str) -> str:
     fig.update_layout(margin={"l": 60, "r": 20, "t": 50, "b": 50}, template="plotly_white")
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
                        config={"displaylogo": False, "responsive": True})
@@ -42,7 +42,7 @@ def token_heatmaps(res: dict) -> list[tuple[str, str]]:
                            height=max(360, 16 * len(labels) + 120))
             fig.update_yaxes(autorange="reversed")
             title = f"Token × expert, {sample['name']}, layer {layer}"
-            out.append((title, _html(fig, f"tok-{sample['name']}-{layer}")))
+            out.append((title, plotly_div(fig, f"tok-{sample['name']}-{layer}")))
     return out
 
 
@@ -60,7 +60,7 @@ def pathway_heatmaps(res: dict) -> list[tuple[str, str]]:
                        f"expert at layer {t['to']}", f"expert at layer {t['from']}",
                        "from %{y} to %{x}<br>P = %{z:.3f}<extra></extra>", zmin=0, zmax=1)
         fig.update_yaxes(autorange="reversed")
-        out.append((f"Pathway, layer {t['from']} → {t['to']}", _html(fig, f"path-{t['from']}")))
+        out.append((f"Pathway, layer {t['from']} → {t['to']}", plotly_div(fig, f"path-{t['from']}")))
     return out
 
 
@@ -71,7 +71,7 @@ def load_heatmap(res: dict) -> tuple[str, str]:
     fig = _heatmap(z, [f"e{j}" for j in range(e)], [f"layer {r['layer']}" for r in rows],
                    "Share of routed assignments per expert (uniform = 1/E)", "expert", "MoE layer",
                    "%{y}, expert %{x}<br>share %{z:.4f}<extra></extra>", zmin=0)
-    return "Layer × expert load", _html(fig, "load")
+    return "Layer × expert load", plotly_div(fig, "load")
 
 
 def coactivation_heatmap(res: dict, layer_pos: int) -> tuple[str, str]:
@@ -81,7 +81,7 @@ def coactivation_heatmap(res: dict, layer_pos: int) -> tuple[str, str]:
     fig = _heatmap(z, [f"e{j}" for j in range(e)], [f"e{j}" for j in range(e)],
                    f"P(expert b chosen | expert a chosen), MoE layer {r['layer']}", "b", "a",
                    "a=%{y}, b=%{x}<br>P(b|a) %{z:.3f}<extra></extra>", zmin=0)
-    return f"Co-activation, layer {r['layer']}", _html(fig, f"coact-{r['layer']}")
+    return f"Co-activation, layer {r['layer']}", plotly_div(fig, f"coact-{r['layer']}")
 
 
 def domain_heatmap(res: dict, layer_pos: int) -> tuple[str, str] | None:
@@ -94,7 +94,7 @@ def domain_heatmap(res: dict, layer_pos: int) -> tuple[str, str] | None:
                    f"Domain specialisation (p − k/E)/(1 − k/E), MoE layer {r['layer']} (0 = chance)",
                    "expert", "domain", "%{y}, expert %{x}<br>specialisation %{z:.3f}<extra></extra>",
                    colorscale="RdBu", zmid=0)
-    return f"Domain × expert, layer {r['layer']}", _html(fig, f"domain-{r['layer']}")
+    return f"Domain × expert, layer {r['layer']}", plotly_div(fig, f"domain-{r['layer']}")
 
 
 def weight_figures(res: dict) -> list[tuple[str, str]]:
@@ -113,14 +113,14 @@ def weight_figures(res: dict) -> list[tuple[str, str]]:
         fig = _heatmap(cos, [f"e{j}" for j in range(e)], [f"e{j}" for j in range(e)],
                        f"Cosine between router rows (expert centroids), MoE layer {index}", "expert", "expert",
                        "cos(e%{y}, e%{x}) = %{z:.3f}<extra></extra>", colorscale="RdBu", zmid=0)
-        out.append((f"Router centroids, layer {index}", _html(fig, "router-cos")))
+        out.append((f"Router centroids, layer {index}", plotly_div(fig, "router-cos")))
     if "grassmann" in first.get("experts", {}):
         g = first["experts"]["grassmann"]
         e = len(g)
         fig = _heatmap(g, [f"e{j}" for j in range(e)], [f"e{j}" for j in range(e)],
                        f"Grassmann distance between expert input subspaces (rank {first['experts']['rank']}), "
                        f"MoE layer {index}", "expert", "expert", "d(e%{y}, e%{x}) = %{z:.3f}<extra></extra>")
-        out.append((f"Expert subspaces, layer {index}", _html(fig, "grassmann")))
+        out.append((f"Expert subspaces, layer {index}", plotly_div(fig, "grassmann")))
     pts = [(lay["index"], lay["experts"]["mean_cos2_pairs"], lay["experts"]["null_mean_cos2"])
            for lay in layers if "mean_cos2_pairs" in lay.get("experts", {})]
     if pts:
@@ -131,7 +131,7 @@ def weight_figures(res: dict) -> list[tuple[str, str]]:
                         line={"dash": "dash"})
         fig.update_layout(title="Mean cos² of principal angles between experts vs the null r·s/H",
                           xaxis_title="MoE layer", yaxis_title="mean cos²", height=380)
-        out.append(("Expert overlap vs null", _html(fig, "overlap")))
+        out.append(("Expert overlap vs null", plotly_div(fig, "overlap")))
     return out
 
 

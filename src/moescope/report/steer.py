@@ -10,7 +10,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from moescope.report.analyze import _html
+from moescope.report.analyze import plotly_div
 from moescope.report.writer import write_report
 
 
@@ -31,5 +31,5 @@ def risk_difference_heatmap(res: dict) -> go.Figure:
 def write_steer_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """``report.html`` and ``results.json`` in ``out_dir``."""
     return write_report(results, {}, "steer.html.j2", out_dir,
-                        context={"heatmap": _html(risk_difference_heatmap(results), "risk-difference"),
+                        context={"heatmap": plotly_div(risk_difference_heatmap(results), "risk-difference"),
                                  "plotly_js": get_plotlyjs()})
