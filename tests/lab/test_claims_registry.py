@@ -8,7 +8,7 @@ from moescope.lab.run import ALL_CLAIMS, EXPERIMENTS, MODEL_CLAIMS, TRAINING_ONL
 
 def test_every_claim_of_the_lecture_is_registered_once():
     claims = all_claims()
-    assert list(claims) == list(range(1, 17)) == list(ALL_CLAIMS)
+    assert list(claims) == list(range(1, 1 + len(claims))) == list(ALL_CLAIMS) and len(claims) >= 16
     for cid, m in claims.items():
         assert all(hasattr(m, a) for a in REQUIRED) and m.ID == cid
         assert m.NEEDS and set(m.NEEDS) <= set(EXPERIMENTS), (cid, m.NEEDS)

@@ -9,3 +9,10 @@ where a system routes); the lab's claims 17–21 train and judge them:
 * :mod:`.hvt` — a hyperbolic vision transformer in the Poincaré ball (Fein-Ashley et al. 2024);
 * :mod:`.cusp` — a spectro-Riemannian GNN with curvature-aware filters (CUSP, ICLR 2025).
 """
+
+from moescope.curved_models import mice, product_forest
+from moescope.curved_models.mice import MiCEConfig, MiCELayer
+from moescope.curved_models.product_forest import ProductSpaceDecisionTree, ProductSpaceRandomForest
+
+__all__ = ["MiCEConfig", "MiCELayer", "ProductSpaceDecisionTree", "ProductSpaceRandomForest", "mice",
+           "product_forest"]

@@ -14,6 +14,7 @@ need the lab's own training runs (:data:`TRAINING_ONLY`) are refused; the others
 
 from __future__ import annotations
 
+import importlib
 import platform
 import time
 from collections.abc import Callable
@@ -172,9 +173,21 @@ def _checkpoint(cfg: LabConfig) -> dict:
     return {**t, "where": describe(t["model"])}
 
 
+# Claims 17-21, the lecture's curvature systems: experiment NAME is run_NAME(profile, seed) in moescope.lab.NAME,
+# its figures moescope.report.NAME_figures.FIGURES.
+CURVED_SYSTEMS = ("product_forests", "curvature_experts")
+
+
+def _curved(name: str) -> Callable[[LabConfig], dict]:
+    def run(cfg: LabConfig) -> dict:
+        return getattr(importlib.import_module(f"moescope.lab.{name}"), f"run_{name}")(cfg.profile, cfg.seed)
+
+    return run
+
+
 EXPERIMENTS: dict[str, Callable[[LabConfig], dict]] = {
     "sphere": _sphere, "digits": _digits, "sparse": _sparse, "curvature": _curvature, "training": _training,
-    "checkpoint": _checkpoint,
+    "checkpoint": _checkpoint, **{name: _curved(name) for name in CURVED_SYSTEMS},
 }
 
 

@@ -95,7 +95,14 @@ def write_lab_report(results: dict, figures: dict[str, bytes], out_dir: str | Pa
 
 def _figure_makers(data: dict) -> dict[str, tuple[str, object]]:
     """Each figure name the experiments in ``data`` can draw: (the experiment it reads, its drawing function)."""
+    import importlib
+
+    from moescope.lab.run import CURVED_SYSTEMS
     from moescope.report import attack, curvature, lab_training, sphere
+
+    def curved(name: str):
+        specs = importlib.import_module(f"moescope.report.{name}_figures").FIGURES
+        return lambda d: {n: fn for n, (_, fn) in specs.items()}
 
     by_experiment = {
         "sphere": lambda d: {n: fn for n, (_, fn) in sphere.FIGURES.items()},
@@ -103,6 +110,7 @@ def _figure_makers(data: dict) -> dict[str, tuple[str, object]]:
         "curvature": lambda d: {n: fn for n, (_, fn) in curvature.FIGURES.items()},
         "training": lambda d: dict(lab_training.FIGURES),     # claims 6-15 on the lab's runs
         "checkpoint": lambda d: dict(lab_training.FIGURES),   # or 6 and 10-14 on a given checkpoint
+        **{name: curved(name) for name in CURVED_SYSTEMS},    # claims 17-21
     }
     makers: dict[str, tuple[str, object]] = {}
     for source, figures in by_experiment.items():
