@@ -151,6 +151,10 @@ def analyze(
         min=0, help="Real tokens per MoE layer whose expert outputs are measured (the output subspaces, their "
         "overlap and interference against a permutation null, and the logit lens of each expert's mean output; "
         "0: off; needs resident weights).")] = 2048,
+    ablation_windows: Annotated[int, typer.Option(
+        min=0, help="Windows of text per domain for the re-route ablation map (the loss change when each expert "
+        "is removed, with bootstrap intervals; exact for every cell when layers × experts <= 256, else first-order "
+        "attribution and the top cells; needs resident weights; 0: off). `moescope ablate` does more.")] = 16,
     text_tokens: Annotated[int, typer.Option(
         min=0, help="Tokens of each text shown in the report as text coloured by expert, with a layer selector "
         "and the weights on hover (at most --seq-len; 0: off).")] = 256,
@@ -184,7 +188,8 @@ def analyze(
                             max_tokens=max_tokens, seq_len=seq_len, weights=weights, dtype=dtype,
                             device=device, stream_layers=stream_layers, max_memory=max_memory,
                             device_map=device_map, offload_folder=offload_folder, routing=routing, trace=trace,
-                            activity_tokens=activity_tokens, text_tokens=text_tokens)
+                            activity_tokens=activity_tokens, text_tokens=text_tokens,
+                            ablation_windows=ablation_windows)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()

@@ -63,6 +63,9 @@ def test_every_family_from_disk(family, saved):
             for i, (experts, weights) in enumerate(zip(text["experts"], text["weights"], strict=True)):
                 for e, w in zip(experts, weights, strict=True):
                     assert e < 0 or dense[i][e] == pytest.approx(w, abs=1e-4)
+    if family != "switch_transformers" and "skipped" not in res["ablation"]:  # re-route map on the same text
+        assert set(res["ablation"]["base_loss"]) == {"code", "prose"}
+        assert res["ablation"]["config"]["modes"] == ["reroute"]
     for layer in res["routing"]:  # vocabulary specialisation, decoded
         vocab = layer["tokens_specialisation"]["vocabulary"]
         assert all(isinstance(row["token"], str) for rows in vocab["experts"] for row in rows)

@@ -61,6 +61,7 @@ class AnalyzeConfig(Placed):
     trace: Path | None = None              # write every routed token's choices to this .parquet (analysis.trace)
     activity_tokens: int = 2048            # real tokens per layer whose expert outputs are measured (0: off)
     activity_draws: int = 99               # permutation draws of the expert-output geometry's null (0: none)
+    ablation_windows: int = 16             # windows per domain for the re-route ablation map (0: off)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "max_tokens", "heatmap_tokens"):
@@ -70,6 +71,8 @@ class AnalyzeConfig(Placed):
             raise ValueError(f"text_tokens must be >= 0 (0: no coloured text); got text_tokens={self.text_tokens}")
         if self.boundary_points < 0:
             raise ValueError(f"boundary_points must be >= 0; got {self.boundary_points}")
+        if self.ablation_windows < 0:
+            raise ValueError(f"ablation_windows must be >= 0 (0: no ablation); got {self.ablation_windows}")
         if self.activity_tokens < 0 or (self.activity_draws and self.activity_draws < 39):
             raise ValueError(f"activity_tokens must be >= 0 and activity_draws 0 or >= 39; got "
                              f"{self.activity_tokens}, {self.activity_draws}")
@@ -195,12 +198,13 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
     stats = RoutingStats([v.num_experts for v in chosen], [v.top_k for v in chosen], domains=domains,
                          vocab_size=len(tokenizer), selection_bias=biases)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    token_counts, jobs = {}, []
+    token_counts, jobs, texts = {}, [], {}
     for number, src in enumerate(sources):
         ids = tokenizer(src.text, add_special_tokens=False)["input_ids"][: cfg.max_tokens]
         if not ids:
             raise ValueError(f"text source {src.label!r} tokenizes to nothing")
         token_counts[src.label] = len(ids)
+        texts.setdefault(src.domain or src.label, []).extend(ids)
         seqs, masks = _sequences(ids, cfg.seq_len, pad)
         jobs += [_Job(number, seqs[start : start + cfg.batch_size], masks[start : start + cfg.batch_size],
                       start=torch.arange(start, min(start + cfg.batch_size, seqs.shape[0])) * cfg.seq_len)
@@ -286,12 +290,34 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
             except (RuntimeError, ValueError, TypeError, AttributeError) as err:
                 # some families cannot run from input embeddings (Gemma 4 inverts them; DeepSeek-V4 routes by id)
                 results["router_flips_skipped"] = f"{type(err).__name__}: {err}"[:300]
+    if cfg.ablation_windows and chosen and resident and not getattr(model.config, "is_encoder_decoder", False):
+        results["ablation"] = _ablation(cfg, model, views, texts)
     if memory is not None:
         results["memory"] = finish_memory(model, memory)
     del model
     if cfg.weights:
         results["weights"] = _geometry(cfg, [v.index for v in chosen], rank, world, progress=on_tokens is not None)
     return results
+
+
+def _ablation(cfg: AnalyzeConfig, model: torch.nn.Module, views: list, texts: dict[str, list[int]]) -> dict:
+    """The re-route ablation map (:mod:`moescope.analysis.ablate`) on the analysed text: each domain's (or
+    unlabelled text's) windows, the exact map where L·E <= 256 cells, else attribution and the top cells."""
+    from moescope.analysis.ablate import AblateConfig, ablation_results, windows
+    from moescope.analysis.ablation import AblationError
+
+    seq_len = min(cfg.seq_len, 128)
+    domains = {d: windows(ids, seq_len, cfg.ablation_windows) for d, ids in texts.items() if len(ids) >= seq_len}
+    if not domains:
+        return {"skipped": f"no text holds a window of {seq_len} tokens"}
+    acfg = AblateConfig(path=cfg.path, modes=("reroute",), layers=cfg.layers, seq_len=seq_len,
+                        max_windows=cfg.ablation_windows, batch_size=cfg.batch_size)
+    about = {"path": str(cfg.path), "model_type": model.config.model_type,
+             "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)}
+    try:
+        return ablation_results(model, views, domains, acfg, about)
+    except AblationError as err:  # e.g. a model whose output vocabulary is smaller than its tokenizer's ids
+        return {"skipped": str(err)}
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,19 @@ def token_heatmaps(res: dict) -> list[tuple[str, str]]:
     return out
 
 
+def ablation_heatmaps(res: dict) -> list[tuple[str, str]]:
+    """The re-route ablation map's domain × expert heatmap per MoE layer (:func:`moescope.report.ablate`)."""
+    from moescope.report.ablate import ablation_heatmap
+
+    abl = res.get("ablation") or {}
+    if "summary" not in abl:
+        return []
+    level = abl["config"]["level"]
+    return [(f"Loss change when each expert is removed ({mode}), MoE layer {layer['layer']}",
+             plotly_div(ablation_heatmap(layer, mode, level), f"ablation-{mode}-{layer['layer']}"))
+            for mode, per in abl["summary"].items() for layer in per["layers"]]
+
+
 def pathway_heatmaps(res: dict) -> list[tuple[str, str]]:
     """P(expert j at layer l+1 | expert i at layer l) for every consecutive pair of MoE layers."""
     out = []
@@ -144,6 +157,7 @@ def write_analyze_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
         dom = domain_heatmap(results, mid)
         if dom:
             plots.append(dom)
-    plots += pathway_heatmaps(results) + token_heatmaps(results) + weight_figures(results)
+    plots += pathway_heatmaps(results) + ablation_heatmaps(results) + token_heatmaps(results) \
+        + weight_figures(results)
     return write_report(results, {}, "analyze.html.j2", out_dir, context={"plots": plots,
                                                                           "plotly_js": get_plotlyjs()})
