@@ -4,11 +4,13 @@ Pure math in modules (:mod:`.poincare`, :mod:`.lorentz`, :mod:`.spherical`), thi
 top (:class:`PoincareBall`, :class:`Lorentz`, :class:`Sphere`, :class:`Euclidean`,
 :class:`ProductManifold`). Built on them: Riemannian SGD and Adam (:mod:`.optim`), Sarkar's
 tree embedding and its precision (:mod:`.sarkar`), Gu et al.'s distortion-minimising
-embeddings (:mod:`.embedding`), the discrete curvature of a graph (:mod:`.graph_curvature`),
+embeddings (:mod:`.embedding`), the discrete curvature of a graph (:mod:`.graph_curvature`), the
+Ollivier–Ricci curvature of its edges (:mod:`.ricci`), Gromov's δ-hyperbolicity of a point cloud
+(:mod:`.hyperbolicity`), κ-stereographic operations for any sign of curvature (:mod:`.kappa_ops`),
 and the per-dtype numerics everything shares (:mod:`._numerics`).
 """
 
-from moescope.geometry.curved import lorentz, poincare, spherical
+from moescope.geometry.curved import hyperbolicity, kappa_ops, lorentz, poincare, ricci, spherical
 from moescope.geometry.curved._numerics import BALL_MARGIN, MAX_DIST0, UNIT_ROUNDOFF
 from moescope.geometry.curved.distortion import (
     average_distortion,
@@ -28,10 +30,37 @@ from moescope.geometry.curved.sarkar import precision_sweep, sarkar_embedding, s
 from moescope.geometry.curved.spherical import Sphere
 
 __all__ = [
-    "BALL_MARGIN", "MAX_DIST0", "STANDARD_GRAPHS", "UNIT_ROUNDOFF",
-    "EmbeddingConfig", "EmbeddingResult", "Euclidean", "Lorentz", "PoincareBall", "ProductManifold",
-    "RiemannianAdam", "RiemannianSGD", "Sphere",
-    "average_distortion", "curvature_estimates", "distortion_loss", "embed_graph", "format_signature",
-    "graph_distances", "lorentz", "parse_signature", "poincare", "precision_sweep", "ring_of_trees",
-    "sarkar_embedding", "sarkar_tau", "spherical", "standard_graph", "suggest_signature", "worst_case_distortion",
+    "BALL_MARGIN",
+    "MAX_DIST0",
+    "STANDARD_GRAPHS",
+    "UNIT_ROUNDOFF",
+    "EmbeddingConfig",
+    "EmbeddingResult",
+    "Euclidean",
+    "Lorentz",
+    "PoincareBall",
+    "ProductManifold",
+    "RiemannianAdam",
+    "RiemannianSGD",
+    "Sphere",
+    "average_distortion",
+    "curvature_estimates",
+    "distortion_loss",
+    "embed_graph",
+    "format_signature",
+    "graph_distances",
+    "hyperbolicity",
+    "kappa_ops",
+    "lorentz",
+    "parse_signature",
+    "poincare",
+    "precision_sweep",
+    "ricci",
+    "ring_of_trees",
+    "sarkar_embedding",
+    "sarkar_tau",
+    "spherical",
+    "standard_graph",
+    "suggest_signature",
+    "worst_case_distortion",
 ]
