@@ -10,11 +10,13 @@ where a system routes); the lab's claims 17–21 train and judge them:
 * :mod:`.cusp` — a spectro-Riemannian GNN with curvature-aware filters (CUSP, ICLR 2025).
 """
 
-from moescope.curved_models import cusp, hyplora, mice, product_forest
+from moescope.curved_models import cusp, hvt, hyplora, mice, product_forest
 from moescope.curved_models.cusp import CuspConfig, CuspGNN
+from moescope.curved_models.hvt import EuclideanViT, HVTConfig, HyperbolicViT
 from moescope.curved_models.hyplora import HypLoRAConfig, apply_hyplora, apply_lora
 from moescope.curved_models.mice import MiCEConfig, MiCELayer
 from moescope.curved_models.product_forest import ProductSpaceDecisionTree, ProductSpaceRandomForest
 
-__all__ = ["CuspConfig", "CuspGNN", "HypLoRAConfig", "MiCEConfig", "MiCELayer", "ProductSpaceDecisionTree",
-           "ProductSpaceRandomForest", "apply_hyplora", "apply_lora", "cusp", "hyplora", "mice", "product_forest"]
+__all__ = ["CuspConfig", "CuspGNN", "EuclideanViT", "HVTConfig", "HypLoRAConfig", "HyperbolicViT", "MiCEConfig",
+           "MiCELayer", "ProductSpaceDecisionTree", "ProductSpaceRandomForest", "apply_hyplora", "apply_lora", "cusp",
+           "hvt", "hyplora", "mice", "product_forest"]

@@ -175,7 +175,7 @@ def _checkpoint(cfg: LabConfig) -> dict:
 
 # Claims 17-21, the lecture's curvature systems: experiment NAME is run_NAME(profile, seed) in moescope.lab.NAME,
 # its figures moescope.report.NAME_figures.FIGURES.
-CURVED_SYSTEMS = ("product_forests", "curvature_experts", "hyplora", "spectral_gnn")
+CURVED_SYSTEMS = ("product_forests", "curvature_experts", "hyplora", "hyperbolic_vit", "spectral_gnn")
 
 
 def _curved(name: str) -> Callable[[LabConfig], dict]:

@@ -6,11 +6,12 @@ top (:class:`PoincareBall`, :class:`Lorentz`, :class:`Sphere`, :class:`Euclidean
 tree embedding and its precision (:mod:`.sarkar`), Gu et al.'s distortion-minimising
 embeddings (:mod:`.embedding`), the discrete curvature of a graph (:mod:`.graph_curvature`), the
 Ollivier–Ricci curvature of its edges (:mod:`.ricci`), Gromov's δ-hyperbolicity of a point cloud
-(:mod:`.hyperbolicity`), κ-stereographic operations for any sign of curvature (:mod:`.kappa_ops`),
+(:mod:`.hyperbolicity`), κ-stereographic operations for any sign of curvature (:mod:`.kappa_ops`), the
+Poincaré-ball layers' math (Möbius matvec, Einstein midpoint, hyperbolic MLR: :mod:`.poincare_layers`),
 and the per-dtype numerics everything shares (:mod:`._numerics`).
 """
 
-from moescope.geometry.curved import hyperbolicity, kappa_ops, lorentz, poincare, ricci, spherical
+from moescope.geometry.curved import hyperbolicity, kappa_ops, lorentz, poincare, poincare_layers, ricci, spherical
 from moescope.geometry.curved._numerics import BALL_MARGIN, MAX_DIST0, UNIT_ROUNDOFF
 from moescope.geometry.curved.distortion import (
     average_distortion,
@@ -54,6 +55,7 @@ __all__ = [
     "lorentz",
     "parse_signature",
     "poincare",
+    "poincare_layers",
     "precision_sweep",
     "ricci",
     "ring_of_trees",
