@@ -66,7 +66,7 @@ def test_bench_analyze_help():
 WORK = {
     "sphere": (["sphere"], "moescope.lab.sphere_laws.run_sphere"),
     "analyze": (["analyze", "{ckpt}"], "moescope.analysis.analyze.analyze"),
-    "compare": (["compare", "{ckpt}", "{ckpt}"], "moescope.analysis.analyze.compare"),
+    "compare": (["compare", "{ckpt}", "{ckpt}"], "moescope.analysis.series.checkpoint_series"),
     "attack": (["attack"], "moescope.adversarial.experiment.run_experiment"),
     "curvature": (["curvature"], "moescope.lab.curvature.run_curvature"),
     "lab": (["lab"], "moescope.lab.run.run_lab"),
@@ -120,15 +120,15 @@ def test_out_below_a_file_or_unwritable_is_refused(command, tmp_path, monkeypatc
 
 def test_input_paths_are_checked_before_any_work(tmp_path, monkeypatch):
     _forbid_work(monkeypatch, "moescope.analysis.analyze.analyze")
-    _forbid_work(monkeypatch, "moescope.analysis.analyze.compare")
+    _forbid_work(monkeypatch, "moescope.analysis.series.checkpoint_series")
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     text = tmp_path / "a.txt"
     text.write_text("some text")
     out = ["--out", str(tmp_path / "out")]
     cases = (
-        (["analyze", str(tmp_path / "nowhere"), *out], "'path'", "does not exist"),
-        (["analyze", str(text), *out], "'path'", "is not a folder"),
+        (["analyze", str(tmp_path / "nowhere"), *out], "'PATH'", "does not exist"),
+        (["analyze", str(text), *out], "'PATH'", "is not a folder"),
         (["analyze", str(ckpt), "--text", str(tmp_path / "missing.txt"), *out], "'--text'", "no such file"),
         (["analyze", str(ckpt), "--text", str(ckpt), *out], "'--text'", "is not a file"),
         (["analyze", str(ckpt), "--domain", str(text), *out], "'--domain'", "expected NAME=FILE"),
