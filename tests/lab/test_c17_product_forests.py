@@ -7,11 +7,15 @@ from moescope.lab.product_forests import DATASETS, run_product_forests
 from moescope.report.product_forests_figures import FIGURES
 
 
-def _planted(product: list[float], ambient: list[float]) -> dict:
+def _planted(product: list[float], ambient: list[float], same: list[float] | None = None) -> dict:
+    """``same``: scikit-learn's forest on the product forest's own columns (default: the ambient accuracies)."""
     seeds = list(range(len(product)))
+    same = ambient if same is None else same
     per = {name: {"signature": "H2", "n": 100, "classes": 3, "product": product, "ambient": ambient,
-                  "params_product": [100] * len(seeds), "params_ambient": [120] * len(seeds)} for name in DATASETS}
+                  "same_columns": same, "params_product": [100] * len(seeds), "params_ambient": [120] * len(seeds)}
+           for name in DATASETS}
     return {"product_forests": {"seeds": seeds, "datasets": per, "product_mean": product, "ambient_mean": ambient,
+                                "same_columns_mean": same,
                                 "capacity": dict.fromkeys(DATASETS, 1000), "n_estimators": 24, "max_depth": 6,
                                 "test_fraction": 0.3}}
 
@@ -28,6 +32,15 @@ def test_rule_on_planted_results(product, ambient, verdict):
     assert v.claim_id == c17.ID == 17
     assert v.key.value == pytest.approx(sum(product) / 5 - sum(ambient) / 5)
     assert "paired t-interval over seeds" in v.rule and "0.02" in v.rule
+
+
+def test_a_gain_the_coordinates_alone_explain_is_not_a_finding():
+    """The product forest beats the ambient forest, but an axis-aligned forest on its own columns does as well."""
+    product = [0.90, 0.92, 0.91, 0.93, 0.90]
+    v = c17.from_lab(_planted(product, [0.80, 0.81, 0.80, 0.82, 0.79], same=[0.90, 0.91, 0.92, 0.93, 0.90]))
+    assert v.verdict == "inconclusive" and len(v.evidence) == 2
+    v = c17.from_lab(_planted(product, [0.80, 0.81, 0.80, 0.82, 0.79], same=[0.95, 0.96, 0.95, 0.97, 0.95]))
+    assert v.verdict == "not supported"
 
 
 def test_figure_renders_from_a_planted_result():

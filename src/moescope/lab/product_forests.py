@@ -132,9 +132,12 @@ def _evaluate(data: Dataset, prof: Profile, seed: int) -> dict:
     twin = euclidean_twin(forest, random_state=seed)
     forest.fit(data.features[train], data.labels[train])
     twin.fit(data.ambient[train], data.labels[train])
+    same = euclidean_twin(forest, random_state=seed)        # the product forest's own columns, axis splits
+    same.fit(data.features[train], data.labels[train])
     y = data.labels[test]
     return {"product": float((forest.predict(data.features[test]) == y).mean()),
             "ambient": float((twin.predict(data.ambient[test]) == y).mean()),
+            "same_columns": float((same.predict(data.features[test]) == y).mean()),
             "params_product": count_params(forest), "params_ambient": count_params(twin),
             "n_train": len(train), "n_test": len(test)}
 
@@ -143,8 +146,9 @@ def run_product_forests(profile: str = "quick", seed: int = 0) -> dict:
     """Product-space vs ambient random forests on three mixed-curvature data sets, over seeds; JSON-ready.
 
     Returns {"profile", "seed", "seeds", "datasets": {name: {"signature", "n", "classes", "product": [acc per
-    seed], "ambient": [...], "params_product": [...], "params_ambient": [...]}}, "product_mean": [per seed,
-    mean over data sets], "ambient_mean": [...], "capacity": the most parameters either forest can have,
+    seed], "ambient": [...], "same_columns": [scikit-learn's forest on the product forest's own input columns],
+    "params_product": [...], "params_ambient": [...]}}, "product_mean": [per seed, mean over data sets],
+    "ambient_mean": [...], "same_columns_mean": [...], "capacity": the most parameters either forest can have,
     "n_estimators", "max_depth", "seconds"}.
     """
     if profile not in PROFILES:
@@ -153,13 +157,14 @@ def run_product_forests(profile: str = "quick", seed: int = 0) -> dict:
     start = time.perf_counter()
     seeds = [seed * 1000 + i for i in range(prof.seeds)]
     fixed = [_tree_dataset(), _ring_of_trees_dataset()]
-    out = {name: {"product": [], "ambient": [], "params_product": [], "params_ambient": []} for name in DATASETS}
+    out = {name: {"product": [], "ambient": [], "same_columns": [], "params_product": [], "params_ambient": []}
+           for name in DATASETS}
     capacity = {}
     for s in seeds:
         for data in (*fixed, _mixture_dataset(prof.mixture_points, s)):
             r = _evaluate(data, prof, s)
             d = out[data.name]
-            for key in ("product", "ambient", "params_product", "params_ambient"):
+            for key in ("product", "ambient", "same_columns", "params_product", "params_ambient"):
                 d[key].append(r[key])
             classes = len(np.unique(data.labels))
             d.update(signature=data.signature, n=len(data.labels), classes=classes,
@@ -169,7 +174,9 @@ def run_product_forests(profile: str = "quick", seed: int = 0) -> dict:
             capacity[data.name] = max_params(probe, classes)
     product_mean = [float(np.mean([out[n]["product"][i] for n in DATASETS])) for i in range(len(seeds))]
     ambient_mean = [float(np.mean([out[n]["ambient"][i] for n in DATASETS])) for i in range(len(seeds))]
+    same_mean = [float(np.mean([out[n]["same_columns"][i] for n in DATASETS])) for i in range(len(seeds))]
     return {"profile": profile, "seed": seed, "seeds": seeds, "datasets": out, "product_mean": product_mean,
-            "ambient_mean": ambient_mean, "capacity": capacity, "n_estimators": prof.n_estimators,
+            "ambient_mean": ambient_mean, "same_columns_mean": same_mean, "capacity": capacity,
+            "n_estimators": prof.n_estimators,
             "max_depth": prof.max_depth, "test_fraction": TEST_FRACTION,
             "seconds": time.perf_counter() - start}

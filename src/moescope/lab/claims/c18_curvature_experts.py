@@ -1,20 +1,24 @@
 """Claim 18: mixture-of-curvature experts (HELM-MiCE) — hierarchical tokens go to the more curved experts,
 and the model beats a Euclidean MoE of equal parameters.
 
-Reads :func:`moescope.lab.curvature_experts.run_curvature_experts`. Three conditions, all must hold:
+Reads :func:`moescope.lab.curvature_experts.run_curvature_experts`. Two conditions, both must hold:
 
 1. held-out loss, twin − MiCE, paired over seeds (the same initial weights and batches per seed);
 2. the routing-weighted mean log-curvature of tokens of hierarchical sentences minus that of flat
-   sentences, a t-interval over seeds;
-3. the same per-seed difference against its label-shuffle null (hierarchical / flat labels permuted
-   over the same tokens, the routing and curvatures kept).
+   sentences, a t-interval over seeds.
+
+The experiment also holds each seed's difference against a label-shuffle null (hierarchical / flat
+labels permuted over the same tokens). It is reported, not decided on: any router that depends on the
+token separates the two kinds of token, so an untrained model already lands far outside that null
+(an independent review found p <= 0.025 on untrained models); the seed-to-seed spread of condition 2 is
+the replication that decides.
 """
 
 from __future__ import annotations
 
 from moescope.lab.claims._trained import fmt_interval, mean
 from moescope.lab.verdict import Verdict, judge, rule_text
-from moescope.stats import Evidence
+from moescope.stats import Evidence, assess
 
 CLAIM = ("Mixture-of-curvature experts (HELM-MiCE): hierarchical tokens route to the more negatively curved "
          "experts, and the model beats a Euclidean MoE of equal total and active parameters")
@@ -32,23 +36,28 @@ ROUTING_MARGIN = 0.05
 
 
 def evidence(data: dict) -> list[Evidence]:
-    """The claim's three conditions from the experiment's per-seed values."""
+    """The claim's two deciding conditions from the experiment's per-seed values."""
     return [
         Evidence("held-out loss, Euclidean twin − MiCE", "paired_t", data["twin_loss"], against=data["mice_loss"],
                  reference=0.0, margin=LOSS_MARGIN, side="greater", unit="seed", extra={"unit_of_effect": "nats"}),
         Evidence("routing-weighted log-curvature, hierarchical − flat tokens", "t", data["routing_diff"],
                  reference=0.0, margin=ROUTING_MARGIN, side="greater", unit="seed",
                  extra={"unit_of_effect": "log c"}),
-        Evidence("routing-weighted log-curvature difference against the label-shuffle null", "permutation_shift",
-                 data["routing_diff"], null=data["routing_null"], reference=0.0, margin=ROUTING_MARGIN,
-                 side="greater", unit="seed", extra={"unit_of_effect": "log c"}),
     ]
+
+
+def label_shuffle(data: dict) -> Evidence:
+    """The per-seed difference against its label-shuffle null: reported, never deciding (module docstring)."""
+    return Evidence("routing-weighted log-curvature difference against the label-shuffle null", "permutation_shift",
+                    data["routing_diff"], null=data["routing_null"], reference=0.0, margin=ROUTING_MARGIN,
+                    side="greater", unit="seed", extra={"unit_of_effect": "log c"})
 
 
 def evaluate(data: dict) -> Verdict:
     ev = evidence(data)
     j = judge(ev, unit="nats")
-    loss, routing, null = j.assessments
+    loss, routing = j.assessments
+    null = assess(label_shuffle(data))
     runs = data["runs"]
     p = data["runs"][0]["params"]
     s = data["settings"]
@@ -57,7 +66,8 @@ def evaluate(data: dict) -> Verdict:
         measured=(f"over {len(runs)} seeds, MiCE's held-out loss is {mean(data['mice_loss']):.3f} against "
                   f"{mean(data['twin_loss']):.3f} for the Euclidean twin (twin − MiCE {loss.effect:+.3f} nats "
                   f"{fmt_interval(loss)}); hierarchical tokens' experts have a routing-weighted log-curvature "
-                  f"{routing.effect:+.3f} above flat tokens' {fmt_interval(routing)} (label-shuffle null: "
+                  f"{routing.effect:+.3f} above flat tokens' {fmt_interval(routing)} (against a label-shuffle null, "
+                  f"reported but not deciding because any token-dependent router separates the labels: "
                   f"{fmt_interval(null)}, p = {null.p_value:.3g})."),
         baseline=("the same LM with Euclidean SwiGLU experts and a gain per expert in place of each curvature "
                   f"({p['twin']['total']:,} parameters, {p['twin']['active']:,.0f} active per token, equal to "

@@ -105,7 +105,9 @@ def evaluate(data: dict) -> Verdict:
                 f"{data['base_kind']} ({params['base_total']:,} parameters), rank-{a['rank']} adapters "
                 f"({params['hyplora']:,} trainable parameters), {s['finetune_steps']} steps on generated "
                 f"single-digit addition/subtraction chains; the curvature (c = {a['curvature']:g}) and input "
-                "scale are fixed, where the reference code also learns them."),
+                "scale are fixed, where the reference code also learns them. The seeds vary the adapters' "
+                "initialisation and the batch order; the base model and the held-out problems are drawn once, so "
+                "the interval is the fine-tuning's spread, not the base model's."),
         figures=FIGURES, evidence=j.evidence,
         construction=(f"Trainable parameters, HypLoRA vs LoRA: {params['hyplora']:,} vs {params['lora']:,} "
                       "(the same A and B; the hyperbolic maps have no parameters).",

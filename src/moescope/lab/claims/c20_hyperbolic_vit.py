@@ -54,12 +54,15 @@ def evaluate(res: dict) -> Verdict:
     ]
     j = judge(evidence, unit="fraction of test images")
     diff, learned = j.assessments
+    # An under-trained comparison says nothing either way: without the learned gate the verdict is inconclusive,
+    # never "not supported" (the conjunction alone would let the difference condition say so).
+    verdict = j.verdict if learned.verdict == "supported" else "inconclusive"
     st, n_params = res["settings"], res["params"]["hyperbolic"]
     r_mean = sum(r["hyperbolic"]["token_radius_mean"] for r in runs) / len(runs)
     r_max = max(r["hyperbolic"]["token_radius_max"] for r in runs)
     steps = st["epochs"] * math.ceil(st["n_train"] / st["batch_size"])
     return Verdict(
-        claim_id=ID, claim=CLAIM, lecture=LECTURE, verdict=j.verdict, rule=rule_text(evidence), key=j.key,
+        claim_id=ID, claim=CLAIM, lecture=LECTURE, verdict=verdict, rule=rule_text(evidence), key=j.key,
         measured=(f"over {len(runs)} seeds ({st['n_train']} training and {st['n_test']} test digits each, "
                   f"{steps} steps of {st['batch_size']}), the hyperbolic ViT's test accuracy is "
                   f"{sum(hyp) / len(hyp):.3f} against {sum(euc) / len(euc):.3f} for its Euclidean twin "

@@ -27,6 +27,11 @@ FIGURES = ("spectral_gnn_accuracy.png", "spectral_gnn_filters.png")
 MARGIN = 0.02
 
 
+def _json_interval(interval: tuple[float, float]) -> list[float | None]:
+    """An interval for results.json: an infinite end (identical seeds, no spread) becomes None."""
+    return [x if math.isfinite(x) else None for x in interval]
+
+
 def _evidence(data: dict, regime: str) -> Evidence:
     ps = data["per_seed"][regime]
     return Evidence(f"test accuracy, CUSP − GCN of equal parameters ({regime} graphs, mean over families)",
@@ -59,14 +64,18 @@ def from_lab(data: dict) -> Verdict:
                 f"{_mean(ps['heterophilic']['gcn']):.3f} ({a_het.effect:+.3f}, {_fmt(a_het)}); homophilic CUSP "
                 f"{_mean(ps['homophilic']['cusp']):.3f} vs GCN {_mean(ps['homophilic']['gcn']):.3f} "
                 f"({a_homo.effect:+.3f}, {_fmt(a_homo)}, {a_homo.verdict} on the same rule, not deciding). "
-                f"Both models have {p['cusp']} parameters (GCN widths {p['gcn_widths']}).")
+                + (f"Both models have {p['cusp']} parameters (GCN widths {p['gcn_widths']})."
+                   if p["cusp"] == p["gcn"] else
+                   f"CUSP has {p['cusp']} parameters and the GCN {p['gcn']}: NOT equal (GCN widths "
+                   f"{p['gcn_widths']})."))
     return Verdict(
         claim_id=ID, claim=CLAIM, lecture=LECTURE, verdict=j.verdict, rule=rule_text(evidence), key=j.key,
         measured=measured,
         baseline=(f"a two-layer Kipf & Welling GCN on the ordinary normalised adjacency with exactly CUSP's "
                   f"{p['cusp']} parameters, trained on the same graph, features, split and epochs (paired by seed)"),
-        numbers={"heterophilic": {"effect": a_het.effect, "interval": list(a_het.interval), "verdict": a_het.verdict},
-                 "homophilic": {"effect": a_homo.effect, "interval": list(a_homo.interval),
+        numbers={"heterophilic": {"effect": a_het.effect, "interval": _json_interval(a_het.interval),
+                                  "verdict": a_het.verdict},
+                 "homophilic": {"effect": a_homo.effect, "interval": _json_interval(a_homo.interval),
                                 "verdict": a_homo.verdict},
                  "params": p, "per_seed": ps},
         caveat=("The paper trains on 8 real benchmarks (Cora, Citeseer, PubMed, Chameleon, Squirrel, Actor, Texas, "
