@@ -1,26 +1,50 @@
 """Steering (``moescope steer``): risk differences recounted from the recorder's raw choices, the
-rewritten scores' guarantees (an activated expert is always chosen, a deactivated one never), the
-random control, refusals, and the command end to end."""
+rewritten scores' guarantees (an activated expert is always chosen, a deactivated one never) on
+softmax and on every sigmoid family the tiny checkpoints cover, the steered forward against a
+plain-transformers oracle, the random control, refusals, and the command end to end."""
 
 import json
+import math
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from unittest import mock
 
 import numpy as np
 import pytest
+import tiny_checkpoints
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from moescope.analysis.router_rewrite import rewriting_logits
 from moescope.analysis.steering import (
+    EPSILON,
+    REFUSED,
     SteerConfig,
     SteeringError,
     activation_rates,
     check_steerable,
     risk_difference,
+    sigmoid_rule,
     steer,
     steering,
 )
 from moescope.cli import app
-from moescope.models import RoutingRecorder
+from moescope.models import BY_MODEL_TYPE, BY_NAME, RoutingRecorder
 from moescope.models.loading import load_moe_model
+from moescope.models.streaming import stream_moe_model
+
+
+def _family(tiny: str):
+    return BY_NAME.get(tiny) or BY_MODEL_TYPE[tiny]
+
+
+#: One tiny checkpoint per sigmoid-scored family (derived from the tiny checkpoints and the registry).
+SIGMOID = sorted({_family(n).name: n for n in reversed(tiny_checkpoints.BUILDERS)
+                  if _family(n).layout.scoring == "sigmoid" and _family(n).name not in REFUSED}.values())
+#: What each sigmoid family's top-k reads, from its transformers router (family docstrings, "Not in the view"):
+#: Llama 4 the logits, Kolibri-1 the logits + selection bias, every other one σ(logits) + selection bias.
+SELECTS_ON = {"llama4": "z", "kolibri1": "z+b"}
 
 
 def _sets(model, seed=0, windows=12, length=16):
@@ -35,6 +59,70 @@ def _choices(model, views, ids):
         rec.set_batch(ids, torch.ones_like(ids))
         model(input_ids=ids)
         return rec.pop()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@contextmanager
+def _oracle(view, experts, direction, eps=EPSILON):
+    """Plain transformers, steered by the stated rule: while the router runs (a forward pre-hook and a
+    forward hook on it), ``F.linear`` returns the first E-column output rewritten by hand below; the
+    selection bias of σ-selecting routers is pinned at ±inf."""
+    router = view.module.get_submodule(BY_NAME[view.family].hook)
+    E, sign = view.num_experts, 1.0 if direction == "activate" else -1.0
+    selects_on = SELECTS_ON.get(view.family, "sigmoid")
+    b = torch.zeros(E) if view.selection_bias is None else view.selection_bias.clone()
+    real, state = F.linear, {}
+
+    def rewritten(*args, **kwargs):
+        z = real(*args, **kwargs)
+        if state["done"] or z.shape[-1] != E:
+            return z
+        state["done"], z = True, z.clone()
+        if selects_on == "sigmoid":      # σ(z_e) + b_e = S = (max | min) of σ(z) + b ± ε, σ within [1e-6, 1 − 1e-6]
+            s = z.sigmoid() + b
+            S = (s.amax(-1) if sign > 0 else s.amin(-1)) + sign * eps
+            for e in experts:
+                z[..., e] = torch.logit((S - b[e]).clamp(1e-6, 1 - 1e-6))
+        else:                            # z_e + b_e = (max | min) of z + b  ± ε (b = 0 for Llama 4)
+            bb = b if selects_on == "z+b" else torch.zeros(E)
+            s = z + bb
+            S = (s.amax(-1) if sign > 0 else s.amin(-1)) + sign * eps
+            for e in experts:
+                z[..., e] = S - bb[e]
+        return z
+
+    def pre(module, args, kwargs=None):
+        state["done"], state["patch"] = False, mock.patch.object(F, "linear", rewritten)
+        state["patch"].start()
+
+    def post(module, args, output):
+        state["patch"].stop()
+
+    handles = [router.register_forward_pre_hook(pre), router.register_forward_hook(post, always_call=True)]
+    pinned = selects_on == "sigmoid" and view.selection_bias is not None
+    try:
+        if pinned:
+            with torch.no_grad():
+                view.selection_bias[experts] = sign * math.inf
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        if pinned:
+            with torch.no_grad():
+                view.selection_bias.copy_(b)
+
+
+def _experts_to_steer(view, record):
+    """The expert the selection bias disfavours most (expert 0 without one) and the one chosen by the share of
+    tokens closest to a half: both changes are then real, and the bias pin is exercised."""
+    share = torch.stack([(record.indices == e).any(dim=1).float().mean() for e in range(view.num_experts)])
+    low = 0 if view.selection_bias is None else int(view.selection_bias.argmin())
+    return sorted({low, int((share - 0.5).abs().argmin())})
 
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
@@ -99,9 +187,59 @@ def test_steer_links_experts_and_holds_them_against_random_ones(saved):
     json.dumps(res, allow_nan=True)
 
 
-def test_sigmoid_routers_and_bad_requests_are_refused(saved):
+@pytest.mark.parametrize("family", SIGMOID)
+def test_sigmoid_steering_is_guaranteed_and_matches_a_plain_transformers_oracle(saved, family):
+    model, _, views = load_moe_model(saved(family))
+    a, _ = _sets(model, windows=6)
+    plain = _logits(model, a)
+    with steering(views, [], "activate"):
+        assert torch.equal(_logits(model, a), plain)       # nothing steered: bit-identical
+    before = _choices(model, views, a)
+    cells = [(li, e) for li, v in enumerate(views) for e in _experts_to_steer(v, before[li])]
+    changed = False
+    for direction in ("activate", "deactivate"):
+        with steering(views, cells, direction):
+            steered, records = _logits(model, a), _choices(model, views, a)
+        for li, e in cells:
+            picked = (records[li].indices == e).any(dim=1)
+            assert picked.all() if direction == "activate" else not picked.any(), (direction, li, e)
+            was = (before[li].indices == e).any(dim=1)
+            changed |= bool(~was.all()) if direction == "activate" else bool(was.any())
+        with ExitStack() as stack:
+            for li, v in enumerate(views):
+                stack.enter_context(_oracle(v, [e for l2, e in cells if l2 == li], direction))
+            torch.testing.assert_close(steered, _logits(model, a), rtol=1e-5, atol=1e-5)
+    assert changed
+    assert torch.equal(_logits(model, a), plain)           # nothing left behind: bias restored, hooks gone
+
+
+def test_the_logit_alone_cannot_keep_a_limited_group(saved):
+    """DeepSeek-V3 keeps the 2 of 4 groups whose top-2 selection scores sum highest: an expert at the row's
+    maximum selection score + ε can still lose its group, which is why steering pins its selection bias."""
     model, _, views = load_moe_model(saved("deepseek_v3"))
-    with pytest.raises(SteeringError, match=r"log-softmax .* deepseek_v3 \(sigmoid\)"):
+    a, _ = _sets(model, windows=6)
+    view, li = views[-1], len(views) - 1
+    shares = []
+    for e in range(view.num_experts):
+        rule = partial(sigmoid_rule, experts=[e], direction="activate", epsilon=EPSILON,
+                       bias=view.selection_bias.clone())
+        with rewriting_logits(view, rule, purpose="the test"):
+            shares.append(float((_choices(model, views, a)[li].indices == e).any(dim=1).float().mean()))
+        with steering(views, [(li, e)], "activate"):
+            assert (_choices(model, views, a)[li].indices == e).any(dim=1).all()
+    assert min(shares) < 1
+
+
+def test_refused_routers_and_bad_requests(saved):
+    model, _, views = load_moe_model(saved("laguna"))
+    with pytest.raises(SteeringError, match=r"laguna \(sigmoid\): its router soft-caps the logits"):
+        check_steerable(views)
+    model, _, views = load_moe_model(saved("deepseek_v4"))
+    with pytest.raises(SteeringError, match=r"deepseek_v4 \(sqrtsoftplus\): its first layers are hash-routed"):
+        with steering(views, [(0, 1)], "activate"):
+            pass
+    _, _, views = stream_moe_model(saved("deepseek_v3"))   # the bias stays on the meta device between forwards
+    with pytest.raises(SteeringError, match=r"deepseek_v3 \(sigmoid\): its selection bias is not resident"):
         check_steerable(views)
     model, _, views = load_moe_model(saved("mixtral"))
     a, _ = _sets(model)
@@ -117,17 +255,19 @@ def test_sigmoid_routers_and_bad_requests_are_refused(saved):
         SteerConfig(top=0)
 
 
-def test_steer_command_end_to_end(saved, tmp_path):
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3"])
+def test_steer_command_end_to_end(saved, tmp_path, family):
     text_a = tmp_path / "a.txt"
     text_a.write_text("def add(a, b):\n    return a + b\n" * 40)
     text_b = tmp_path / "b.txt"
     text_b.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["steer", str(saved("mixtral")), "--contrast", f"code={text_a}",
+    result = CliRunner().invoke(app, ["steer", str(saved(family)), "--contrast", f"code={text_a}",
                                       "--contrast", f"prose={text_b}", "--seq-len", "8", "--max-windows", "12",
                                       "--random-draws", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
     saved_json = json.loads((out / "results.json").read_text())
     assert saved_json["sets"] == ["code", "prose"] and "Risk difference" in (out / "report.html").read_text()
+    assert saved_json["model"]["scoring"] == {"mixtral": "softmax", "deepseek_v3": "sigmoid"}[family]
     bad = CliRunner().invoke(app, ["steer", str(saved("mixtral")), "--contrast", f"code={text_a}"])
     assert bad.exit_code == 2 and "exactly two texts" in bad.output

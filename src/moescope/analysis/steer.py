@@ -59,7 +59,8 @@ def steer_results(model, views, sets: dict, cmd: SteerCommand, about: dict, *,
     level, n = cmd.steer.level, len(res["linked"])
     res["sentences"] = [sentence(d, name, r, n, level) for d, per in res["steering"].items() for name, r in per.items()]
     res["model"] = {**about, "family": views[0].family, "num_moe_layers": len(views),
-                    "num_experts": views[0].num_experts, "top_k": views[0].top_k}
+                    "num_experts": views[0].num_experts, "top_k": views[0].top_k,
+                    "scoring": views[0].scoring}  # which steering rule ran (softmax or sigmoid)
     res["config"] = {"top": cmd.steer.top, "random_draws": cmd.steer.random_draws, "epsilon": cmd.steer.epsilon,
                      "level": level, "draws": cmd.steer.draws, "seed": cmd.steer.seed,
                      "seq_len": int(next(iter(sets.values())).shape[1]),

@@ -7,12 +7,42 @@ of text apart, then switch them on or off and measure what changes.
    The risk difference Δ = p_A − p_B gets a percentile bootstrap interval over windows, each set
    resampled on its own (the documents are the units). The *A-linked* experts are the ``top``
    cells with the largest Δ whose interval lies above zero.
-2. **Steering.** The router's log-softmax scores are rewritten (:mod:`~moescope.analysis.router_rewrite`):
-   *activate* sets each A-linked expert's score to the row maximum + ε, so the block picks it for
-   every token (as long as a layer has at most k of them); *deactivate* sets it to the row minimum −
-   ε, so it is never picked. Rewriting a logit by the same rule rewrites the log-softmax score (they
-   differ by one constant per token), and the family's own top-k and renormalisation then run.
-   Only softmax routers have log-softmax scores: sigmoid-scored families are refused by name.
+2. **Steering.** The router's logits are rewritten (:mod:`~moescope.analysis.router_rewrite`) so
+   that a steered expert's *selection score* — the quantity the family's top-k reads — lies ε above
+   the token's largest selection score (*activate*) or ε below its smallest (*deactivate*); the
+   target is computed on the unsteered row, so several experts steered in one layer share it. The
+   family's own scoring, selection, renormalisation and scaling then run on the rewritten logits.
+
+   * **Softmax routers** (SteerMoE's rule): the selection score is the log-softmax score, which
+     differs from the logit by one constant per token, so z_e ← max_j z_j + ε (activate) or
+     min_j z_j − ε (deactivate). The expert is then always chosen (as long as a layer has at most k
+     of them) or never; an activated expert's weight is the softmax of the rewritten row.
+   * **Sigmoid routers** (DeepSeek-V3 and the families that select like it): the selection score is
+     s_j = σ(z_j) + b_j, with b the selection (correction) bias, 0 where the router has none. With
+     S = max_j s_j + ε (activate) or min_j s_j − ε (deactivate), the logit becomes
+     z_e ← logit(clip(S − b_e, δ, 1 − δ)), δ = 10⁻⁶, so σ(z_e) + b_e = S whenever the sigmoid can
+     reach it. The combine weight is the family's own: σ(z_e) = clip(S − b_e, δ, 1 − δ) among the
+     chosen, renormalised over the k chosen and scaled where the family does so. The logit alone
+     cannot *guarantee* the choice: σ is bounded, so S − b_e may lie outside (0, 1) when the biases
+     differ by more than 1 − ε, and group-limited routing (n_group > 1) keeps the ``topk_group``
+     groups with the largest sum of their *top-2* selection scores — a lone expert at S can lose to
+     a group holding two experts near the maximum. So, where the router has a selection bias (every
+     group-limited family has one), the steered expert's bias is also set to +∞ (activate) or −∞
+     (deactivate) for the forward and restored after — the device of re-route ablation. The bias
+     enters only the group scores and the top-k, never the weights (they are gathered from σ(z)), so
+     an activated expert's group is kept and the expert chosen for every token (for at most k
+     experts per layer, in at most ``topk_group`` groups), a deactivated one never, and the weight is
+     still the one above. Without a selection bias (and then without groups) top-k on σ(z) is top-k
+     on z, and the rewritten logit exceeds every other while the row's largest logit is below
+     logit(1 − δ) ≈ 13.8; above it (σ rounds to 1 in float32 near 16.6) ties can occur.
+   * **Sigmoid weights, selection on the logits** (:data:`SELECTS_ON_LOGITS`: Llama 4 takes the
+     top-k of z, Kolibri-1 of z + b): the selection score is z + b, unbounded, so the softmax rule
+     applied to it — z_e ← max_j (z_j + b_j) + ε − b_e, or the minimum − ε − b_e — guarantees the
+     choice; the weight is the family's σ(z_e) (renormalised where it does so).
+
+   Refused, with the reason (:func:`check_steerable`): the families of :data:`REFUSED`, Soft MoE
+   (no top-k to steer), any other scoring, and a sigmoid router whose selection bias is not
+   resident (layer-streamed or offloaded: the rule reads the bias and pins it in place).
 3. **Effect, against a control.** Each set's next-token loss with and without the steering, paired
    per window, with a bootstrap interval; the same steering of as many *random* experts per layer
    (``random_draws`` draws) is the control, and the report gives where the steered change falls
@@ -25,13 +55,14 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from moescope.analysis.ablation import window_losses
-from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits
+from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits, saved
 from moescope.models import RoutingRecorder
 from moescope.models.view import MoELayerView
 from moescope.stats import DEFAULT_LEVEL, bootstrap_interval, permutation_pvalue
@@ -44,12 +75,73 @@ class SteeringError(RouterRewriteError):
     """A model or request that cannot be steered (named in the message)."""
 
 
+#: Families whose router cannot be steered by a logit rewrite, and why.
+REFUSED = {
+    "deepseek_v4": "its first layers are hash-routed (the experts come from the token id, not the logits) and the "
+                   "others score with √softplus",
+    "laguna": "its router soft-caps the logits (c·tanh(z/c)) after the linear map, so a rewritten logit does not "
+              "reach the sigmoid as set",
+}
+#: Sigmoid-weighted families whose top-k reads the logits plus any selection bias, not the sigmoid (their
+#: family files say so under "Not in the view").
+SELECTS_ON_LOGITS = frozenset({"llama4", "kolibri1"})
+#: The sigmoid rule's clip: σ(z) is kept within [δ, 1 − δ], so the rewritten logit is finite (|z| ≤ 13.8).
+DELTA = 1e-6
+
+
+def refusal(view: MoELayerView) -> str | None:
+    """Why ``view``'s router cannot be steered, or None when it can."""
+    if view.family in REFUSED:
+        return REFUSED[view.family]
+    if view.scoring == "soft":
+        return "Soft MoE mixes every expert into every slot: there is no top-k to steer"
+    if view.scoring not in ("softmax", "sigmoid"):
+        return f"its {view.scoring} scores have no steering rule (softmax and sigmoid do)"
+    if view.scoring == "sigmoid" and view.n_group > 1 and view.selection_bias is None:
+        return "its group-limited routing has no selection bias to pin an activated expert's group with"
+    if view.scoring == "sigmoid" and view.selection_bias is not None and view.selection_bias.is_meta:
+        return ("its selection bias is not resident (a layer-streamed or offloaded model), and the sigmoid rule "
+                "reads and pins it: load the model in memory")
+    return None
+
+
 def check_steerable(views: list[MoELayerView]) -> None:
-    """Refuse layers whose router has no log-softmax scores to rewrite."""
-    bad = sorted({f"{v.family} ({v.scoring})" for v in views if v.scoring != "softmax"})
+    """Refuse layers whose router has no steering rule, naming each family and the reason."""
+    bad = {f"{v.family} ({v.scoring}): {why}" for v in views if (why := refusal(v)) is not None}
     if bad:
-        raise SteeringError(f"steering rewrites log-softmax router scores; these families score otherwise: "
-                            f"{', '.join(bad)}")
+        raise SteeringError(f"these routers cannot be steered by rewriting their logits: {'; '.join(sorted(bad))}")
+
+
+def logit_rule(logits: Tensor, experts: list[int], direction: str, epsilon: float,
+               bias: Tensor | None = None) -> Tensor:
+    r"""Selection on z + b: z_e ← max_j (z_j + b_j) + ε − b_e (activate) or min_j (z_j + b_j) − ε − b_e.
+
+    With b = 0 this is SteerMoE's rule on log-softmax scores (Fayyaz et al., ICLR 2026, §3): the
+    log-softmax of a row differs from its logits by one constant. ``logits`` (…, E) is changed in
+    place and returned; ``bias`` (E,) or None.
+    """
+    score = logits if bias is None else logits + bias
+    target = score.amax(dim=-1, keepdim=True) + epsilon if direction == "activate" else \
+        score.amin(dim=-1, keepdim=True) - epsilon
+    logits[..., experts] = target if bias is None else target - bias[experts]
+    return logits
+
+
+def sigmoid_rule(logits: Tensor, experts: list[int], direction: str, epsilon: float,
+                 bias: Tensor | None = None) -> Tensor:
+    r"""Selection on s = σ(z) + b: z_e ← logit(clip(S − b_e, δ, 1 − δ)), S = max_j s_j + ε or min_j s_j − ε.
+
+    So σ(z_e) + b_e = S wherever S − b_e ∈ [δ, 1 − δ] (see the module docstring for why the bias is
+    pinned as well). Computed in float32 and cast back to the logits' dtype; ``logits`` (…, E) is
+    changed in place and returned; ``bias`` (E,), the *unsteered* selection bias, or None.
+    """
+    z = logits.float()
+    b = torch.zeros(z.shape[-1], device=z.device) if bias is None else bias.float()
+    s = z.sigmoid() + b
+    target = s.amax(dim=-1, keepdim=True) + epsilon if direction == "activate" else \
+        s.amin(dim=-1, keepdim=True) - epsilon
+    logits[..., experts] = torch.logit((target - b[experts]).clamp(DELTA, 1 - DELTA)).to(logits.dtype)
+    return logits
 
 
 def activation_rates(model: nn.Module, views: list[MoELayerView], ids: Tensor, batch_size: int = 8) -> np.ndarray:
@@ -99,19 +191,23 @@ def steering(views: list[MoELayerView], cells: list[tuple[int, int]], direction:
             raise SteeringError(f"{views[li].name}: expert {e} does not exist (0..{views[li].num_experts - 1})")
         by_layer.setdefault(li, []).append(e)
 
-    def rewrite(experts: list[int]) -> Callable[[Tensor], Tensor]:
-        def fn(logits: Tensor) -> Tensor:
-            if direction == "activate":
-                logits[..., experts] = logits.amax(dim=-1, keepdim=True) + epsilon
-            else:
-                logits[..., experts] = logits.amin(dim=-1, keepdim=True) - epsilon
-            return logits
-        return fn
-
     with ExitStack() as stack:
         for li, experts in by_layer.items():
-            stack.enter_context(rewriting_logits(views[li], rewrite(experts), purpose="steering",
-                                                 error=SteeringError))
+            view = views[li]
+            bias = None if view.selection_bias is None else view.selection_bias.detach().clone()
+            if view.scoring == "softmax":
+                rule, bias = logit_rule, None   # SteerMoE's rule on the logits as they are
+            elif view.family in SELECTS_ON_LOGITS:
+                rule = logit_rule
+            else:
+                rule = sigmoid_rule
+                if view.selection_bias is not None:   # pin the choice: the bias reaches selection only
+                    stack.enter_context(saved(view.selection_bias))
+                    with torch.no_grad():
+                        view.selection_bias[experts] = math.inf if direction == "activate" else -math.inf
+            stack.enter_context(rewriting_logits(view, partial(rule, experts=experts, direction=direction,
+                                                               epsilon=epsilon, bias=bias),
+                                                 purpose="steering", error=SteeringError))
         yield
 
 
