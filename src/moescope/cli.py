@@ -667,6 +667,10 @@ def bench_analyze(
                                            "tokens/s, peak RSS and disk read rate, streamed in --max-memory and "
                                            "in memory where it fits, against a plain read of the same files.")]
     = False,
+    trace: Annotated[bool, typer.Option(help="Only routing capture with everything analyze records per token (the "
+                                             "token table, pathways, a --trace Parquet file) against a plain forward, "
+                                             "at 10,000 and 100,000 tokens: overhead, tokens/s, memory growth.")]
+    = False,
     big_tokens: Annotated[int, typer.Option(min=1, help="With --big: tokens analysed per run.")] = 2048,
     max_memory: Annotated[str, typer.Option(help="With --big: the streamed run's budget (4GB: 4·10^9 bytes, 4GiB: "
                                                  "4·2^30); raised to the plan's minimum if below it, and said so.")]
@@ -701,6 +705,17 @@ def bench_analyze(
         stdout.print(big_table(result))
         for line in big_lines(result):
             stdout.print(line)
+        return
+    if trace:
+        from moescope.analysis.bench import bench_trace
+
+        with console.status("routing 10,000 and 100,000 tokens with and without the trace"):
+            rows = bench_trace()
+        for r in rows:
+            growth = "not measured" if r["rss_growth_mb"] is None else f"{r['rss_growth_mb']:+.0f} MiB"
+            console.print(f"{r['tokens']:,} tokens: plain {r['plain_s']:.2f} s, with statistics + pathways + trace "
+                          f"{r['recorded_s']:.2f} s ({r['overhead']:+.1%}; {r['tokens_per_s']:,.0f} tokens/s), "
+                          f"resident memory {growth}, {r['threads']} threads")
         return
     if ablation:
         with console.status("ablating every expert of a random 8-layer Mixtral, cached and whole"):

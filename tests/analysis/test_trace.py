@@ -100,3 +100,12 @@ def test_memory_stays_flat_as_tokens_grow(tmp_path):
 def test_bad_trace_paths_fail_before_any_work(saved, tmp_path, trace, message):
     with pytest.raises(ValueError, match=message):
         _config(saved("mixtral"), tmp_path / trace)
+
+
+def test_bench_trace_reports_every_size():
+    """The bench's --trace section: one row per size, the whole text traced (times reported, never asserted)."""
+    from moescope.analysis.bench import bench_trace
+
+    rows = bench_trace(sizes=(512, 1024), seq_len=128, batch=2)
+    assert [r["tokens"] for r in rows] == [512, 1024] == [r["pathway_tokens"] for r in rows]
+    assert all(r["trace_bytes"] > 0 and r["plain_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)

@@ -37,8 +37,8 @@ import torch
 from moescope.analysis.checkpoint import write_safetensors
 from moescope.analysis.weights import DEFAULT_MAX_RANK, DEFAULT_NITER, weight_geometry
 
-__all__ = ["MIXTRAL_8X7B", "TARGET_PEAK_RSS_MB", "TARGET_SECONDS", "bench_big", "bench_weight_geometry", "big_lines",
-           "big_table"]
+__all__ = ["MIXTRAL_8X7B", "TARGET_PEAK_RSS_MB", "TARGET_SECONDS", "bench_big", "bench_trace", "bench_weight_geometry",
+           "big_lines", "big_table"]
 
 MIXTRAL_8X7B = {"num_experts": 8, "hidden": 4096, "intermediate": 14336}
 TARGET_SECONDS = 60.0
@@ -220,6 +220,69 @@ def bench_routing_capture(*, tokens: int = 4096, seq_len: int = 256, repeats: in
             "forward_s": st.median(plain), "forward_recorded_s": st.median(recorded),
             "overhead": st.median(recorded) / st.median(plain) - 1,
             "stats_bytes_after_1x": one, "stats_bytes_after_4x": stats_bytes(stats)}
+
+
+def bench_trace(*, sizes: tuple[int, ...] = (10_000, 100_000), seq_len: int = 256, batch: int = 8,
+                seed: int = 0) -> list[dict]:
+    """Routing capture with everything analyze records per token switched on, against a plain forward.
+
+    For each number of tokens in ``sizes``: the same small Mixtral as :func:`bench_routing_capture` runs
+    the text batch by batch once plainly and once with the recorder feeding :class:`RoutingStats` (with the
+    token table), :class:`~moescope.analysis.pathways.Pathways` and a :class:`~moescope.analysis.trace.TraceWriter`
+    to a temporary Parquet file (the two runs interleaved batch by batch, so that load on the machine hits both
+    alike). Reports the overhead, tokens/s and the growth of the process's resident set over the run: flat in the
+    number of tokens when nothing is kept per token but the file.
+    """
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from moescope.analysis.pathways import Pathways
+    from moescope.analysis.routing import RoutingStats
+    from moescope.analysis.trace import TraceWriter
+    from moescope.models import RoutingRecorder, find_moe_layers
+
+    torch.manual_seed(seed)
+    cfg = MixtralConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                        num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2, vocab_size=2048)
+    model = MixtralForCausalLM(cfg).eval()
+    views = find_moe_layers(model)
+    out = []
+    for tokens in sizes:
+        ids = torch.randint(0, cfg.vocab_size, (max(1, tokens // seq_len), seq_len))
+        mask = torch.ones_like(ids)
+        stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], vocab_size=cfg.vocab_size)
+        paths = Pathways([v.num_experts for v in views])
+        plain = recorded = 0.0
+        base = _current_rss_mb()
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            model(ids[:1])  # warm-up
+            with TraceWriter(Path(tmp) / "trace.parquet", [v.index for v in views], str,
+                             top_k=[v.top_k for v in views]) as trace:
+                for start in range(0, ids.shape[0], batch):
+                    b, m = ids[start : start + batch], mask[start : start + batch]
+                    t0 = time.perf_counter()
+                    model(b)
+                    plain += time.perf_counter() - t0
+                    t0 = time.perf_counter()     # the hooks' installation counts against the recorded run
+                    with RoutingRecorder(model, views) as rec:
+                        rec.set_batch(b, m)
+                        model(b)
+                        records = rec.pop()
+                    for r in records:
+                        stats.update(r)
+                    trace.add(start, "bench", b, m, torch.arange(b.shape[0]) * seq_len, records)
+                    paths.add(torch.stack([r.indices[:, 0] for r in records], dim=1).numpy())
+                    recorded += time.perf_counter() - t0
+            file_bytes = (Path(tmp) / "trace.parquet").stat().st_size      # written and closed
+            t0 = time.perf_counter()
+            summary = paths.summary()
+            pathway_s = time.perf_counter() - t0
+        grown = _current_rss_mb()
+        out.append({"tokens": int(ids.numel()), "plain_s": plain, "recorded_s": recorded + pathway_s,
+                    "pathway_summary_s": pathway_s, "overhead": (recorded + pathway_s) / plain - 1,
+                    "tokens_per_s": ids.numel() / (recorded + pathway_s), "trace_bytes": file_bytes,
+                    "rss_growth_mb": None if base is None or grown is None else grown - base,
+                    "pathway_tokens": summary.get("tokens"), "threads": torch.get_num_threads()})
+    return out
 
 
 def bench_ablation(*, layers: int = 8, experts: int = 8, hidden: int = 256, windows: int = 16, seq_len: int = 128,
