@@ -749,26 +749,34 @@ def bench_moe_command(
     system_malloc: Annotated[bool, typer.Option(help="Leave glibc's malloc as it is: every fresh buffer of 32 MiB "
                                                      "or more (a weight gradient) page-faults, for every "
                                                      "implementation alike.")] = False,
+    dtype: Annotated[str, typer.Option(help="Comma-separated dtypes to run the layer, transformers' block, the "
+                                            "GEMM probe and the roofline in: float32, bfloat16.")]
+    = "float32,bfloat16",
 ) -> None:
-    """MoE layer time against transformers' eager and grouped_mm experts and against the roofline.
+    """MoE layer time against transformers' eager and grouped_mm experts and against the roofline, per dtype.
 
     Freed memory is kept for reuse first (moescope.moe.memory.retain_freed_memory), for moescope and
     transformers alike, unless --system-malloc.
     """
     from moescope._files import write_json_atomic
-    from moescope.moe.benchmark import bench_moe, case_count, machine_lines, moe_table
+    from moescope.moe.benchmark import bench_moe, case_count, machine_lines, moe_table, parse_dtypes
     from moescope.moe.memory import retain_freed_memory
 
     if stat not in ("median", "best"):
         raise typer.BadParameter(f"--stat must be 'median' or 'best'; got {stat!r}")
+    try:
+        dtypes = parse_dtypes(dtype)
+    except ValueError as err:
+        raise typer.BadParameter(f"--{err}") from None
     retained = not system_malloc and retain_freed_memory()
     stdout = Console()
     if not stdout.is_terminal:
-        stdout.width = 160  # a file or pipe gets the whole table, not 80 columns of it
+        stdout.width = 220  # a file or pipe gets the whole table (19 columns), not 80 columns of it
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:
-        task = progress.add_task("benchmark", total=case_count(quick=quick))
-        result = bench_moe(quick=quick, on_case=lambda label: progress.update(task, description=label, advance=1))
+        task = progress.add_task("benchmark", total=case_count(quick=quick, dtypes=dtypes))
+        result = bench_moe(quick=quick, dtypes=dtypes,
+                           on_case=lambda label: progress.update(task, description=label, advance=1))
     result["machine"]["malloc"] = ("freed memory retained for reuse (glibc mallopt: M_MMAP_MAX=0, no trim)"
                                    if retained else "the system's malloc as configured")
     for line in machine_lines(result["machine"]):

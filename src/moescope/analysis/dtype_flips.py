@@ -1,0 +1,89 @@
+"""Routing flips between a float32 and a bfloat16 run of the same router: are they all near-ties?
+
+A bfloat16 run rounds the router's input, weight and logits to 8 significant bits, so a token
+whose k-th and (k+1)-th selection scores lie closer than that rounding may swap them: its expert
+*set* differs from the float32 run's. :func:`dtype_flips` counts those tokens and checks each
+against the project's one near-tie definition (:data:`moescope.analysis.routing.NEAR_TIE`, read
+through :func:`moescope.analysis.routing.relative_margins`): the float32 margin
+
+    (s_k − s_{k+1}) / |s_k| < 2⁻⁸
+
+between the k-th and (k+1)-th selection score (the scores plus any selection bias). Flips that
+are no near-tie do happen: bfloat16 keeps 8 significant bits, so rounding the scores themselves
+moves each by up to 2⁻⁸ relative, and two moving apart can swap a margin up to 2⁻⁷; rounding the
+*logits* (transformers' Mixtral: bfloat16 logits, float32 softmax) moves a margin by up to
+2⁻⁸(|l_k| + |l_{k+1}|), which outgrows 2⁻⁸ once the logits exceed ~0.5 in magnitude. The share of
+such flips is what this module reports; whether it is zero depends on the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from moescope.analysis.routing import NEAR_TIE, relative_margins
+
+
+@dataclass(frozen=True)
+class DtypeFlips:
+    """What :func:`dtype_flips` found over ``tokens`` tokens."""
+
+    tokens: int
+    flips: int                  # tokens whose expert set differs between the two runs
+    near_ties: int              # tokens whose float32 margin is below NEAR_TIE
+    flips_not_near_ties: int    # flips whose float32 margin is not a near-tie
+
+    @property
+    def flip_share(self) -> float:
+        return self.flips / self.tokens if self.tokens else 0.0
+
+    @property
+    def near_tie_share(self) -> float:
+        return self.near_ties / self.tokens if self.tokens else 0.0
+
+    @property
+    def all_flips_near_ties(self) -> bool:
+        return self.flips_not_near_ties == 0
+
+
+def _expert_sets(scores: Tensor, top_k: int, selection_bias: Tensor | None) -> Tensor:
+    """(N, k) indices of the k highest selection scores, sorted ascending (a set, order-free)."""
+    selection = scores + selection_bias.to(scores) if selection_bias is not None else scores
+    return selection.topk(top_k, dim=-1).indices.sort(dim=-1).values
+
+
+def dtype_flips(scores_fp32: Tensor, scores_bf16: Tensor, top_k: int,
+                selection_bias: Tensor | None = None) -> DtypeFlips:
+    """Tokens whose top-k expert set differs between a float32 and a bfloat16 run, and whether each is a near-tie.
+
+    Args:
+        scores_fp32: (..., E) the router's selection scores (probabilities, or sigmoid scores) in the
+            float32 run; the near-tie margins are taken from these.
+        scores_bf16: (..., E) the same tokens' scores in the bfloat16 run (bfloat16, or float32 where the
+            family computes the softmax in float32 from bfloat16 logits, as transformers' Mixtral does).
+        top_k: k experts per token, 1 ≤ k ≤ E.
+        selection_bias: (E,) added to the scores to select (DeepSeek-V3's ``e_score_correction_bias``), in
+            each run's dtype, as :func:`relative_margins` adds it.
+
+    Returns:
+        :class:`DtypeFlips`: counts of flips, near-ties and flips that are no near-tie, and their shares.
+        With k = E there is no (k+1)-th score: no flips and no near-ties.
+    """
+    if scores_fp32.shape != scores_bf16.shape or scores_fp32.ndim < 1:
+        raise ValueError(f"scores_fp32 and scores_bf16 must have the same shape (..., E); got "
+                         f"{tuple(scores_fp32.shape)} and {tuple(scores_bf16.shape)}")
+    num_experts = scores_fp32.shape[-1]
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k must be in 1..{num_experts} (the number of experts); got top_k={top_k}")
+    if selection_bias is not None and selection_bias.shape != (num_experts,):
+        raise ValueError(f"selection_bias must have shape ({num_experts},); got {tuple(selection_bias.shape)}")
+    fp32 = scores_fp32.detach().reshape(-1, num_experts).float()              # (N, E)
+    bf16 = scores_bf16.detach().reshape(-1, num_experts)                      # (N, E), the run's own dtype
+    flipped = (_expert_sets(fp32, top_k, selection_bias) != _expert_sets(bf16, top_k, selection_bias)).any(-1)
+    near = relative_margins(fp32, top_k, selection_bias) < NEAR_TIE           # NaN (k = E) compares False
+    return DtypeFlips(tokens=fp32.shape[0], flips=int(flipped.sum()), near_ties=int(near.sum()),
+                      flips_not_near_ties=int((flipped & ~near).sum()))
+
+
+__all__ = ["DtypeFlips", "dtype_flips"]
