@@ -79,3 +79,45 @@ def test_analyze_reports_pathways_that_match_its_token_trace(saved, tmp_path):
             assert chosen.size == 0
         else:
             assert row == pytest.approx(np.bincount(chosen, minlength=len(row)) / chosen.size)
+
+
+def test_the_vectorised_shuffles_are_permutations_counted_like_a_loop():
+    """Every shuffled joint keeps both marginals (a permutation of layer l+1's choices, nothing else), the
+    draws differ, chunking changes nothing, and its null NMI matches a loop of rng.permutation's."""
+    from moescope.analysis.pathways import _joint, _shuffled_joints
+    from moescope.stats import normalized_mutual_information
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 5, 300), rng.integers(0, 7, 300)
+    joints = _shuffled_joints(a, b, 5, 7, 200, np.random.default_rng(1))
+    assert joints.shape == (200, 5, 7)
+    np.testing.assert_array_equal(joints.sum(2), np.broadcast_to(np.bincount(a, minlength=5), (200, 5)))
+    np.testing.assert_array_equal(joints.sum(1), np.broadcast_to(np.bincount(b, minlength=7), (200, 7)))
+    assert len({j.tobytes() for j in joints}) > 190
+    chunked = _shuffled_joints(a, b, 5, 7, 200, np.random.default_rng(1), chunk_values=900)   # 3 draws a chunk
+    np.testing.assert_array_equal(chunked, joints)
+    loop = [normalized_mutual_information(_joint(a, np.random.default_rng(s).permutation(b), 5, 7)) for s in range(200)]
+    ours = [normalized_mutual_information(j) for j in joints]
+    assert abs(np.mean(ours) - np.mean(loop)) < 3 * np.std(loop) / np.sqrt(200) * np.sqrt(2)
+
+
+@pytest.mark.parametrize("size", [2000, 20_000])
+def test_the_hypergeometric_tables_are_the_shuffle_null(size):
+    """With many tokens per cell the null tables are drawn directly (multivariate hypergeometric, both margins
+    fixed); each cell's mean and variance are the hypergeometric's, r_i·c_j/N and r_i·c_j·(N−r_i)(N−c_j) /
+    (N²(N−1)), and its NMI null matches a loop of shuffles."""
+    from moescope.analysis.pathways import _joint, _shuffled_joints
+    from moescope.stats import normalized_mutual_information
+
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 4, size), rng.choice(6, size, p=[0.4, 0.3, 0.1, 0.1, 0.05, 0.05])
+    joints = _shuffled_joints(a, b, 4, 6, 4000, np.random.default_rng(2))
+    r, c, n = np.bincount(a, minlength=4)[:, None], np.bincount(b, minlength=6)[None, :], size
+    np.testing.assert_array_equal(joints.sum(2), np.broadcast_to(r[:, 0], (4000, 4)))
+    np.testing.assert_array_equal(joints.sum(1), np.broadcast_to(c[0], (4000, 6)))
+    mean, var = r * c / n, r * c * (n - r) * (n - c) / (n**2 * (n - 1))
+    assert np.all(np.abs(joints.mean(0) - mean) < 5 * np.sqrt(var / 4000))
+    np.testing.assert_allclose(joints.var(0), var, rtol=0.15)
+    loop = [normalized_mutual_information(_joint(a, np.random.default_rng(s).permutation(b), 4, 6)) for s in range(400)]
+    ours = [normalized_mutual_information(j) for j in joints[:400]]
+    assert abs(np.mean(ours) - np.mean(loop)) < 4 * np.std(loop) / np.sqrt(200)

@@ -22,8 +22,6 @@ Tokens whose first choice was dropped (capacity: index -1) are left out of the p
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from moescope.stats import DEFAULT_LEVEL, normalized_mutual_information, permutation_pvalue, permutation_shift
@@ -35,6 +33,54 @@ TOP_PATHS = 10
 
 def _joint(a: np.ndarray, b: np.ndarray, ea: int, eb: int) -> np.ndarray:
     return np.bincount(a.astype(np.int64) * eb + b, minlength=ea * eb).reshape(ea, eb).astype(np.float64)
+
+
+def _shuffled_joints(a: np.ndarray, b: np.ndarray, ea: int, eb: int, draws: int, rng: np.random.Generator,
+                     chunk_values: int = 1 << 21) -> np.ndarray:
+    """(draws, ea, eb) joint counts of ``a`` against ``draws`` independent shuffles of ``b``.
+
+    A shuffle's joint table depends only on how many of each row label meet each column label, and
+    under a uniform shuffle that table follows the multivariate hypergeometric law with both
+    margins fixed (the permutation null of Fisher's exact test). Where the table is much smaller
+    than the data (ea · eb · 16 ≤ N) it is drawn directly (:func:`_hypergeometric_joints`, cost
+    independent of N); otherwise the shuffles are drawn a chunk of draws at a time (``rng.permuted``
+    of a (chunk, N) tile, at most ``chunk_values`` int64 values) and counted with one ``bincount``
+    per chunk, each draw's cells offset by draw · ea · eb. Both are exact draws of the same null.
+    """
+    n, cells = a.size, ea * eb
+    if cells * 16 <= n:
+        return _hypergeometric_joints(np.bincount(a, minlength=ea), np.bincount(b, minlength=eb), draws, rng)
+    per_chunk = max(1, chunk_values // max(n, 1))
+    out = np.empty((draws, ea, eb))
+    for start in range(0, draws, per_chunk):
+        k = min(per_chunk, draws - start)
+        shuffled = rng.permuted(np.broadcast_to(b, (k, n)), axis=1)          # (k, N), each row a permutation
+        flat = (a * eb)[None, :] + shuffled + (np.arange(k) * cells)[:, None]
+        out[start:start + k] = np.bincount(flat.ravel(), minlength=k * cells).reshape(k, ea, eb)
+    return out
+
+
+def _hypergeometric_joints(rows: np.ndarray, cols: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(draws, ea, eb) tables with row sums ``rows`` (ea,) and column sums ``cols`` (eb,), each drawn as the
+    joint counts of a uniformly random pairing of the row labels with the column labels: row i takes its
+    rows[i] labels from the pool left by rows < i, and within the row column j's share is hypergeometric
+    given the labels still needed and the pool's columns ≥ j (one vectorised call per cell, over draws)."""
+    ea, eb = rows.size, cols.size
+    out = np.zeros((draws, ea, eb))
+    pool = np.tile(cols.astype(np.int64), (draws, 1))                        # (draws, eb) labels not yet taken
+    for i in range(ea - 1):
+        need = np.full(draws, rows[i], np.int64)
+        rest = pool.sum(1)
+        taken = np.zeros_like(pool)
+        for j in range(eb - 1):
+            rest = rest - pool[:, j]
+            taken[:, j] = rng.hypergeometric(pool[:, j], rest, need)
+            need = need - taken[:, j]
+        taken[:, eb - 1] = need
+        out[:, i] = taken
+        pool -= taken
+    out[:, ea - 1] = pool
+    return out
 
 
 class Pathways:
@@ -92,8 +138,7 @@ class Pathways:
             entry["transition"] = [None if r[0] == 0 else (row / r[0]).tolist() for row, r in zip(joint, rows,
                                                                                                    strict=True)]
             nmi = normalized_mutual_information(joint)
-            null = np.array([normalized_mutual_information(_joint(a, rng.permutation(b), ea, eb))
-                             for _ in range(draws)])
+            null = np.array([normalized_mutual_information(j) for j in _shuffled_joints(a, b, ea, eb, draws, rng)])
             effect, interval = permutation_shift([nmi], [null], level)
             entry.update({"nmi": nmi, "null_mean": float(null.mean()), "excess": effect, "interval": list(interval),
                           "p_value": permutation_pvalue(nmi, null, "greater")})
@@ -113,10 +158,11 @@ class Pathways:
         if full.shape[0] == 0:
             return []
         loads = [np.bincount(full[:, layer], minlength=e) / full.shape[0] for layer, e in enumerate(self.num_experts)]
-        counts = Counter(map(tuple, full.tolist()))
-        return [{"experts": list(path), "count": c, "share": c / full.shape[0],
-                 "independent_share": float(np.prod([loads[layer][e] for layer, e in enumerate(path)]))}
-                for path, c in counts.most_common(TOP_PATHS)]
+        paths, counts = np.unique(full, axis=0, return_counts=True)          # rows sorted: ties keep that order
+        top = np.argsort(-counts, kind="stable")[:TOP_PATHS]
+        return [{"experts": paths[i].tolist(), "count": int(counts[i]), "share": float(counts[i] / full.shape[0]),
+                 "independent_share": float(np.prod([loads[layer][e] for layer, e in enumerate(paths[i])]))}
+                for i in top]
 
     def _prediction(self, t: np.ndarray) -> list[dict]:
         out = []
