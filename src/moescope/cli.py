@@ -597,6 +597,11 @@ def train(
                                                    "pip install 'moescope[tensorboard]').")] = False,
     estimate: Annotated[bool, typer.Option(help="Train nothing: time a few steps of each knob's run at the "
                                                 "profile's shape and print the projected training time.")] = False,
+    export_hf: Annotated[Path | None, typer.Option(
+        "--export-hf", callback=_OUT_DIR,
+        help="After training, save each run's final model as a Hugging Face checkpoint in EXPORT_HF/<run> "
+             "(with the lab tokenizer) for `moescope analyze`; runs no transformers family computes exactly "
+             "are listed with the reason.")] = None,
 ) -> None:
     """Train the lab's runs ahead of `moescope lab`; data-parallel under `torchrun --nproc_per_node N -m moescope`."""
     import os
@@ -623,6 +628,11 @@ def train(
         console.print(f"{name}: val loss {r.val_loss:.3f}  ({r.run_dir})")
     console.print(f"Trained {len(results)} runs in {out / 'training'} in {time.perf_counter() - start:.1f} s; "
                   f"next: moescope lab --profile {profile} --seed {seed} --out {out}")
+    if export_hf is not None:
+        from moescope.lab.export_hf import export_runs
+
+        for name, where in export_runs(results, out, export_hf).items():
+            console.print(f"{name}: {where}" if isinstance(where, str) else f"{name}: exported to {where}")
 
 
 def _print_estimate(p, only: tuple[str, ...] | None) -> None:

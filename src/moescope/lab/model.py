@@ -20,6 +20,20 @@ trained bidirectionally (``bidirectional=True``) on a masked-token objective
 (:func:`mask_tokens`) and are compared only with each other and a dense masked-token model,
 never with causal LMs. Building one in a causal model warns with
 :class:`NonCausalRouterWarning` (the tests do so on purpose, to show the leak).
+
+Two architectures (``LMConfig.arch``), one FFN knob:
+
+* ``"nanogpt"`` (the default, what every lab number so far was measured on): learned
+  absolute positions, LayerNorm without bias, one fused ``c_attn`` q/k/v projection;
+* ``"llama"``: the body of the MoE LLMs the lab's routers come from (Llama, Mixtral,
+  Qwen-MoE, GLM-4.5; DeepSeek-V3 differs only in its latent attention): rotary position
+  embeddings on every head's full width (RoFormer, Su et al. 2021, eq. 34, in the rotate-half
+  layout of transformers' ``apply_rotary_pos_emb``), RMSNorm (Zhang & Sennrich 2019) before
+  attention, before the FFN and at the end, separate ``q_proj`` / ``k_proj`` / ``v_proj`` /
+  ``o_proj``, no position table. A run of this architecture computes exactly what a
+  transformers MoE family computes, so
+  :mod:`moescope.lab.export_hf` can save it as a Hugging Face checkpoint that
+  ``moescope analyze`` reads.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ FFN_KINDS: dict[str, type[nn.Module]] = {
 ROUTERS = tuple(FFN_KINDS)
 NON_CAUSAL_ROUTERS = tuple(name for name, kind in FFN_KINDS.items() if not kind.causal)
 EXPERT_INITS = ("random", "upcycled")
+ARCHS = ("nanogpt", "llama")
 IGNORE_INDEX = -100  # targets at this value carry no loss (F.cross_entropy's default)
 
 
@@ -122,6 +137,11 @@ class LMConfig:
     dense_intermediate: int = 256  # the dense FFN's I (ffn="dense"); see dense_equivalent
     moe: MoESpec = field(default_factory=MoESpec)  # the MoE block (ffn="moe"); reset to the default when dense
     bidirectional: bool = False    # attend to all positions (masked-token objective only)
+    # The body around the FFN (see the module docstring). "nanogpt" keeps every lab number as
+    # measured; "llama" is what transformers' MoE families compute, so its runs export to them.
+    arch: str = "nanogpt"
+    rope_theta: float = 10_000.0   # llama: RoPE base θ (RoFormer's and Llama 1/2's); unused by nanogpt
+    norm_eps: float = 1e-5         # llama: RMSNorm ε (Mixtral's and GLM-4.5's rms_norm_eps); unused by nanogpt
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "seq_len", "dense_intermediate"):
@@ -134,6 +154,18 @@ class LMConfig:
             raise ValueError(f"ffn must be 'dense' or 'moe'; got ffn={self.ffn!r}")
         if self.ffn == "dense" and self.moe != MoESpec():  # a dense model has no MoE spec: one canonical form
             object.__setattr__(self, "moe", MoESpec())
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got arch={self.arch!r}")
+        for name in ("rope_theta", "norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise ValueError(f"{name} must be a positive number; got {name}={v!r}")
+        if self.arch == "llama" and (self.d_model // self.n_head) % 2:
+            raise ValueError(f"arch='llama' rotates pairs of head dimensions: the head size d_model/n_head="
+                             f"{self.d_model // self.n_head} must be even")
+        if self.arch == "nanogpt":  # the llama-only knobs take no part: one canonical form
+            object.__setattr__(self, "rope_theta", 10_000.0)
+            object.__setattr__(self, "norm_eps", 1e-5)
 
     @property
     def router(self) -> str:
@@ -152,9 +184,15 @@ class LMConfig:
         return s if s is not None else max(1, round(self.moe.top_k * self.seq_len / self.moe.num_experts))
 
     def to_dict(self) -> dict:
+        """The config as plain JSON values. A ``nanogpt`` config writes no ``arch``, ``rope_theta``
+        or ``norm_eps``, so its dict (a run's identity, which checkpoints are keyed by) is what it
+        was before the llama architecture existed."""
         d = asdict(self)
         if self.ffn == "dense":
             d.pop("moe")
+        if self.arch == "nanogpt":
+            for name in ("arch", "rope_theta", "norm_eps"):
+                d.pop(name)
         return d
 
     @classmethod
@@ -186,6 +224,82 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)                  # (B, T, C)
         return self.c_proj(y)
 
+    @property
+    def out_proj(self) -> nn.Linear:
+        """W_o, the (C, C) projection of the concatenated heads (``c_proj``): one name for both archs."""
+        return self.c_proj
+
+
+def rope_cos_sin(T: int, head_dim: int, theta: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    r"""The rotary embedding's (cos, sin), each (T, head_dim) float32, for positions 0 … T-1.
+
+    RoFormer (Su et al. 2021, eq. 34): dimension pair i of a head turns by the angle
+    :math:`m\,\theta^{-2i/d}` at position m. In the rotate-half layout of GPT-NeoX and
+    transformers' Llama/Mixtral/GLM (``rotate_half``), pair i is (x_i, x_{i+d/2}), so the
+    angles ``freqs`` (T, d/2) are repeated once: ``cat(freqs, freqs)``. The inverse
+    frequencies are computed as transformers' default RoPE computes them (float32), so an
+    exported model sees the same angles to the last bit.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (d/2,)
+    freqs = torch.arange(T, device=device).float()[:, None] * inv_freq.to(device)[None, :]           # (T, d/2)
+    emb = torch.cat((freqs, freqs), dim=-1)                                                           # (T, d)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, nh, T, hs) rotated by position: x·cos + rotate_half(x)·sin, rotate_half(x) = (−x₂, x₁)."""
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class RotaryAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v/o projections and RoPE on q and k (Llama's).
+
+    softmax(q kᵀ / sqrt(hs)) v per head through ``F.scaled_dot_product_attention``, q and k
+    rotated by :func:`apply_rope` first; no biases, no q/k normalisation, as transformers'
+    ``MixtralAttention`` (and ``Glm4MoeAttention`` with ``attention_bias=False``,
+    ``use_qk_norm=False`` and a partial rotary factor of 1).
+    """
+
+    def __init__(self, cfg: LMConfig) -> None:
+        super().__init__()
+        self.n_head, self.causal = cfg.n_head, not cfg.bidirectional
+        d = cfg.d_model
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
+        """x (B, T, C) -> (B, T, C); ``attn_mask`` (B, 1, T, T) bool, True = may attend; ``rope``
+        the (cos, sin) of :func:`rope_cos_sin`, each (T, hs)."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q = self.q_proj(x).view(B, T, self.n_head, hs).transpose(1, 2)   # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_head, hs).transpose(1, 2)   # (B, nh, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_head, hs).transpose(1, 2)   # (B, nh, T, hs)
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                  # (B, T, C)
+        return self.o_proj(y)
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """W_o, the (C, C) projection of the concatenated heads (``o_proj``): one name for both archs."""
+        return self.o_proj
+
+
+def build_norm(cfg: LMConfig) -> nn.Module:
+    """The block's and the final norm: LayerNorm without bias (nanogpt) or RMSNorm (llama).
+
+    RMSNorm (Zhang & Sennrich 2019, eq. 4): x / sqrt(mean(x²) + ε) · g, with ε = ``norm_eps``
+    inside the square root, as transformers' ``MixtralRMSNorm``.
+    """
+    if cfg.arch == "llama":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, bias=False)
+
 
 def build_ffn(cfg: LMConfig) -> nn.Module:
     """The feed-forward block of one layer: DenseFFN, MoELayer or SoftMoELayer."""
@@ -202,19 +316,28 @@ def build_ffn(cfg: LMConfig) -> nn.Module:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
+    """Pre-norm transformer block: x + attn(ln(x)), then x + ffn(ln(x)).
+
+    ``ln`` is LayerNorm and ``attn`` :class:`SelfAttention` (nanogpt), or RMSNorm and
+    :class:`RotaryAttention` (llama); built in this order, so a seeded model draws the same
+    numbers as before the llama architecture existed.
+    """
 
     def __init__(self, cfg: LMConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=False)
-        self.attn = SelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=False)
+        self.ln_1 = build_norm(cfg)
+        self.attn = RotaryAttention(cfg) if cfg.arch == "llama" else SelfAttention(cfg)
+        self.ln_2 = build_norm(cfg)
         self.ffn = build_ffn(cfg)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None,
-                token_mask: Tensor | None = None) -> tuple[Tensor, RouterResult | None]:
-        """x (B, T, C) -> (B, T, C) and this layer's routing (None for a dense FFN)."""
-        x = x + self.attn(self.ln_1(x), attn_mask)
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, token_mask: Tensor | None = None,
+                rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, RouterResult | None]:
+        """x (B, T, C) -> (B, T, C) and this layer's routing (None for a dense FFN).
+
+        ``rope``: the (cos, sin) of :func:`rope_cos_sin` (llama; None for nanogpt).
+        """
+        h = self.ln_1(x)
+        x = x + (self.attn(h, attn_mask) if rope is None else self.attn(h, attn_mask, rope))
         h = self.ln_2(x)
         if isinstance(self.ffn, DenseFFN):
             return x + self.ffn(h), None
@@ -250,17 +373,22 @@ class TinyLM(nn.Module):
                           NonCausalRouterWarning, stacklevel=2)
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)
+        # learned positions (nanogpt); llama rotates q and k by position instead (RotaryAttention)
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.arch == "nanogpt" else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
+        self.ln_f = build_norm(cfg)
         # nanoGPT's init for embeddings and attention: N(0, 0.02), residual projections scaled by
         # 1/sqrt(2·n_layer). FFNs keep their own init (dense and expert alike: U(±1/sqrt(fan_in))),
         # so dense and MoE runs start their FFNs the same way.
         for m in (self.wte, self.wpe):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m is not None:
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
         for b in self.blocks:
-            nn.init.normal_(b.attn.c_attn.weight, mean=0.0, std=0.02)
-            nn.init.normal_(b.attn.c_proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+            a = b.attn
+            for w in ((a.c_attn.weight,) if cfg.arch == "nanogpt" else (a.q_proj.weight, a.k_proj.weight,
+                                                                         a.v_proj.weight)):
+                nn.init.normal_(w, mean=0.0, std=0.02)
+            nn.init.normal_(a.out_proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
         if cfg.ffn == "moe" and cfg.moe.init == "upcycled":  # after every other draw: the rest stays as "random"
             for layer in self.moe_layers():
                 upcycle_experts(layer.experts, noise=cfg.moe.upcycle_noise)
@@ -297,12 +425,17 @@ class TinyLM(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence of length {T} exceeds seq_len={self.cfg.seq_len}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)                                         # (B, T, C)
+        x = self.wte(idx)                                                         # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        else:
+            cos, sin = rope_cos_sin(T, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta, idx.device)
+            rope = (cos.to(x.dtype), sin.to(x.dtype))                             # each (T, hs)
         attn_mask = self._attention_mask(attention_mask, T)
         routing: list[RouterResult] = []
         for block in self.blocks:
-            x, r = block(x, attn_mask, attention_mask)
+            x, r = block(x, attn_mask, attention_mask, rope)
             if r is not None:
                 routing.append(r)
         aux: dict[str, Tensor] = {}
@@ -399,8 +532,9 @@ def _ffn_params(cfg: LMConfig) -> tuple[int, float]:
 def total_params(cfg: LMConfig) -> int:
     """Every parameter of :class:`TinyLM` (buffers such as DeepSeek's selection bias excluded).
 
-    V·d (token embedding = tied output head) + T·d (positions) + d (final norm) + per layer
-    2d (norms) + 4d² (qkv and output projections) + the FFN block:
+    V·d (token embedding = tied output head) + T·d (learned positions; nanogpt only, llama
+    has none) + d (final norm) + per layer 2d (norms) + 4d² (qkv and output projections) + the
+    FFN block:
 
     * dense: 3·d·I (SwiGLU gate, up, down);
     * MoE: E·3·d·I_e (experts) + E·d (router centroids; +1 for the cosine router's
@@ -409,7 +543,8 @@ def total_params(cfg: LMConfig) -> int:
     """
     d = cfg.d_model
     ffn, _ = _ffn_params(cfg)
-    return cfg.vocab_size * d + cfg.seq_len * d + d + cfg.n_layer * (2 * d + 4 * d * d + ffn)
+    positions = cfg.seq_len * d if cfg.arch == "nanogpt" else 0
+    return cfg.vocab_size * d + positions + d + cfg.n_layer * (2 * d + 4 * d * d + ffn)
 
 
 def active_params_per_token(cfg: LMConfig) -> int:

@@ -76,6 +76,25 @@ def load_or_train_tokenizer(corpus: Corpus, out_dir: str | Path, vocab_size: int
     return tok
 
 
+def to_hf_tokenizer(tok: Tokenizer, *, model_max_length: int | None = None):
+    """The lab tokenizer as a transformers ``PreTrainedTokenizerFast``, the same BPE underneath.
+
+    The ``tokenizers`` object is wrapped, not retrained or re-serialised by hand, so the ids
+    are the lab's: no special token is added around a text (the lab tokenizer has no
+    post-processor), ``<|endoftext|>`` is the end-of-sequence token, ``<|pad|>`` the padding
+    and ``<|mask|>`` the mask token. ``save_pretrained`` writes ``tokenizer.json`` beside its
+    settings, which ``AutoTokenizer.from_pretrained`` reads back.
+    """
+    from transformers import PreTrainedTokenizerFast  # lazy: the lab trains without transformers loaded
+
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the lab's special tokens {missing}; train it with train_tokenizer")
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_str()), eos_token=EOT,
+                                   pad_token=PAD, mask_token=MASK, **kwargs)
+
+
 def encode(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False).ids
 
