@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moescope.cli import app
-from moescope.lab.bench_train import MOESCOPE, TrainBenchConfig, bench_train, mixtral_config, train_table
+from moescope.lab.bench_train import AUTOCAST, MOESCOPE, TrainBenchConfig, bench_train, mixtral_config, train_table
 from moescope.lab.model import TinyLM
 
 
@@ -23,6 +23,7 @@ def test_bench_train_smoke():
     rows = {r["name"]: r for r in result["rows"]}
     assert rows[MOESCOPE]["ratio"] == 1.0 and rows[MOESCOPE]["median_ms"] > 0
     assert rows[MOESCOPE]["params"] == sum(p.numel() for p in TinyLM(TrainBenchConfig().lm).parameters())
+    assert rows[AUTOCAST]["skipped"] is None and rows[AUTOCAST]["params"] == rows[MOESCOPE]["params"]
     eager = rows["transformers Mixtral (eager)"]
     assert eager["skipped"] is None and eager["median_ms"] > 0 and eager["ratio"] > 0
     assert all((r["median_ms"] is None) == bool(r["skipped"]) for r in rows.values())

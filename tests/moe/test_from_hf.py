@@ -247,12 +247,13 @@ def test_deepseek_bias_and_groups_change_the_choice():
 def test_switch_capacity_drops_tokens_like_the_reference():
     block = switch(expert_capacity=1)
     layer = from_hf(block)
-    x = torch.randn(2, 9, 32)
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(0))   # not the global RNG: any test order
     with torch.no_grad():
         out = layer(x)
         torch.testing.assert_close(out.hidden, block(x), atol=1e-5, rtol=1e-5)
-    assert out.routing.stats["drop_rate"] > 0.3  # 9 tokens, 8 experts, capacity 1 per sequence
     dropped = out.routing.indices[:, 0] < 0
+    # 9 tokens, 8 experts of capacity 1 per sequence: at least one token of each sequence is dropped
+    assert out.routing.stats["drop_rate"] == pytest.approx(float(dropped.float().mean())) and dropped.sum() >= 2
     assert torch.all(out.hidden.reshape(-1, 32)[dropped] == 0)  # no expert output: residual carries them
 
 
@@ -300,3 +301,38 @@ def test_converters_are_registered_by_the_families():
     register_converter("MixtralSparseMoeBlock", table["MixtralSparseMoeBlock"])  # the same one again: fine
     with pytest.raises(ValueError, match="already registered"):
         register_converter("MixtralSparseMoeBlock", lambda block: block)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_autocast_bfloat16_as_accurate_as_the_reference(name):
+    """Mixed precision, the lab's ``--dtype bfloat16``: a float32 block run under torch.autocast(bfloat16). The
+    output and the input gradient are as far from the float32 run's as transformers' own block under the same
+    autocast (its F.linear GEMMs autocast; ours cast the custom paths' operands), the output keeps the input's
+    dtype, and every weight gradient reaches the float32 parameters. Every dispatch path alike."""
+    sizes = dict(seed=1, experts=16, top_k=1 if name in ("switch", "llama4") else 3)
+    x = torch.randn(2, 50, H, generator=torch.Generator().manual_seed(8))
+    g = torch.randn(2, 50, H, generator=torch.Generator().manual_seed(9))
+
+    def run(module, autocast, **kwargs):
+        module.train(name != "switch")                 # Switch's experts apply dropout in training
+        xx = x.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(xx, **kwargs)
+        out = out.hidden if hasattr(out, "hidden") else (out[0] if isinstance(out, tuple) else out)
+        (out.reshape(x.shape).float() * g).sum().backward()
+        return out.detach().reshape(x.shape).double(), xx.grad.double(), out.dtype
+
+    truth = run(FAMILIES[name](**sizes), False)
+    try:
+        hf = run(FAMILIES[name](**sizes), True)
+    except RuntimeError as err:                        # transformers' block itself fails under autocast
+        pytest.skip(f"transformers' {name} block does not run under CPU autocast: {err}")
+    for method in ("sorted", "bmm", "loop"):
+        layer = from_hf(FAMILIES[name](**sizes))
+        layer.dispatch = method
+        *ours, dtype = run(layer, True)
+        assert dtype == torch.float32                  # the residual stream keeps its dtype
+        for part, o, h, t in zip(("output", "input gradient"), ours, hf[:2], truth[:2], strict=True):
+            assert (o - t).norm() <= 1.1 * (h - t).norm() + 1e-3 * t.norm(), (method, part)
+        grads = [p.grad for p in layer.parameters() if p.requires_grad]
+        assert all(gr is None or gr.dtype == torch.float32 for gr in grads) and any(gr is not None for gr in grads)

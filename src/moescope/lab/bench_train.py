@@ -11,7 +11,12 @@ One training step — forward with the loss, backward, gradient clipping, AdamW 
   SDPA attention), loss = its cross entropy + its load-balancing loss (``output_router_logits``,
   ``router_aux_loss_coef`` = 0.01), once per experts implementation transformers offers here
   (``eager``: a loop over the experts hit; ``grouped_mm``; one that fails is skipped with the
-  reason).
+  reason);
+* the same TinyLM (same initial weights) with its forward and loss under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)`` — the lab's ``--dtype`` question: the
+  parameters, gradients and AdamW state stay float32, the GEMMs run in bfloat16 (AMX where
+  the CPU has it). At the lab's shapes the matrices are small, so the casts may cost more than
+  the faster GEMMs save; this row says which.
 
 Both use :func:`moescope.lab.train.make_optimizer` (the lab's AdamW) and the lab's
 :func:`~moescope.lab.train.deterministic` settings (one thread by default, as each lab run
@@ -39,6 +44,7 @@ from moescope.lab.model import LMConfig, MoESpec, TinyLM, total_params
 from moescope.lab.train import TrainConfig, deterministic, make_optimizer, training_loss
 
 MOESCOPE = "moescope TinyLM"
+AUTOCAST = "moescope TinyLM (bfloat16 autocast)"
 QUICK_LM = LMConfig(vocab_size=2048, d_model=64, n_layer=2, n_head=4, seq_len=64,
                     moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=128))  # runs.profile("quick").lm
 HF_IMPLEMENTATIONS = ("eager", "grouped_mm")  # transformers' experts implementations tried, in this order
@@ -100,6 +106,15 @@ def bench_train(cfg: TrainBenchConfig = TrainBenchConfig(), *,
         steps[MOESCOPE] = _step(lm, make_optimizer(lm, train), train,
                                 lambda w: training_loss(lm(w[:, :-1], targets=w[:, 1:]), train.aux))
         params[MOESCOPE] = sum(p.numel() for p in lm.parameters())
+        torch.manual_seed(cfg.seed)
+        half = TinyLM(cfg.lm).train()
+
+        def autocast_loss(w: Tensor) -> Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return training_loss(half(w[:, :-1], targets=w[:, 1:]), train.aux)
+
+        steps[AUTOCAST] = _step(half, make_optimizer(half, train), train, autocast_loss)
+        params[AUTOCAST] = params[MOESCOPE]
         for impl in HF_IMPLEMENTATIONS:
             name = f"transformers Mixtral ({impl})"
             torch.manual_seed(cfg.seed)
@@ -133,7 +148,7 @@ def bench_train(cfg: TrainBenchConfig = TrainBenchConfig(), *,
                 on_round(r)
     ours = statistics.median(samples[MOESCOPE])
     rows = []
-    for name in [MOESCOPE, *(f"transformers Mixtral ({i})" for i in HF_IMPLEMENTATIONS)]:
+    for name in [MOESCOPE, AUTOCAST, *(f"transformers Mixtral ({i})" for i in HF_IMPLEMENTATIONS)]:
         if name in samples:
             med = statistics.median(samples[name])
             rows.append({"name": name, "median_ms": 1e3 * med, "best_ms": 1e3 * min(samples[name]),

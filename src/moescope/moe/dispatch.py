@@ -63,6 +63,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from moescope.moe._activation import Recomputed, activation
+from moescope.moe._autocast import autocast_off, operands
 from moescope.moe.experts import Experts
 from moescope.moe.padded import bmm_dispatch
 from moescope.moe.result import count_tokens
@@ -384,10 +385,11 @@ class _SortedExperts(torch.autograd.Function):
 def _sorted(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_input: bool) -> Tensor:
     plan, order = _plan(x, indices, experts, weight_input)
     w = weights.reshape(-1).index_select(0, order).to(x.dtype)                 # (S,)
-    args = (x, w, experts.gate_up_proj, experts.down_proj, experts.gate_up_bias, experts.down_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        return _SortedExperts.apply(*args, plan)
-    return _forward(*args, plan, keep=False)[0]
+    args = operands(x, w, experts)
+    with autocast_off(x):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+            return _SortedExperts.apply(*args, plan).to(x.dtype)
+        return _forward(*args, plan, keep=False)[0].to(x.dtype)
 
 
 def _loop(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_input: bool) -> Tensor:
@@ -398,7 +400,7 @@ def _loop(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, weight_
         w = weights[tok, slot].to(x.dtype).unsqueeze(-1)
         rows = x[tok]
         y = experts.expert(e, rows * w) if weight_input else experts.expert(e, rows) * w
-        out = out.index_add(0, tok, y)
+        out = out.index_add(0, tok, y.to(out.dtype))   # under autocast the expert's GEMMs ran in its dtype
     return out
 
 
@@ -414,7 +416,7 @@ def reference_dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Exp
                 continue
             w = weights[t, j].to(x.dtype)
             xt = x[t : t + 1]
-            acc = acc + (experts.expert(e, xt * w) if weight_input else experts.expert(e, xt) * w)[0]
+            acc = acc + (experts.expert(e, xt * w) if weight_input else experts.expert(e, xt) * w)[0].to(x.dtype)
         rows.append(acc)
     return torch.stack(rows) if rows else x.new_zeros(x.shape)
 

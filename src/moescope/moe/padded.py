@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from moescope.moe._activation import Recomputed, activation
+from moescope.moe._autocast import autocast_off, operands
 from moescope.moe.experts import Experts
 
 # From this many rows per expert on, MKL runs the padded (E, m, in)·(E, out, in)ᵀ faster weight-side,
@@ -130,8 +131,9 @@ def bmm_dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, 
     slot, dest, order = _padded_layout(indices, experts.num_experts)
     tok = torch.div(slot, k, rounding_mode="floor")                             # (E·m,), T on padding
     w = torch.cat((weights.reshape(-1), weights.new_zeros(1)))[slot].to(x.dtype)   # (E·m,), 0 on padding
-    args = (x, w, experts.gate_up_proj, experts.down_proj, experts.gate_up_bias, experts.down_bias)
+    args = operands(x, w, experts)
     rest = (tok, dest, torch.div(order, k, rounding_mode="floor"), experts, weight_input)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        return _PaddedExperts.apply(*args, *rest)
-    return _padded_forward(*args, *rest)[0]
+    with autocast_off(x):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+            return _PaddedExperts.apply(*args, *rest).to(x.dtype)
+        return _padded_forward(*args, *rest)[0].to(x.dtype)
