@@ -35,9 +35,11 @@ console = Console(stderr=True)
 _OUT_DIR, _OUT_FILE, _IN_FILE = option(check_out_dir), option(check_out_file), option(check_in_file)
 _CHECKPOINT, _DOMAIN = option(check_checkpoint_dir), option(check_domain_spec)
 _CONTRAST = option(check_contrast_spec)
-_DTYPE_HELP = ("The model's parameters: auto (the checkpoint's own dtype), float32 (exact; the default), "
-               "bfloat16 or float16 (half the memory; bfloat16-trained weights can overflow in float16). Routing "
-               "scores are computed in float32 either way.")
+_DTYPE_HELP = ("The model's parameters: auto (the checkpoint's own dtype, from config.json or the safetensors "
+               "files: bfloat16 for most released MoE checkpoints, whose matrix products run several times faster "
+               "than float32's on CPUs with AMX and on GPUs), float32 (exact), bfloat16 or float16 (half the "
+               "memory; bfloat16-trained weights can overflow in float16). The routers' softmax or sigmoid runs in "
+               "float32 either way; their inputs (and in most families their logits) carry the dtype's rounding.")
 _DEVICE_HELP = "Where the model runs: cpu, cuda (cuda:N) or mps, if this machine has it."
 _DtypeOption = Annotated[str, typer.Option(callback=option(check_dtype_name), help=_DTYPE_HELP)]
 _DeviceOption = Annotated[str, typer.Option(callback=option(check_device_name), help=_DEVICE_HELP)]
@@ -126,6 +128,12 @@ def _parse_layers(text: str | None, flag: str = "--layers", what: str = "MoE lay
             from None
 
 
+def _check_flip_check(windows: int) -> int:
+    from moescope.analysis.analyze import check_flip_check
+
+    return check_flip_check(windows)
+
+
 @app.command()
 def analyze(
     paths: Annotated[list[Path], typer.Argument(
@@ -141,7 +149,13 @@ def analyze(
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens routed per text, at most.")] = 50_000,
     seq_len: Annotated[int, typer.Option(min=1, help="Tokens per sequence fed to the model.")] = 256,
     weights: Annotated[bool, typer.Option(help="Also measure expert and router weight geometry.")] = True,
-    dtype: _DtypeOption = "float32",
+    dtype: _DtypeOption = "auto",
+    flip_check: Annotated[int, typer.Option(
+        callback=option(_check_flip_check), help="When the model computes in bfloat16 or float16: windows of "
+        "text (of --seq-len tokens, dealt over the texts) re-run in float32 to count, per MoE layer, the tokens "
+        "whose expert set differs and how many of those are near-ties (float32 margin below 2^-8 of the k-th "
+        "score); one more load of the model, in float32 (streamed if it does not fit; skipped with --device-map; "
+        "0: off).")] = 8,
     device: _DeviceOption = "cpu",
     stream_layers: _StreamOption = False,
     max_memory: _MaxMemoryOption = None,
@@ -189,15 +203,16 @@ def analyze(
                             device=device, stream_layers=stream_layers, max_memory=max_memory,
                             device_map=device_map, offload_folder=offload_folder, routing=routing, trace=trace,
                             activity_tokens=activity_tokens, text_tokens=text_tokens,
-                            ablation_windows=ablation_windows)
+                            ablation_windows=ablation_windows, flip_check=flip_check)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     start = time.perf_counter()
-    columns = (TextColumn("routing text"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"))
     try:
         with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("tokens", total=None)
-            results = run_analysis(cfg, on_tokens=lambda n: progress.advance(task, n))
+            task = progress.add_task("routing text", total=None)
+            results = run_analysis(cfg, on_tokens=lambda n: progress.advance(task, n),
+                                   on_stage=lambda label: progress.update(task, description=label, completed=0))
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None
@@ -214,10 +229,31 @@ def analyze(
                       f"{(only['seconds_per_100GB'] or 0) / 60:.0f} min); peak memory growth "
                       f"{format_size(peak) if peak is not None else 'not measured on this OS'}.")
     _print_memory(results.get("memory"))
+    _print_dtype(results)
     if trace is not None:
         console.print(f"Token trace: {trace} ({results['text']['tokens']} rows)")
     console.print(f"Report: {written['report']}  (results: {written['results']}) "
                   f"in {time.perf_counter() - start:.1f} s")
+
+
+def _print_dtype(results: dict) -> None:
+    """One line on the compute dtype and where it came from, and one on the float32 flip check, if it ran."""
+    model = results["model"]
+    if model.get("dtype_source") is None:
+        return
+    console.print(f"Computed in {model['dtype']}: {model['dtype_source']}.")
+    flips = results.get("dtype_flips")
+    if flips is None:
+        return
+    if "skipped" in flips:
+        console.print(f"Flip check against float32 skipped: {flips['skipped']}.")
+        return
+    worst = max(flips["layers"], key=lambda r: r["flip_share"], default=None)
+    if worst is not None:
+        off = sum(r["flips_not_near_ties"] for r in flips["layers"])
+        console.print(f"Flip check against float32 ({flips['tokens']} tokens per layer): expert sets differ for at "
+                      f"most {worst['flip_share']:.2%} of tokens (layer {worst['layer']}); {off} flip(s) over all "
+                      "layers were not near-ties.")
 
 
 def _series(paths: list[Path], *, out: Path, **options) -> None:
@@ -690,8 +726,9 @@ def bench_analyze(
                                                         "$XDG_CACHE_HOME/moescope/bench, ~/.cache/moescope/bench).")]
     = None,
 ) -> None:
-    """Routing-capture overhead, statistics memory vs text length, and weight-geometry time and memory; with
-    --big, analyze on a 12 GB Mixtral-shaped checkpoint, streamed and in memory, against a plain read."""
+    """Tokens/s of a small Mixtral in float32 and bfloat16, with and without routing capture, statistics memory
+    vs text length, and weight-geometry time and memory; with --big, analyze on a 12 GB Mixtral-shaped
+    checkpoint, streamed and in memory, against a plain read."""
     from moescope.analysis.bench import bench_ablation, bench_routing_capture, bench_weight_geometry
 
     if big:
@@ -738,10 +775,16 @@ def bench_analyze(
                       f"largest difference of a loss change {b['max_abs_difference']:.1e}; first-order attribution "
                       f"vs exact, Spearman ρ = {b['rank_agreement']:.2f}")
         return
-    cap = bench_routing_capture()
-    console.print(f"routing capture: forward {cap['forward_s'] * 1e3:.1f} ms -> {cap['forward_recorded_s'] * 1e3:.1f} "
-                  f"ms with recording + statistics ({cap['overhead']:+.1%}) on {cap['tokens_per_pass']} tokens, "
-                  f"{cap['threads']} threads")
+    with console.status("routing a small Mixtral in float32 and bfloat16, with and without capture"):
+        cap = bench_routing_capture()
+    for name, d in cap["dtypes"].items():
+        faster = cap["speedup"].get(name, {}).get("plain")
+        console.print(f"routing capture, {name}: forward {d['forward_s'] * 1e3:.1f} ms ({d['tokens_per_s']:,.0f} "
+                      f"tokens/s) -> {d['forward_recorded_s'] * 1e3:.1f} ms with recording + statistics "
+                      f"({d['tokens_per_s_recorded']:,.0f} tokens/s, {d['overhead']:+.1%})"
+                      + (f"; {faster:.2f}× float32's speed" if faster is not None and name != "float32" else ""))
+    console.print(f"  on {cap['tokens_per_pass']} tokens per pass, {cap['threads']} threads, bfloat16 instructions: "
+                  f"{cap['bf16_isa']}")
     console.print(f"statistics memory: {cap['stats_bytes_after_1x']:,} bytes after 1x the text, "
                   f"{cap['stats_bytes_after_4x']:,} after 4x")
     if geometry:

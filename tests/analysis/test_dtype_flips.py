@@ -113,3 +113,13 @@ def test_a_real_mixtral_block_in_both_dtypes():
     assert r.tokens == 4096 and r.flips == int((i32 != i16).any(-1).sum())            # the block's own flips
     assert r.near_ties == int((relative_margins(s32, 2) < NEAR_TIE).sum())
     assert 0 < r.flips < r.near_ties and r.all_flips_near_ties
+
+
+def test_counts_merge_and_serialise():
+    """Counts over two batches add up to the counts over both at once; as_dict gives the shares of all tokens."""
+    whole = dtype_flips(FP32, BF16, top_k=2)
+    assert dtype_flips(FP32[:1], BF16[:1], top_k=2) + dtype_flips(FP32[1:], BF16[1:], top_k=2) == whole
+    assert whole.as_dict() == {"tokens": 4, "flips": 2, "near_ties": 2, "flips_not_near_ties": 1,
+                               "flip_share": 0.5, "near_tie_share": 0.5, "flips_not_near_ties_share": 0.25,
+                               "all_flips_near_ties": False}
+    assert DtypeFlips(0, 0, 0, 0).as_dict()["flip_share"] == 0.0  # no tokens: shares 0, not a division by zero

@@ -11,14 +11,23 @@ With ``stream_layers`` (or a ``max_memory`` budget the whole model does not fit)
 :func:`moescope.models.streaming.stream_moe_model`'s: one decoder layer resident at a time, same
 routing records; the results then carry a ``memory`` section (the plan, the budget, the peak
 resident-memory growth over the baseline before loading, the bytes read).
+
+**Dtype.** The model computes in the checkpoint's own dtype by default (``dtype="auto"``: bfloat16 for most
+released MoE checkpoints, whose GEMMs run several times faster than float32 on CPUs with AMX and on GPUs);
+``results["model"]`` states the dtype used and where it came from. When that dtype is not float32, a *flip
+check* (``flip_check`` windows, :func:`_float32_flips`) re-runs the first windows of each text through the
+model in float32 and counts, per MoE layer, the tokens whose expert set differs and whether each was a near-tie
+(:func:`moescope.analysis.dtype_flips.dtype_flips`): ``results["dtype_flips"]``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -62,6 +71,11 @@ class AnalyzeConfig(Placed):
     activity_tokens: int = 2048            # real tokens per layer whose expert outputs are measured (0: off)
     activity_draws: int = 99               # permutation draws of the expert-output geometry's null (0: none)
     ablation_windows: int = 16             # windows per domain for the re-route ablation map (0: off)
+    # the checkpoint's own dtype (bfloat16 for most real MoE checkpoints: AMX / tensor-core GEMMs, half the
+    # memory); "float32" for statistics free of bfloat16 rounding. The flip check below measures the difference.
+    dtype: str = field(default="auto", kw_only=True)
+    flip_check: int = 8                    # windows re-run in float32 to count routing flips when dtype is not
+    #                                        float32: 8 × seq_len tokens per layer, one float32 load (0: off)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "max_tokens", "heatmap_tokens"):
@@ -73,6 +87,7 @@ class AnalyzeConfig(Placed):
             raise ValueError(f"boundary_points must be >= 0; got {self.boundary_points}")
         if self.ablation_windows < 0:
             raise ValueError(f"ablation_windows must be >= 0 (0: no ablation); got {self.ablation_windows}")
+        check_flip_check(self.flip_check)
         if self.activity_tokens < 0 or (self.activity_draws and self.activity_draws < 39):
             raise ValueError(f"activity_tokens must be >= 0 and activity_draws 0 or >= 39; got "
                              f"{self.activity_tokens}, {self.activity_draws}")
@@ -88,6 +103,15 @@ class AnalyzeConfig(Placed):
         for s in self.sources:
             if not s.text.strip():
                 raise ValueError(f"text source {s.label!r} is empty")
+
+
+def check_flip_check(windows: int) -> int:
+    """``flip_check``: a whole number of windows >= 0, else a ``ValueError`` naming the value."""
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 0:
+        raise ValueError(f"flip_check (--flip-check) must be a whole number of windows >= 0 (0: no float32 flip "
+                         f"check); got {windows!r}")
+    return windows
+
 
 def default_sources(max_chars: int = 20_000) -> tuple[Source, ...]:
     """The built-in labelled sample (code, language, math) as sources."""
@@ -170,8 +194,10 @@ def _selection_biases(path: Path, views: list) -> list:
     return out
 
 
-def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = None) -> dict:
-    """Run the analysis; ``on_tokens(n)`` is called as batches finish (progress bars).
+def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = None,
+            on_stage: Callable[[str], None] | None = None) -> dict:
+    """Run the analysis; ``on_tokens(n)`` is called as batches finish (progress bars), ``on_stage(label)`` when a
+    second pass over text starts (the float32 flip check).
 
     Under torchrun with W processes, rank r routes batches r, r + W, ...; the statistics
     are all-reduced (sums, so the result equals one process's exactly for counts and to
@@ -211,6 +237,9 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
                  for start in range(0, seqs.shape[0], cfg.batch_size)][rank::world]
         head = torch.tensor([ids[: max(cfg.heatmap_tokens, min(cfg.text_tokens, cfg.seq_len))]])
         jobs.append(_Job(number, head, torch.ones_like(head), sample=True))
+    flip_check = bool(cfg.flip_check and chosen) and model.dtype != torch.float32
+    flip_rows = _flip_sample(jobs, cfg.flip_check) if flip_check and world == 1 else {}
+    kept: dict[int, dict[int, torch.Tensor]] = {}  # job -> layer position -> (n, E) scores of the compared tokens
     with contextlib.ExitStack() as stack:
         trace = None
         if cfg.trace is not None:
@@ -226,6 +255,9 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         def count(job: _Job, records: list[RoutingRecord]) -> None:
             for rec in records:
                 stats.update(_relabel(rec, position), sources[job.source].domain)
+            if id(job) in flip_rows:
+                kept.setdefault(id(job), {}).update({position[rec.layer]: _compared(rec, flip_rows[id(job)])
+                                                     for rec in records})
             if trace is not None:
                 trace.add(id(job), sources[job.source].label, job.ids, job.mask, job.start, records)
             if paths is not None:  # a job's layers arrive together, or one by one when layer-major
@@ -255,7 +287,8 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         "model": {"path": str(cfg.path), "model_type": model.config.model_type, "family": first and first.family,
                   "num_moe_layers": len(views), "num_experts": first and first.num_experts,
                   "top_k": first and first.top_k, "hidden": first and first.hidden,
-                  "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)},
+                  "dtype": str(model.dtype).removeprefix("torch."), "dtype_requested": cfg.dtype,
+                  "dtype_source": _dtype_source(cfg.path, cfg.dtype), "device": str(model.device)},
         "text": {"sources": list(token_counts), "tokens": sum(token_counts.values()), "per_source": token_counts,
                  "domains": list(domains), "seq_len": cfg.seq_len},
         "routing": routing,
@@ -294,10 +327,117 @@ def analyze(cfg: AnalyzeConfig, *, on_tokens: Callable[[int], None] | None = Non
         results["ablation"] = _ablation(cfg, model, views, texts)
     if memory is not None:
         results["memory"] = finish_memory(model, memory)
-    del model
+    indices, dtype = [v.index for v in chosen], model.dtype
+    if flip_check and world > 1:
+        results["dtype_flips"] = {"dtype": str(dtype).removeprefix("torch."), "reference": "float32",
+                                  "skipped": "under torchrun the windows are split over processes; run the flip "
+                                             "check in one process"}
+    elif flip_rows:
+        from moescope.analysis.dtype_flips import float32_bytes
+
+        need = float32_bytes(cfg.path, model, tokens=cfg.seq_len * cfg.batch_size)
+        del model, views, chosen, first  # freed before the float32 model is loaded: one model resident at a time
+        gc.collect()
+        if on_stage is not None:
+            on_stage("float32 flip check")
+        flip_jobs = [job for job in jobs if id(job) in flip_rows]
+        results["dtype_flips"] = _float32_flips(cfg, flip_jobs, flip_rows, kept, dtype=dtype, need=need,
+                                                on_tokens=on_tokens)
+    else:
+        del model
     if cfg.weights:
-        results["weights"] = _geometry(cfg, [v.index for v in chosen], rank, world, progress=on_tokens is not None)
+        results["weights"] = _geometry(cfg, indices, rank, world, progress=on_tokens is not None)
     return results
+
+
+def _dtype_source(path: Path, requested: str) -> str:
+    """Where the compute dtype came from, in words: the ``--dtype`` asked for, or what ``auto`` read."""
+    if requested != "auto":
+        return f"asked for (--dtype {requested})"
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    key = next((k for k in ("dtype", "torch_dtype") if config.get(k)), None)
+    where = f"config.json's {key}" if key else "the dtype most of its safetensors bytes are stored in"
+    return f"the checkpoint's own (--dtype auto: {where})"
+
+
+def _flip_sample(jobs: list[_Job], windows: int) -> dict[int, int]:
+    """The flip check's windows: ``{id(job): its leading sequences compared}``, dealt to the sources in turn (each
+    text's first window, then each one's second, ...) until ``windows``; heatmap samples excluded. Whole jobs
+    are re-run, so that both runs see every window in the same batch (a GEMM's rounding can depend on it)."""
+    by_source: dict[int, list[_Job]] = {}
+    for job in jobs:
+        if not job.sample:
+            by_source.setdefault(job.source, []).append(job)
+    have = {s: sum(job.ids.shape[0] for job in js) for s, js in by_source.items()}
+    take, left = dict.fromkeys(by_source, 0), windows
+    while left and any(take[s] < have[s] for s in take):
+        for s in take:
+            if left and take[s] < have[s]:
+                take[s], left = take[s] + 1, left - 1
+    picked: dict[int, int] = {}
+    for s, js in by_source.items():
+        left = take[s]
+        for job in js:
+            if left == 0:
+                break
+            picked[id(job)] = min(left, job.ids.shape[0])
+            left -= picked[id(job)]
+    return picked
+
+
+def _compared(rec: RoutingRecord, rows: int) -> torch.Tensor:
+    """(n, E) float32 scores of the real tokens of a record's first ``rows`` sequences (n <= rows · S)."""
+    n = rows * rec.batch_shape[1]
+    return rec.scores[:n][rec.mask[:n].bool().to(rec.scores.device)].float().cpu()
+
+
+def _float32_flips(cfg: AnalyzeConfig, jobs: list[_Job], rows: dict[int, int],
+                   kept: dict[int, dict[int, torch.Tensor]], *, dtype: torch.dtype, need: int,
+                   on_tokens: Callable[[float], None] | None) -> dict:
+    """The flip check: ``jobs`` again, through the model loaded in float32, against the scores the analysis's own
+    run (in ``dtype``) kept for the same tokens (``kept``: id(job) -> layer position -> (n, E)).
+
+    Both runs see the same token ids in the same batches; each has its *own residual stream* (the float32 run's
+    router inputs are float32 all the way from the embeddings), so per MoE layer this counts end-to-end flips,
+    what a user of the model in ``dtype`` sees, not the rounding of one router in isolation. Per layer,
+    :func:`~moescope.analysis.dtype_flips.dtype_flips` on the selection scores (with the selection bias): the
+    tokens whose top-k expert set differs, the near-ties (float32 margin below 2⁻⁸ of the k-th score,
+    :data:`~moescope.analysis.routing.NEAR_TIE`) and the flips that are no near-tie. The expert sets are the
+    top-k of the scores (plus bias) in both runs; with group-limited selection (DeepSeek-V3's n_group) that
+    reading may differ from the family's own choice, equally in both runs.
+
+    Returns ``{"dtype", "reference": "float32", "windows", "seq_len", "placement", "tokens", "layers": [{"layer",
+    "name", "tokens", "flips", "near_ties", "flips_not_near_ties", *_share, "all_flips_near_ties"}]}``, or with
+    ``"skipped"`` (the reason) where the float32 model cannot be placed (:func:`float32_placement`).
+    """
+    from moescope.analysis.dtype_flips import dtype_flips, float32_placement
+
+    about = {"dtype": str(dtype).removeprefix("torch."), "reference": "float32", "windows": sum(rows.values()),
+             "seq_len": cfg.seq_len}
+    placement, how = float32_placement(cfg.placement, need=need)
+    if placement is None:
+        return {**about, "skipped": how}
+    try:
+        model, _, views, memory = placement.load(cfg.path, tokens=cfg.seq_len * cfg.batch_size)
+    except ValueError as err:  # e.g. a budget too small to stream the float32 model
+        return {**about, "skipped": f"the float32 model could not be placed: {err}"}
+    chosen = [v for v in views if cfg.layers is None or v.index in cfg.layers]
+    position = {v.index: i for i, v in enumerate(chosen)}
+    biases = _selection_biases(cfg.path, chosen)
+    reference: dict[int, dict[int, torch.Tensor]] = {}
+
+    def count(job: _Job, records: list[RoutingRecord]) -> None:
+        reference.setdefault(id(job), {}).update({position[rec.layer]: _compared(rec, rows[id(job)])
+                                                  for rec in records})
+
+    _route(model, views, chosen, jobs, memory, count=count, on_tokens=on_tokens)
+    layers = []
+    for i, v in enumerate(chosen):
+        fp32 = torch.cat([reference[id(job)][i] for job in jobs])                      # (n, E)
+        low = torch.cat([kept[id(job)][i] for job in jobs])                            # (n, E), same tokens
+        layers.append({"layer": v.index, "name": v.name,
+                       **dtype_flips(fp32, low, v.top_k, biases[i]).as_dict()})
+    return {**about, "placement": how, "tokens": layers[0]["tokens"] if layers else 0, "layers": layers}
 
 
 def _ablation(cfg: AnalyzeConfig, model: torch.nn.Module, views: list, texts: dict[str, list[int]]) -> dict:

@@ -37,8 +37,8 @@ import torch
 from moescope.analysis.checkpoint import write_safetensors
 from moescope.analysis.weights import DEFAULT_MAX_RANK, DEFAULT_NITER, weight_geometry
 
-__all__ = ["MIXTRAL_8X7B", "TARGET_PEAK_RSS_MB", "TARGET_SECONDS", "bench_big", "bench_trace", "bench_weight_geometry",
-           "big_lines", "big_table"]
+__all__ = ["MIXTRAL_8X7B", "TARGET_PEAK_RSS_MB", "TARGET_SECONDS", "bench_big", "bench_routing_capture",
+           "bench_trace", "bench_weight_geometry", "big_lines", "big_table"]
 
 MIXTRAL_8X7B = {"num_experts": 8, "hidden": 4096, "intermediate": 14336}
 TARGET_SECONDS = 60.0
@@ -171,13 +171,21 @@ def bench_weight_geometry(*, num_experts: int = MIXTRAL_8X7B["num_experts"], hid
     return out
 
 
-def bench_routing_capture(*, tokens: int = 4096, seq_len: int = 256, repeats: int = 5, seed: int = 0) -> dict:
-    """Cost of recording routing, and the statistics' memory against the amount of text.
+def bench_routing_capture(*, tokens: int = 4096, seq_len: int = 256, repeats: int = 5, seed: int = 0,
+                          dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
+    """Cost of recording routing in each compute dtype, and the statistics' memory against the amount of text.
 
-    Times the forward of a small Mixtral (from its real config class, random weights) with and
-    without a :class:`~moescope.models.RoutingRecorder` feeding :class:`RoutingStats`
-    (median of ``repeats``, alternating), and measures the bytes of the statistics' tensors
-    after 1× and 4× the text — equal by construction (sums only), measured to show it.
+    Times the forward of a small Mixtral (from its real config class, random weights; E = 8, k = 2, H = 256,
+    4 layers) over ``tokens`` tokens with and without a :class:`~moescope.models.RoutingRecorder` feeding
+    :class:`RoutingStats` (median of ``repeats``, the two alternating), once per dtype in ``dtypes``: the same
+    model cast (``model.to(dtype)``), so that only the arithmetic differs. Measures the bytes of the statistics'
+    tensors after 1× and 4× the text — equal by construction (sums only), measured to show it.
+
+    Returns:
+        ``{"tokens_per_pass", "threads", "bf16_isa", "dtypes": {dtype: {"forward_s", "forward_recorded_s",
+        "overhead", "tokens_per_s", "tokens_per_s_recorded"}}, "speedup": {dtype: float32's forward_s / its}
+        (with and without capture: ``plain`` and ``recorded``), "stats_bytes_after_1x", "stats_bytes_after_4x"}``;
+        the float32 timings also at the top level (``forward_s``, ``forward_recorded_s``, ``overhead``).
     """
     import statistics as st
 
@@ -185,40 +193,56 @@ def bench_routing_capture(*, tokens: int = 4096, seq_len: int = 256, repeats: in
 
     from moescope.analysis.routing import RoutingStats
     from moescope.models import RoutingRecorder, find_moe_layers
+    from moescope.models.loading import check_dtype
+    from moescope.moe.benchmark import cpu_bf16_isa
 
+    wanted = {name: check_dtype(name) for name in dtypes}
+    if not wanted or any(d is None for d in wanted.values()):
+        raise ValueError(f"dtypes must name float32, bfloat16 or float16 (not auto); got {dtypes!r}")
     torch.manual_seed(seed)
     cfg = MixtralConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
                         num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2, vocab_size=2048)
     model = MixtralForCausalLM(cfg).eval()
     views = find_moe_layers(model)
-    ids = torch.randint(0, cfg.vocab_size, (tokens // seq_len, seq_len))
+    ids = torch.randint(0, cfg.vocab_size, (tokens // seq_len, seq_len))                  # (B, S)
 
     def stats_bytes(s: RoutingStats) -> int:
         return sum(t.numel() * t.element_size() for layer in s.layers for t in layer.tensors())
 
     stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], vocab_size=cfg.vocab_size)
-    plain, recorded = [], []
-    with torch.no_grad():
-        model(ids[:1])  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(ids)
-            plain.append(time.perf_counter() - t0)
-            with RoutingRecorder(model, views) as rec:
+    per_dtype = {}
+    for name, dtype in wanted.items():
+        model.to(dtype)
+        plain, recorded = [], []
+        with torch.no_grad():
+            model(ids[:1])  # warm-up (oneDNN builds its kernels for this dtype)
+            for _ in range(repeats):
                 t0 = time.perf_counter()
                 model(ids)
-                for r in rec.pop():
-                    stats.update(r)
-                recorded.append(time.perf_counter() - t0)
+                plain.append(time.perf_counter() - t0)
+                with RoutingRecorder(model, views) as rec:
+                    t0 = time.perf_counter()
+                    model(ids)
+                    for r in rec.pop():
+                        stats.update(r)
+                    recorded.append(time.perf_counter() - t0)
+        p, r = st.median(plain), st.median(recorded)
+        per_dtype[name] = {"forward_s": p, "forward_recorded_s": r, "overhead": r / p - 1,
+                           "tokens_per_s": ids.numel() / p, "tokens_per_s_recorded": ids.numel() / r}
     one = stats_bytes(stats)
     with torch.no_grad(), RoutingRecorder(model, views) as rec:
-        for _ in range(3):
+        for _ in range(3 * len(wanted)):
             model(ids)
             for r in rec.pop():
                 stats.update(r)
-    return {"tokens_per_pass": int(ids.numel()), "threads": torch.get_num_threads(),
-            "forward_s": st.median(plain), "forward_recorded_s": st.median(recorded),
-            "overhead": st.median(recorded) / st.median(plain) - 1,
+    base = per_dtype.get("float32")
+    speedup = {name: {"plain": base["forward_s"] / d["forward_s"],
+                      "recorded": base["forward_recorded_s"] / d["forward_recorded_s"]}
+               for name, d in per_dtype.items()} if base else {}
+    first = base or next(iter(per_dtype.values()))
+    return {"tokens_per_pass": int(ids.numel()), "threads": torch.get_num_threads(), "bf16_isa": cpu_bf16_isa(),
+            "forward_s": first["forward_s"], "forward_recorded_s": first["forward_recorded_s"],
+            "overhead": first["overhead"], "dtypes": per_dtype, "speedup": speedup,
             "stats_bytes_after_1x": one, "stats_bytes_after_4x": stats_bytes(stats)}
 
 
@@ -421,7 +445,7 @@ def _analyze_child(spec: str) -> None:
     cfg = AnalyzeConfig(path=Path(args["path"]), sources=(Source(label="sample", text=text),),
                         stream_layers=streamed, max_memory=args["max_memory"], dtype="auto", weights=False,
                         boundary_points=0, seq_len=args["seq_len"], batch_size=args["batch_size"],
-                        max_tokens=args["tokens"])
+                        max_tokens=args["tokens"], flip_check=0)  # the analysis alone: no float32 second load
     memory_plan(cfg.path, dtype=torch.bfloat16)  # imports the model's code now, so the baseline below holds it
     _reset_peak_rss()
     status, io = "/proc/self/status", "/proc/self/io"

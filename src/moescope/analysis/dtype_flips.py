@@ -14,15 +14,23 @@ moves each by up to 2⁻⁸ relative, and two moving apart can swap a margin up 
 *logits* (transformers' Mixtral: bfloat16 logits, float32 softmax) moves a margin by up to
 2⁻⁸(|l_k| + |l_{k+1}|), which outgrows 2⁻⁸ once the logits exceed ~0.5 in magnitude. The share of
 such flips is what this module reports; whether it is zero depends on the model.
+
+``moescope analyze`` runs in the checkpoint's dtype (bfloat16 for most real checkpoints) and, when that is not
+float32, re-runs its first windows in float32 (:func:`moescope.analysis.analyze._float32_flips`, the flip check);
+:func:`float32_placement` decides where that float32 model lives (or why the check is skipped).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from moescope.analysis.routing import NEAR_TIE, relative_margins
+from moescope.models.placement import Placement
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,19 @@ class DtypeFlips:
     @property
     def all_flips_near_ties(self) -> bool:
         return self.flips_not_near_ties == 0
+
+    def __add__(self, other: DtypeFlips) -> DtypeFlips:
+        """Counts over both sets of tokens (sums: batches merge in any order)."""
+        return DtypeFlips(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict:
+        """JSON-ready: the counts, and their shares of the tokens (``flips_not_near_ties_share`` is the share of
+        all tokens that flipped although their float32 margin was no near-tie)."""
+        share = (lambda n: n / self.tokens) if self.tokens else (lambda n: 0.0)
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "flip_share": share(self.flips),
+                "near_tie_share": share(self.near_ties),
+                "flips_not_near_ties_share": share(self.flips_not_near_ties),
+                "all_flips_near_ties": self.all_flips_near_ties}
 
 
 def _expert_sets(scores: Tensor, top_k: int, selection_bias: Tensor | None) -> Tensor:
@@ -86,4 +107,63 @@ def dtype_flips(scores_fp32: Tensor, scores_bf16: Tensor, top_k: int,
                       flips_not_near_ties=int((flipped & ~near).sum()))
 
 
-__all__ = ["DtypeFlips", "dtype_flips"]
+def _available_memory() -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes (Linux), else None."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def float32_bytes(path: str | Path, model: torch.nn.Module, *, tokens: int) -> int:
+    """Bytes the checkpoint in ``path`` needs as a whole float32 model (weights and the activations of one forward
+    of ``tokens`` tokens): the streaming planner's estimate, or for a family it cannot plan, 4 bytes per floating
+    element of ``model``'s parameters and buffers, plus 10%."""
+    from moescope.models.streaming import memory_plan
+
+    try:
+        return memory_plan(path, dtype=torch.float32, tokens=tokens).in_memory
+    except (ValueError, NotImplementedError, KeyError):
+        elements = sum(t.numel() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+        return int(4 * elements * 1.1)
+
+
+def float32_placement(placement: Placement, *, need: int) -> tuple[Placement | None, str]:
+    """Where the float32 reference run of a flip check holds its model: ``(placement, how)``, or ``(None, why
+    not)`` when it is skipped.
+
+    The reference uses the analysis's own placement in float32: streamed where the analysis streamed, under the
+    same ``max_memory`` budget (which streams the float32 model if it no longer fits, or refuses it). Without a
+    budget, the whole float32 model (``need`` bytes: its weights and activations) is loaded only if it fits the
+    memory available now (``MemAvailable`` on the CPU, the free memory of a GPU); on the CPU it is otherwise
+    streamed layer by layer within that memory, on a GPU skipped. A model spread by accelerate (``device_map``)
+    is skipped: its float32 copy would need a placement of its own.
+    """
+    from moescope.models.sizes import format_size
+
+    if placement.device_map is not None:
+        return None, ("the model is spread by accelerate (--device-map); its float32 copy would need a placement "
+                      "of its own, so the flip check is skipped")
+    f32 = replace(placement, dtype="float32")
+    if placement.stream_layers:
+        return f32, "streamed layer by layer in float32, as the analysis was"
+    if placement.max_memory is not None:
+        return f32, f"in float32 within the same --max-memory {placement.max_memory} (streamed if it does not fit)"
+    device = torch.device(placement.device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if need > free:
+            return None, (f"the float32 model needs about {format_size(need)} and {device} has {format_size(free)} "
+                          "free, so the flip check is skipped")
+        return f32, f"the whole model in float32 on {device}"
+    available = _available_memory()
+    if available is None or need <= available:
+        return f32, "the whole model in float32, in memory"
+    return (replace(f32, stream_layers=True, max_memory=available),
+            f"streamed layer by layer in float32: the whole float32 model (about {format_size(need)}) does not fit "
+            f"the {format_size(available)} of memory available")
+
+
+__all__ = ["DtypeFlips", "dtype_flips", "float32_bytes", "float32_placement"]
