@@ -18,6 +18,7 @@ as tokens grow: rows are written a batch at a time as one row group; only a laye
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ class TraceWriter:
             raise ValueError(f"a trace is written as Parquet: give a path ending in .parquet; got {str(path)!r}")
         if not self.path.parent.is_dir():
             raise ValueError(f"cannot write the trace {self.path}: the folder {self.path.parent} does not exist")
-        self.layers, self.decode, self.top_k = list(layers), decode, dict(zip(layers, top_k, strict=True))
+        # a token's text is decoded once (a tokenizer call per token costs more than the forward's share of it)
+        self.layers, self.decode = list(layers), functools.lru_cache(maxsize=None)(decode)
+        self.top_k = dict(zip(layers, top_k, strict=True))
         self.bias = dict(zip(layers, selection_bias or [None] * len(layers), strict=True))
         fields = [pa.field("document", pa.string()), pa.field("position", pa.int64()),
                   pa.field("token_id", pa.int64()), pa.field("token", pa.string())]
