@@ -128,12 +128,13 @@ def sentence(top: dict, above: int, cells: int, domain: str, level: float) -> st
 
 
 def ablation_results(model, views, domains: dict[str, torch.Tensor], cfg: AblateConfig, about: dict, *,
-                     on_step: Callable[[int, int], None] | None = None) -> dict:
+                     on_step: Callable[[int, int], None] | None = None, buffer: int | None = None) -> dict:
     """Ablate ``model`` on ``domains`` (name -> (W, T) windows) and summarise; ``about`` describes the model
-    (path, model_type, dtype, device) for the report. Returns the dict ``results.json`` holds."""
+    (path, model_type, dtype, device) for the report; ``buffer`` the bytes of hidden states a layer-major run
+    of a streamed model may carry (None: ``AblationConfig``'s default). Returns the dict ``results.json`` holds."""
     start = time.perf_counter()
     acfg = AblationConfig(modes=cfg.modes, layers=cfg.layers, experts=cfg.experts, exact=cfg.exact,
-                          batch_size=cfg.batch_size, draws=cfg.draws, seed=cfg.seed)
+                          batch_size=cfg.batch_size, draws=cfg.draws, seed=cfg.seed, buffer=buffer)
     res = ablate(model, views, domains, acfg, on_step=on_step)
     names = list(domains)
     summary = _summary(res, names)
@@ -148,7 +149,8 @@ def ablation_results(model, views, domains: dict[str, torch.Tensor], cfg: Ablate
         "text": {d: {"windows": int(domains[d].shape[0]), "tokens": int(domains[d].numel())} for d in names},
         "base_loss": {d: float(res.base[d].mean()) for d in names},
         "cost": {"forward_equivalents": res.cost, "naive": res.naive_cost, "ratio": res.naive_cost / res.cost,
-                 "attribution_forward_equivalents": ATTRIBUTION_COST if _computed(res) else None},
+                 "attribution_forward_equivalents": ATTRIBUTION_COST if _computed(res) else None,
+                 "order": res.order, "layer_loads": res.layer_loads, "cell_layer_loads": res.cell_layer_loads},
         "summary": summary,
         "sentences": {mode: {d: sentence(per["top"][d][0], per["above_zero"][d], per["cells"], d, res.level)
                              for d in names} for mode, per in summary.items()},
@@ -172,7 +174,10 @@ def run_ablation(cfg: AblateConfig, *, on_step: Callable[[int, int], None] | Non
     domains = {d: windows(ids, cfg.seq_len, cfg.max_windows) for d, ids in texts.items()}
     about = {"path": str(cfg.path), "model_type": model.config.model_type,
              "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)}
-    results = ablation_results(model, views, domains, cfg, about, on_step=on_step)
+    buffer = None  # a streamed model under a budget: what the budget leaves beside one layer's forward
+    if memory is not None and memory.get("streamed") and memory.get("budget") is not None:
+        buffer = max(1, memory["budget"] - memory["streamed_minimum"])
+    results = ablation_results(model, views, domains, cfg, about, on_step=on_step, buffer=buffer)
     if memory is not None:
         results["memory"] = finish_memory(model, memory)
     return results

@@ -8,8 +8,9 @@ named as in the literature:
 * **re-route** (``"reroute"``): the expert's *selection* score is −∞, so the block chooses its
   top-k among the remaining experts with its own rule. The router's logit for *e* is set to −∞ on
   the first linear map inside the family's router module (the module the recorder hooks) whose
-  output has E columns, and a selection bias (DeepSeek-V3, GLM-4-MoE, ...) for *e* is set to −∞
-  for the forward, so that the corrected score that selects experts is −∞ too. Softmax routers
+  output has E columns, and a selection bias (DeepSeek-V3, GLM-4-MoE, ...) for *e* is read as −∞
+  in the forward (an edited copy, never written into the model, so that streamed and offloaded
+  weights get it too), so that the corrected score that selects experts is −∞ too. Softmax routers
   then renormalise over the others exactly as the family does with a −∞ logit. With group-limited
   selection (DeepSeek-V3's n_group) a −∞ score can drop the expert's whole group when its group
   score sums that expert (groups of two): the family's own rule, applied as written.
@@ -22,6 +23,16 @@ is cached at every decoder layer's input on the unablated pass (:class:`Residual
 ablating layer *l* re-runs only the layers ≥ *l*: the map costs Σₗ E·(L − l)/L forward-pass
 equivalents instead of the naive L·E + 1 (counted in :attr:`AblationResult.cost`). The cache
 holds every decoder layer's output for every window: (L, windows, T, H) values.
+
+**Layer-major order** (layer-streamed models, :mod:`moescope.models.streaming`). There every forward
+reads its decoder layers from disk, so cell by cell a whole map reads ≈ L·E·L/2 layers per batch.
+Instead each decoder layer is read once per *pass* and every stream active at its depth goes through
+it — the intact model's and each ablated cell's from its own layer on — with the cells chunked so
+that the carried hidden states fit a buffer (``AblationConfig.buffer``, 1 GiB by default:
+:data:`~moescope.models.streaming.DEFAULT_BUFFER`; :func:`ablate`, :func:`streams_per_pass`); no
+residual cache is kept. One plain forward checks that the model's forward can be replayed so (it
+passes nothing between layers but their outputs). The layer reads, measured, sit beside the
+cell-by-cell count in :attr:`AblationResult.layer_loads` and :attr:`AblationResult.cell_layer_loads`.
 
 **Attribution.** Scaling expert e's output by α, removing it is α: 1 → 0; to first order the zero-mode
 change is −∂L/∂α = −⟨∂L/∂W_down, W_down⟩ (plus the down bias's term), so one forward and one backward
@@ -38,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,8 +58,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits, saved
-from moescope.models.layer_major import StandIn
-from moescope.models.streaming import decoder_layers
+from moescope.models.layer_major import StandIn, StopForward
+from moescope.models.sizes import parse_size
+from moescope.models.streaming import DEFAULT_BUFFER, decoder_layers
 from moescope.models.view import MoELayerView
 from moescope.stats import DEFAULT_LEVEL, bootstrap_interval
 
@@ -72,21 +84,24 @@ def _named_tensor(module: nn.Module, t: Tensor) -> str | None:
 
 @contextmanager
 def reroute(view: MoELayerView, expert: int) -> Iterator[None]:
-    """Within the block: expert ``expert``'s selection score is −∞ (see the module docstring)."""
+    """Within the block: expert ``expert``'s selection score is −∞ (see the module docstring).
+
+    The logit is −∞ in the router's linear map and, where the family has a selection bias, so is the
+    bias *that the forward reads*: an edited copy replaces it inside the block's forward
+    (:func:`~moescope.analysis.router_rewrite.rewriting_logits`), so the ablation is the same on a
+    resident, a layer-streamed and an accelerate-offloaded model, and nothing in the model changes.
+    """
     _check(view, expert)
 
     def mask(logits: Tensor) -> Tensor:
         logits[..., expert] = -math.inf
         return logits
 
-    with ExitStack() as stack:
-        if view.selection_bias is not None:
-            bias = view.selection_bias
-            stack.enter_context(saved(bias))
-            with torch.no_grad():
-                bias[expert] = -math.inf
-        stack.enter_context(rewriting_logits(view, mask, purpose="re-route ablation (use mode 'zero')",
-                                             error=AblationError))
+    def drop(bias: Tensor) -> None:
+        bias[expert] = -math.inf
+
+    with rewriting_logits(view, mask, purpose="re-route ablation (use mode 'zero')", error=AblationError,
+                          selection_bias=None if view.selection_bias is None else drop):
         yield
 
 
@@ -201,6 +216,174 @@ class ResidualCache:
             self.batch = None
 
 
+# --------------------------------------------------------------------------- layer-major passes
+
+class _Streams:
+    """Hidden states of the streams of a layer-major pass: ``kept[key]`` the output of the last decoder layer
+    stream ``key`` ran, ``current`` the stream whose forward is running."""
+
+    def __init__(self) -> None:
+        self.kept: dict[object, object] = {}
+        self.current: object = None
+
+
+class _Carry(StandIn):
+    """Stands in for a decoder layer below the running one: returns the current stream's kept output (a copy
+    from the last stand-in, so that no layer ever receives the kept object itself)."""
+
+    def __init__(self, layer: nn.Module, streams: _Streams, last: bool) -> None:
+        super().__init__(layer)
+        object.__setattr__(self, "_streams", streams)
+        object.__setattr__(self, "_last", last)
+
+    def forward(self, *args, **kwargs):
+        streams = object.__getattribute__(self, "_streams")
+        out = streams.kept[streams.current]
+        return _clone(out) if object.__getattribute__(self, "_last") else out
+
+
+@contextmanager
+def _at_layer(layers: nn.ModuleList, streamer, layer: int, streams: _Streams) -> Iterator[None]:
+    """Layers < ``layer`` replay the current stream's kept output; ``layer`` runs (held resident when streamed),
+    its output is kept for the stream and the forward stops (:class:`StopForward`). With ``layer ==
+    len(layers)`` every layer replays and the forward runs on to the logits."""
+    originals = list(layers[:layer])
+    handle = None
+    if layer < len(layers):
+        def keep(module, args, output):
+            streams.kept[streams.current] = output
+            raise StopForward
+
+        handle = layers[layer].register_forward_hook(keep)
+    hold = streamer.hold(layer) if streamer is not None and layer < len(layers) else nullcontext()
+    try:
+        with hold:
+            for i, original in enumerate(originals):
+                layers[i] = _Carry(original, streams, last=i == layer - 1)
+            yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        for i, original in enumerate(originals):
+            layers[i] = original
+
+
+def _embedding_width(model: nn.Module) -> tuple[int, int]:
+    """(hidden size, bytes per value) of the residual stream, read from the input embedding."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else getattr(model, "wte", None)
+    weight = getattr(embeddings, "weight", None)
+    if not isinstance(weight, Tensor):
+        raise AblationError(f"{type(model).__name__} has no input embedding to size the layer-major buffer from; "
+                            "use order='cell'")
+    return weight.shape[-1], weight.element_size()
+
+
+def streams_per_pass(model: nn.Module, tokens: int, buffer: int | str | None) -> int:
+    """Ablated streams C a layer-major pass carries beside the intact one: the largest C with
+    (1 + C) · tokens · H · bytes ≤ ``buffer`` (None: :data:`~moescope.models.streaming.DEFAULT_BUFFER`), at
+    least 1 even when one ablated stream alone exceeds it."""
+    width, item = _embedding_width(model)
+    budget = DEFAULT_BUFFER if buffer is None else parse_size(buffer)
+    return max(1, budget // max(1, tokens * width * item) - 1)
+
+
+def _step(model: nn.Module, ids: Tensor, head: bool, where: str) -> Tensor | None:
+    """One cut-short forward of a layer-major round: None, or the (W,) losses in the head round."""
+    try:
+        logits = _forward_logits(model, ids)
+    except StopForward:
+        if head:
+            raise
+        return None
+    if not head:
+        raise AblationError(f"the forward did not reach {where}; this model cannot be ablated layer-major "
+                            "(use order='cell')")
+    return _per_window(logits, ids).double().cpu()
+
+
+class _NotLayerMajor(AblationError):
+    """The model's forward cannot be replayed layer-major (named in the message)."""
+
+
+def _layer_major(model: nn.Module, cache: ResidualCache, chosen: list[MoELayerView], experts: list[int],
+                 jobs: list[tuple[int, int, str]], batches: dict[str, list[Tensor]], cfg: AblationConfig,
+                 on_step: Callable[[int, int], None] | None) -> tuple[dict, dict, float]:
+    """What :func:`_cell_by_cell` returns, layer-major (see :func:`ablate`).
+
+    Jobs are sorted by decoder layer and cut into passes of :func:`streams_per_pass`. In a pass, round
+    l = 0..L − 1 runs layer l for every active stream and batch: first the jobs starting at l (from the
+    intact stream's output of layer l − 1, the intervention on), then those started below (no
+    intervention: it acts inside its own layer only), then the intact stream, which runs every layer in
+    the first pass and, in later ones, only those below the pass's highest starting layer. Round L replays
+    every layer and runs the final norm and head for the losses.
+
+    A stand-in replays only a stream's last layer output, so a model whose forward carries other state
+    from layer to layer (Inkling-2 keeps the hidden states at block boundaries and feeds them to later
+    layers and the head) would be computed wrongly. A plain forward of the first batch (one more read of
+    every layer, one more forward in ``cost``) must therefore give the intact losses the first pass gives;
+    if not, :class:`_NotLayerMajor` is raised before any cell is reported.
+    """
+    layers, n_dec = cache.layers, len(cache.layers)
+    streamer = getattr(model, "moescope_streamer", None)
+    flat = [(d, b, chunk) for d, chunks in batches.items() for b, chunk in enumerate(chunks)]
+    start = {job: cache.layer_of(chosen[job[0]]) for job in jobs}
+    ordered = sorted(jobs, key=start.__getitem__)
+    per_pass = streams_per_pass(model, sum(chunk.numel() for *_, chunk in flat), cfg.buffer)
+    passes = [ordered[i:i + per_pass] for i in range(0, len(ordered), per_pass)] or [[]]
+    streams = _Streams()
+    base_parts: dict[tuple[str, int], Tensor] = {}
+    parts: dict[tuple, Tensor] = {}
+    cost, done = 2.0, 0  # the plain forward of the check, and the intact stream of the first pass
+    first = flat[0]
+    plain = window_losses(model, first[2])
+    with torch.no_grad():
+        for p, group in enumerate(passes):
+            top = n_dec if p == 0 else max(start[j] for j in group)  # the intact stream runs layers < top
+            cost += sum((n_dec - start[j]) / n_dec for j in group) + (top / n_dec if p else 0.0)
+            streams.kept.clear()
+            for layer in range(n_dec + 1):
+                head = layer == n_dec
+                where = f"decoder layer {layer} ({cache.path}.{layer})"
+                running = sorted((j for j in group if start[j] <= layer), key=lambda j: start[j] != layer)
+                with _at_layer(layers, streamer, layer, streams):
+                    for job in running:
+                        li, ei, mode = job
+                        fresh = start[job] == layer
+                        for d, b, chunk in flat:
+                            key = (job, d, b)
+                            if fresh and layer > 0:
+                                streams.kept[key] = streams.kept[("base", d, b)]
+                            streams.current = key
+                            with INTERVENTIONS[mode](chosen[li], experts[ei]) if fresh else nullcontext():
+                                out = _step(model, chunk, head, where)
+                            if head:
+                                parts[key] = out
+                    if layer < top or (head and p == 0):
+                        for d, b, chunk in flat:
+                            streams.current = ("base", d, b)
+                            out = _step(model, chunk, head, where)
+                            if head:
+                                base_parts[(d, b)] = out
+                if not head and layer >= top:
+                    for d, b, _ in flat:  # no job of this pass starts above: the intact stream is done
+                        streams.kept.pop(("base", d, b), None)
+            streams.kept.clear()
+            if p == 0 and not torch.allclose(base_parts[first[:2]], plain, rtol=1e-3, atol=1e-5):
+                raise _NotLayerMajor(
+                    f"{type(model).__name__}: run layer-major, the intact model's losses of the first batch "
+                    f"({base_parts[first[:2]].numpy().round(4).tolist()}) differ from a plain forward's "
+                    f"({plain.numpy().round(4).tolist()}): its forward carries state between decoder layers "
+                    "besides their outputs, which layer-major replay does not keep; use order='cell'")
+            for _ in group:
+                done += 1
+                if on_step is not None:
+                    on_step(done, len(jobs))
+    base = {d: torch.cat([base_parts[(d, b)] for b in range(len(chunks))]).numpy() for d, chunks in batches.items()}
+    losses = {job: {d: torch.cat([parts[(job, d, b)] for b in range(len(chunks))]).numpy()
+                    for d, chunks in batches.items()} for job in jobs}
+    return base, losses, cost
+
+
 # --------------------------------------------------------------------------- losses
 
 def _check_vocab(vocab: int, ids: Tensor) -> None:
@@ -215,8 +398,15 @@ def _forward_logits(model: nn.Module, ids: Tensor) -> Tensor:
     embeddings = model.get_input_embeddings() if hf else getattr(model, "wte", None)
     if isinstance(embeddings, nn.Embedding):
         _check_vocab(embeddings.num_embeddings, ids)  # before the lookup fails with a bare IndexError
-    ids = ids.to(next(model.parameters()).device)
+    ids = ids.to(_input_device(model))
     return (model(input_ids=ids) if hf else model(ids)).logits
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """Where token ids go: the first resident parameter's device. An accelerate-offloaded embedding is a
+    ``meta`` tensor between forwards (ids cannot be moved there); accelerate's hooks move the ids on to the
+    execution device themselves."""
+    return next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
 
 
 def _per_window(logits: Tensor, ids: Tensor) -> Tensor:
@@ -280,6 +470,7 @@ def attribution(model: nn.Module, views: list[MoELayerView], experts: list[int],
 # --------------------------------------------------------------------------- the map
 
 EXACT = ("auto", "all")
+ORDERS = ("auto", "cell", "layer")
 
 
 @dataclass(frozen=True)
@@ -289,6 +480,11 @@ class AblationConfig:
     ``exact``: ``"all"`` measures every selected (layer, expert) exactly; ``"auto"`` does so when
     there are at most ``exact_limit`` of them, and otherwise measures exactly the ``top`` experts of
     each domain by first-order attribution (which is computed for every cell in both cases).
+
+    ``order``: ``"cell"`` measures one ablated cell after another from the residual cache;
+    ``"layer"`` runs layer-major (see :func:`ablate`), carrying at most ``buffer`` bytes of hidden
+    states (bytes or a size such as ``"2GiB"``; None: :data:`~moescope.models.streaming.DEFAULT_BUFFER`,
+    1 GiB); ``"auto"`` is ``"layer"`` for a layer-streamed model and ``"cell"`` otherwise.
     """
 
     modes: tuple[str, ...] = MODES
@@ -301,8 +497,17 @@ class AblationConfig:
     level: float = DEFAULT_LEVEL             # the bootstrap interval's level
     draws: int = 2000                        # bootstrap draws
     seed: int = 0
+    order: str = "auto"                      # layer-major on a layer-streamed model: each layer read once a pass
+    buffer: int | str | None = None          # hidden states a layer-major pass carries (None: 1 GiB)
 
     def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {self.order!r}")
+        if self.buffer is not None:
+            try:
+                parse_size(self.buffer)
+            except (TypeError, ValueError) as err:  # the message names the value and the accepted forms
+                raise type(err)(f"buffer (bytes of hidden states a layer-major pass carries): {err}") from None
         if not self.modes or any(m not in MODES for m in self.modes):
             raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}; got {self.modes!r}")
         if self.exact not in EXACT:
@@ -323,8 +528,13 @@ class AblationResult:
     cell not measured exactly; ``intervals[mode][domain]`` (n_layers, n_experts, 2);
     ``attribution[domain]`` (n_layers, n_experts) the first-order estimate of the zero-mode mean;
     ``measured`` the (layer position, expert position) cells measured exactly; ``cost`` forward-pass
-    equivalents spent on exact ablations (the intact pass included) and ``naive_cost`` what whole
-    forwards would have cost for the same cells.
+    equivalents spent on exact ablations (the intact pass included; layer-major also the plain forward of
+    its check and the intact stream's re-runs in later passes) and ``naive_cost`` what whole forwards
+    would have cost for the same cells; ``order`` the order they were run in (``"cell"`` or ``"layer"``).
+    On a layer-streamed model, ``layer_loads`` counts the decoder layers read from disk for the exact
+    ablations (measured by the streamer) and ``cell_layer_loads`` what the cell-by-cell order reads for
+    the same cells: one per decoder layer per batch for the intact pass, and each ablated cell's layers
+    ≥ l per batch again (both None for a model in memory).
     """
 
     layers: list[int]
@@ -339,6 +549,9 @@ class AblationResult:
     draws: int
     seed: int
     intervals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    order: str = "cell"
+    layer_loads: int | None = None
+    cell_layer_loads: int | None = None
 
     def mean(self, mode: str, domain: str) -> np.ndarray:
         """(n_layers, n_experts) mean loss change (NaN where not measured)."""
@@ -363,6 +576,7 @@ class AblationResult:
 
         return {"layers": self.layers, "experts": self.experts, "level": self.level, "draws": self.draws,
                 "seed": self.seed, "cost_forward_equivalents": self.cost, "naive_forward_equivalents": self.naive_cost,
+                "order": self.order, "layer_loads": self.layer_loads, "cell_layer_loads": self.cell_layer_loads,
                 "measured": [list(c) for c in self.measured],
                 "base_loss": {d: v.tolist() for d, v in self.base.items()},
                 "attribution": {d: listed(v) for d, v in self.attribution.items()},
@@ -402,6 +616,38 @@ def _not_resident(model: nn.Module, views: list[MoELayerView], experts: list[int
     return {d: np.full((len(views), len(experts)), np.nan) for d in domains}
 
 
+def _cell_by_cell(model: nn.Module, cache: ResidualCache, chosen: list[MoELayerView], experts: list[int],
+                  jobs: list[tuple[int, int, str]], batches: dict[str, list[Tensor]], cfg: AblationConfig,
+                  on_step: Callable[[int, int], None] | None) -> tuple[dict, dict, float]:
+    """The intact pass records the residual cache; each job ``(layer position, expert position, mode)`` then
+    re-runs the layers ≥ its decoder layer per batch. Returns ``(base, losses, cost)``: ``base[domain]`` (W,),
+    ``losses[job][domain]`` (W,) and the forward-pass equivalents spent."""
+    n_dec = len(cache.layers)
+    base = {}
+    for d, chunks in batches.items():
+        parts = []
+        for b, chunk in enumerate(chunks):
+            with cache.recording((d, b)):
+                parts.append(window_losses(model, chunk))
+        base[d] = torch.cat(parts).numpy()
+    losses, cost = {}, 1.0
+    for done, (li, ei, mode) in enumerate(jobs, 1):
+        view, e = chosen[li], experts[ei]
+        start = cache.layer_of(view)
+        per = {}
+        for d, chunks in batches.items():
+            parts = []
+            for b, chunk in enumerate(chunks):
+                with cache.starting_at(start, (d, b)), INTERVENTIONS[mode](view, e):
+                    parts.append(window_losses(model, chunk))
+            per[d] = torch.cat(parts).numpy()
+        losses[(li, ei, mode)] = per
+        cost += (n_dec - start) / n_dec
+        if on_step is not None:
+            on_step(done, len(jobs))
+    return base, losses, cost
+
+
 def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tensor],
            cfg: AblationConfig = AblationConfig(), *, on_step: Callable[[int, int], None] | None = None
            ) -> AblationResult:
@@ -411,7 +657,21 @@ def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tenso
         model: a live causal LM whose forward takes ``input_ids`` and returns ``.logits``.
         views: its MoE layers (:func:`~moescope.models.adapters.find_moe_layers`).
         domains: name -> (W, T) int64 token windows (W ≥ 1, T ≥ 2), no padding.
-        on_step: ``on_step(done, total)`` after each exactly ablated (layer, expert, mode).
+        on_step: ``on_step(done, total)`` after each exactly ablated (layer, expert, mode); in layer-major
+            order the cells of a pass finish together, at its end.
+
+    **Order.** Cell by cell, every ablated cell re-runs the decoder layers ≥ its own per batch; on a
+    layer-streamed model each of those forwards reads its layers from disk again, L·E·L/2 layer reads for
+    a whole map. Layer-major (``cfg.order``; the default for a streamed model) reads each decoder layer
+    once per *pass*: a pass holds layer l resident (:meth:`~moescope.models.streaming.LayerStreamer.hold`)
+    and pushes through it the hidden state of every stream active at that depth — the intact model's,
+    and each ablated cell's from its own layer on (which starts from the intact stream's state there).
+    Cells are chunked into passes so the carried hidden states, (1 + C) · tokens · H values, fit
+    ``cfg.buffer`` (1 GiB by default); the layer reads are then (passes + 1) · L, one plain forward
+    checking that the model can be replayed layer-major (:attr:`AblationResult.layer_loads`, beside the
+    cell-by-cell count). Both orders run the family's own forward on the same batches, so they agree to
+    float tolerance. A model that fails the check (its forward carries state between layers besides
+    their outputs) is measured cell by cell under ``order="auto"`` and refused under ``"layer"``.
     """
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         raise AblationError(f"{type(model).__name__} is an encoder–decoder model; ablation measures next-token "
@@ -442,39 +702,36 @@ def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tenso
     else:
         attr = _not_resident(model, chosen, experts, domains, cfg)
     cells = _exact_cells(attr, cfg)
-    base = {}
+    jobs = [(li, ei, mode) for li, ei in cells for mode in cfg.modes]
+    streamer = getattr(model, "moescope_streamer", None)
+    order = cfg.order if cfg.order != "auto" else "cell" if streamer is None else "layer"
+    loads = None if streamer is None else streamer.layer_loads
     was_training = model.training
     model.eval()
     try:
-        for d, chunks in batches.items():
-            parts = []
-            for b, chunk in enumerate(chunks):
-                with cache.recording((d, b)):
-                    parts.append(window_losses(model, chunk))
-            base[d] = torch.cat(parts).numpy()
-        delta = {m: {d: np.full((len(layers), len(experts), domains[d].shape[0]), np.nan) for d in domains}
-                 for m in cfg.modes}
-        total, done, cost = len(cells) * len(cfg.modes), 0, 0.0
-        for li, ei in cells:
-            view, e = chosen[li], experts[ei]
-            start = cache.layer_of(view)
-            for mode in cfg.modes:
-                for d, chunks in batches.items():
-                    parts = []
-                    for b, chunk in enumerate(chunks):
-                        with cache.starting_at(start, (d, b)), INTERVENTIONS[mode](view, e):
-                            parts.append(window_losses(model, chunk))
-                    delta[mode][d][li, ei] = torch.cat(parts).numpy() - base[d]
-                cost += (n_dec - start) / n_dec
-                done += 1
-                if on_step is not None:
-                    on_step(done, total)
+        try:
+            run = _layer_major if order == "layer" else _cell_by_cell
+            base, losses, cost = run(model, cache, chosen, experts, jobs, batches, cfg, on_step)
+        except _NotLayerMajor:
+            if cfg.order == "layer":
+                raise
+            order = "cell"  # "auto": the residual cache replays every layer's own output, which is exact
+            base, losses, cost = _cell_by_cell(model, cache, chosen, experts, jobs, batches, cfg, on_step)
     finally:
         model.train(was_training)
         cache.outputs.clear()
+    delta = {m: {d: np.full((len(layers), len(experts), domains[d].shape[0]), np.nan) for d in domains}
+             for m in cfg.modes}
+    for (li, ei, mode), per in losses.items():
+        for d, v in per.items():
+            delta[mode][d][li, ei] = v - base[d]
+    n_batches, n_dec = sum(len(c) for c in batches.values()), len(cache.layers)
     result = AblationResult(layers=layers, experts=experts, base=base, delta=delta, attribution=attr,
-                            measured=cells, cost=1.0 + cost, naive_cost=1.0 + total, level=cfg.level,
-                            draws=cfg.draws, seed=cfg.seed)
+                            measured=cells, cost=cost, naive_cost=1.0 + len(jobs), level=cfg.level,
+                            draws=cfg.draws, seed=cfg.seed, order=order)
+    if streamer is not None:
+        result.layer_loads = streamer.layer_loads - loads
+        result.cell_layer_loads = n_batches * (n_dec + sum(n_dec - cache.layer_of(chosen[li]) for li, _, _ in jobs))
     for mode, per in delta.items():
         result.intervals[mode] = {}
         for d, v in per.items():

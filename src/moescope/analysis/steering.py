@@ -27,8 +27,10 @@ of text apart, then switch them on or off and measure what changes.
      differ by more than 1 − ε, and group-limited routing (n_group > 1) keeps the ``topk_group``
      groups with the largest sum of their *top-2* selection scores — a lone expert at S can lose to
      a group holding two experts near the maximum. So, where the router has a selection bias (every
-     group-limited family has one), the steered expert's bias is also set to +∞ (activate) or −∞
-     (deactivate) for the forward and restored after — the device of re-route ablation. The bias
+     group-limited family has one), the steered expert's bias is also read as +∞ (activate) or −∞
+     (deactivate) in the forward — the device of re-route ablation: an edited copy the forward
+     reads, never written into the model, so that layer-streamed and offloaded models are steered
+     alike (the rule reads the unsteered bias of that same forward). The bias
      enters only the group scores and the top-k, never the weights (they are gathered from σ(z)), so
      an activated expert's group is kept and the expert chosen for every token (for at most k
      experts per layer, in at most ``topk_group`` groups), a deactivated one never, and the weight is
@@ -41,8 +43,7 @@ of text apart, then switch them on or off and measure what changes.
      choice; the weight is the family's σ(z_e) (renormalised where it does so).
 
    Refused, with the reason (:func:`check_steerable`): the families of :data:`REFUSED`, Soft MoE
-   (no top-k to steer), any other scoring, and a sigmoid router whose selection bias is not
-   resident (layer-streamed or offloaded: the rule reads the bias and pins it in place).
+   (no top-k to steer) and any other scoring.
 3. **Effect, against a control.** Each set's next-token loss with and without the steering, paired
    per window, with a bootstrap interval; the same steering of as many *random* experts per layer
    (``random_draws`` draws) is the control, and the report gives where the steered change falls
@@ -62,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from moescope.analysis.ablation import window_losses
-from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits, saved
+from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits
 from moescope.models import RoutingRecorder
 from moescope.models.view import MoELayerView
 from moescope.stats import DEFAULT_LEVEL, bootstrap_interval, permutation_pvalue
@@ -99,9 +100,6 @@ def refusal(view: MoELayerView) -> str | None:
         return f"its {view.scoring} scores have no steering rule (softmax and sigmoid do)"
     if view.scoring == "sigmoid" and view.n_group > 1 and view.selection_bias is None:
         return "its group-limited routing has no selection bias to pin an activated expert's group with"
-    if view.scoring == "sigmoid" and view.selection_bias is not None and view.selection_bias.is_meta:
-        return ("its selection bias is not resident (a layer-streamed or offloaded model), and the sigmoid rule "
-                "reads and pins it: load the model in memory")
     return None
 
 
@@ -178,10 +176,44 @@ def risk_difference(rates_a: np.ndarray, rates_b: np.ndarray, *, level: float = 
     return delta, np.stack([lo, hi], axis=-1)
 
 
+def _pin(bias: Tensor, experts: list[int], value: float) -> None:
+    bias[experts] = value
+
+
+def _keep(bias: Tensor) -> None:
+    """Leave the selection bias as it is (it is still read in the forward, for the rule)."""
+
+
+class _LiveRule:
+    """``rule`` applied with the unsteered selection bias of the running forward, read from ``reading`` (the
+    :class:`~moescope.analysis.router_rewrite.Reading` of the rewrite this rule is installed in)."""
+
+    def __init__(self, rule: Callable[..., Tensor], view: MoELayerView, experts: list[int], direction: str,
+                 epsilon: float) -> None:
+        self.rule, self.view, self.experts, self.direction, self.epsilon = rule, view, experts, direction, epsilon
+        self.reading = None
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        bias, view = None, self.view
+        if view.selection_bias is not None:
+            bias = self.reading.bias
+            if bias is None:
+                raise SteeringError(f"{view.name}: the {view.family} selection bias was not in place when the router's "
+                                    "logits were computed (offloaded to a module whose forward runs later?); the "
+                                    "steering rule needs it: load the model in memory")
+            bias = bias.to(logits.device)
+        return self.rule(logits, experts=self.experts, direction=self.direction, epsilon=self.epsilon, bias=bias)
+
+
 @contextmanager
 def steering(views: list[MoELayerView], cells: list[tuple[int, int]], direction: str,
              epsilon: float = EPSILON) -> Iterator[None]:
-    """Within the model: every (view position, expert) of ``cells`` activated or deactivated."""
+    """Within the model: every (view position, expert) of ``cells`` activated or deactivated.
+
+    The selection bias is read from, and pinned in, the tensor the forward reads
+    (:func:`~moescope.analysis.router_rewrite.rewriting_logits`), so a layer-streamed or offloaded model is
+    steered as the same model in memory; nothing in the model is written.
+    """
     if direction not in DIRECTIONS:
         raise SteeringError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
     check_steerable([views[li] for li, _ in cells])
@@ -194,20 +226,21 @@ def steering(views: list[MoELayerView], cells: list[tuple[int, int]], direction:
     with ExitStack() as stack:
         for li, experts in by_layer.items():
             view = views[li]
-            bias = None if view.selection_bias is None else view.selection_bias.detach().clone()
-            if view.scoring == "softmax":
-                rule, bias = logit_rule, None   # SteerMoE's rule on the logits as they are
-            elif view.family in SELECTS_ON_LOGITS:
-                rule = logit_rule
+            if view.scoring == "softmax":   # SteerMoE's rule on the logits as they are: no bias read, none pinned
+                rewrite, pin = partial(logit_rule, experts=experts, direction=direction, epsilon=epsilon), None
             else:
-                rule = sigmoid_rule
-                if view.selection_bias is not None:   # pin the choice: the bias reaches selection only
-                    stack.enter_context(saved(view.selection_bias))
-                    with torch.no_grad():
-                        view.selection_bias[experts] = math.inf if direction == "activate" else -math.inf
-            stack.enter_context(rewriting_logits(view, partial(rule, experts=experts, direction=direction,
-                                                               epsilon=epsilon, bias=bias),
-                                                 purpose="steering", error=SteeringError))
+                sigmoid = view.family not in SELECTS_ON_LOGITS
+                rewrite = _LiveRule(sigmoid_rule if sigmoid else logit_rule, view, experts, direction, epsilon)
+                if view.selection_bias is None:
+                    pin = None
+                elif sigmoid:   # the bias reaches selection only: pinning it keeps the choice (and the group)
+                    pin = partial(_pin, experts=experts, value=math.inf if direction == "activate" else -math.inf)
+                else:           # selection on z + b: the rule alone decides, but it reads the bias
+                    pin = _keep
+            reading = stack.enter_context(rewriting_logits(view, rewrite, purpose="steering", error=SteeringError,
+                                                           selection_bias=pin))
+            if isinstance(rewrite, _LiveRule):
+                rewrite.reading = reading
         yield
 
 
