@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from moescope.analysis.analyze import AnalyzeConfig, Source, analyze
 from moescope.models.streaming import StreamingError, memory_plan
@@ -80,3 +81,31 @@ def test_a_budget_decides_to_stream_or_refuses(saved):
 def test_a_bad_budget_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="memory size"):
         _config(tmp_path, max_memory="lots")
+
+
+def test_a_model_that_carries_state_between_layers_is_streamed_batch_by_batch(tmp_path):
+    """Inkling-2's loop feeds block-boundary states to later layers, which a layer-major replay of the layers'
+    outputs would lose (with 4 decoder layers, layers 2 and 3 then choose other experts): streamed, it runs
+    batch by batch, reads every layer once per batch, and routes as the in-memory model does."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+    import tiny_checkpoints
+
+    model = tiny_checkpoints.BUILDERS["inkling2_text"]()
+    types = list(model.config.layer_types)
+    model.config.num_hidden_layers, model.config.layer_types = 4, [types[i % len(types)] for i in range(4)]
+    model = type(model)(model.config)
+    generator = torch.Generator().manual_seed(0)
+    tiny_checkpoints._randomize(model, generator)
+    tiny_checkpoints.MODULES["inkling2_text"].randomize(model, generator)
+    path = tmp_path / "inkling2"
+    model.float().save_pretrained(path)
+    tiny_checkpoints.save_tokenizer(path)
+    plain = analyze(_config(path, ablation_windows=0))
+    streamed = analyze(_config(path, stream_layers=True, ablation_windows=0))
+    memory = streamed.pop("memory")
+    assert memory["order"].startswith("batch by batch") and memory["layer_reads"] == 4 * memory["chunks"] > 4
+    for key in ("router_boundary", "router_flips", "expert_activity"):
+        plain.pop(key, None)
+    _close(plain, streamed)

@@ -37,6 +37,7 @@ from moescope.analysis.pathways import Pathways
 from moescope.analysis.routing import RoutingStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder
+from moescope.models.families import BY_NAME
 from moescope.models.layer_major import LayerMajor
 from moescope.models.placement import Placed, finish_memory, rss
 from moescope.models.view import RoutingRecord
@@ -180,17 +181,21 @@ def _selection_biases(path: Path, views: list) -> list:
     streamed model (whose layers are not resident) the tensor read from the checkpoint's files."""
     if all(v.selection_bias is None or v.selection_bias.device.type != "meta" for v in views):
         return [v.selection_bias for v in views]
-    disk = {layer.name: layer for layer in open_checkpoint(path).layers}
+    layers = open_checkpoint(path).layers
+    disk, by_index = {layer.name: layer for layer in layers}, {layer.index: layer for layer in layers}
     out = []
     for v in views:
         if v.selection_bias is None or v.selection_bias.device.type != "meta":
             out.append(v.selection_bias)
             continue
         owner = max((name for name in disk if v.name.startswith(name + ".")), key=len, default=None)
-        if owner is None:
+        # where the files name the layers otherwise than the live model (Inkling-2: model.llm.layers.N on disk,
+        # model.layers.N live), the MoE layer's position among the MoE layers, which both count alike
+        layer = disk[owner] if owner is not None else by_index.get(v.index)
+        if layer is None:
             raise ValueError(f"{v.name}: its selection bias is not resident and no layer of the checkpoint's files "
                              "holds it; cannot count router near-ties")
-        out.append(disk[owner].selection_bias())
+        out.append(layer.selection_bias())
     return out
 
 
@@ -537,7 +542,10 @@ def _route(model: torch.nn.Module, views: list, chosen: list, jobs: list[_Job], 
     """
     sampled: dict[int, dict[int, RoutingRecord]] = {}
     streamed = memory is not None and memory["streamed"]
-    runner = LayerMajor(model, views) if streamed else None
+    replayable = all(BY_NAME[v.family].replayable for v in views if v.family in BY_NAME)
+    runner = LayerMajor(model, views) if streamed and replayable else None
+    if streamed and not replayable:   # each forward reads every layer again: N batches, N reads of the weights
+        memory["order"] = "batch by batch (the model carries state between decoder layers: no layer-major replay)"
     last = max((runner.layer_of(v) for v in chosen), default=0) if runner is not None else 0
     rounds = last + 1 if runner is not None else 1
 
@@ -558,6 +566,8 @@ def _route(model: torch.nn.Module, views: list, chosen: list, jobs: list[_Job], 
         if runner is None:
             for job in jobs:
                 forward(job)
+            if streamed:
+                memory.update(chunks=len(jobs), layer_reads=model.moescope_streamer.layer_loads)
             return sampled
         chunks = _chunks(jobs, memory["buffer_tokens"])
         for chunk in chunks:

@@ -54,6 +54,11 @@ class Family:
             family is not read from disk.
         from_hf: the block -> the equivalent moescope layer (weights copied), or None.
         auto_class: the transformers class that loads a checkpoint of this family.
+        replayable: whether the model's forward passes nothing from one decoder layer to the next
+            but the layer's output, so that a layer-major run (:mod:`moescope.models.layer_major`)
+            can stand in for the layers below *l* with their kept outputs. False where the model's
+            loop carries more (Inkling-2 concatenates the hidden states at block boundaries and
+            feeds them to later layers and the head): streamed runs of it go batch by batch.
     """
 
     name: str
@@ -66,6 +71,7 @@ class Family:
     layout: Layout | None = None
     from_hf: Callable[[nn.Module], nn.Module] | None = None
     auto_class: str = "AutoModelForCausalLM"
+    replayable: bool = True
 
     def __post_init__(self) -> None:
         if not self.blocks:

@@ -96,8 +96,14 @@ class LayerMajor:
     """
 
     def __init__(self, model: nn.Module, views: list[MoELayerView]) -> None:
+        from moescope.models.families import BY_NAME
         from moescope.models.streaming import decoder_layers
 
+        carries = sorted({v.family for v in views if v.family in BY_NAME and not BY_NAME[v.family].replayable})
+        if carries:
+            raise ValueError(f"{', '.join(BY_NAME[f].title for f in carries)} carries state from one decoder layer to "
+                             "the next besides its output, so its layers cannot be replayed layer-major; run it "
+                             "batch by batch")
         self.model = model
         self.path, self.layers = decoder_layers(model, views)
         self.streamer = getattr(model, "moescope_streamer", None)

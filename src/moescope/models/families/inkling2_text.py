@@ -50,4 +50,5 @@ LAYOUT = Layout((r"model\.llm\.layers\.(\d+)",), "mlp.gate.weight",
 FAMILY = Family(
     name="inkling2_text", title="Inkling-2", model_types=("inkling2_text",), blocks=("Inkling2SparseMoeBlock",),
     adapter=adapter("inkling2_text"), hook="gate", reader=read_triple, layout=LAYOUT,
+    replayable=False,  # the model's loop feeds block-boundary states to later layers: no layer-major replay
 )
