@@ -61,6 +61,9 @@ def test_permutation_pvalue_by_hand():
     assert permutation_pvalue(2.5, null, "less") == pytest.approx(3 / 5)    # (1 + #{<= 2.5}) / (1 + 4)
     assert permutation_pvalue(2.5, null, "greater") == pytest.approx(3 / 5)
     assert permutation_pvalue(0.0, null, "less") == pytest.approx(1 / 5)
+    # a draw equal to the observed value but for rounding counts as at least as extreme
+    assert permutation_pvalue(0.1 + 0.2, [0.3, 0.0], "greater") == pytest.approx(2 / 3)
+    assert permutation_pvalue(0.3, [0.1 + 0.2, 1.0], "less") == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="side must be"):
         permutation_pvalue(1.0, null, "two")
 

@@ -130,11 +130,15 @@ def permutation_pvalue(observed: float, null: Sequence[float], side: str) -> flo
     """(1 + #{null draws at least as extreme}) / (1 + n): the exact Monte-Carlo permutation p-value.
 
     ``side``: ``less`` counts draws ≤ observed, ``greater`` draws ≥ observed (Phipson & Smyth 2010).
+    A draw equal to the observed value but for floating-point rounding (within 100 ulps of it, as
+    scipy's ``permutation_test`` allows) counts as at least as extreme: a mirrored contingency table
+    has the same mutual information in exact arithmetic, one ulp apart in floating point.
     """
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}; got side={side!r}")
     d = _finite(null, "permutation_pvalue")
-    hits = int((d <= observed).sum() if side == "less" else (d >= observed).sum())
+    gamma = 100 * np.finfo(np.float64).eps * abs(observed)
+    hits = int((d <= observed + gamma).sum() if side == "less" else (d >= observed - gamma).sum())
     return (1 + hits) / (1 + d.size)
 
 

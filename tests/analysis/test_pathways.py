@@ -60,8 +60,26 @@ def test_dropped_tokens_are_left_out_and_bad_input_is_refused():
     assert out["transitions"][0]["tokens"] == 3
     with pytest.raises(ValueError, match=r"expected \(tokens, 2\)"):
         Pathways([2, 2]).add(np.zeros((3, 3)))
-    with pytest.raises(ValueError, match="draws must be >= 39"):
+    with pytest.raises(ValueError, match="draws=10 cannot give a 95.0% permutation interval"):
         Pathways([2, 2]).summary(draws=10)
+    with pytest.raises(ValueError, match="draws be >= 199"):     # a 99% interval needs more draws: no (-inf, inf)
+        Pathways([2, 2]).summary(draws=39, level=0.99)
+
+
+def test_a_mirrored_table_counts_as_extreme_as_the_observed_one():
+    """A balanced 2 x 2 table and its mirror have the same mutual information (one ulp apart in floating
+    point): the permutation p-value counts both, and matches the exact one, the two-sided hypergeometric
+    tail (an independent reviewer's planted case: 0.037 before, counting only one of the two)."""
+    from scipy.stats import hypergeom
+
+    m, x = 28, 10
+    table = np.array([(0, 0)] * x + [(0, 1)] * (m - x) + [(1, 0)] * (m - x) + [(1, 1)] * x)
+    p = Pathways([2, 2])
+    p.add(table)
+    got = p.summary(draws=9999)["transitions"][0]["p_value"]
+    law = hypergeom(2 * m, m, m)          # (0, 0) pairs under shuffling, both margins m: symmetric about m / 2
+    exact = 2 * law.cdf(x)                 # P(X <= 10) + P(X >= 18): as far from 14 as the table, either way
+    assert got == pytest.approx(exact, abs=0.01)
 
 
 def test_analyze_reports_pathways_that_match_its_token_trace(saved, tmp_path):

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from moescope.lab.claims import c01_orthogonality, c02_equidistance, c03_equator, c04_shortcuts, c05_sparse_compute
 from moescope.lab.sphere_laws import SphereConfig, run_sphere
 
@@ -60,3 +62,13 @@ def test_claim5_measurement_counts_flops_exactly():
     assert m["flops_per_token_moe"] == 2 * (2 * 3 * 16 * 8 + 16 * 4)
     assert m["flops_per_token_dense"] == 2 * 4 * 3 * 16 * 8
     assert m["params_moe"] - 16 * 4 == m["params_dense"]  # equal expert parameters; the router is extra
+
+
+def test_decide_without_conditions_is_refused():
+    """No condition cannot mean "all hold": an empty set of conditions is a bug in the claim, not support."""
+    from moescope.lab.verdict import decide
+
+    with pytest.raises(ValueError, match="at least one condition"):
+        decide({})
+    assert decide({"a": True, "b": True}) == "supported" and decide({"a": True, "b": False}) == "inconclusive"
+    assert decide({"a": False}) == "not supported"

@@ -22,6 +22,8 @@ Tokens whose first choice was dropped (capacity: index -1) are left out of the p
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from moescope.stats import DEFAULT_LEVEL, normalized_mutual_information, permutation_pvalue, permutation_shift
@@ -120,8 +122,10 @@ class Pathways:
     def summary(self, *, draws: int = 199, seed: int = 0, level: float = DEFAULT_LEVEL) -> dict:
         """The transitions, dependence, paths and prediction of :mod:`this module <moescope.analysis.pathways>`
         (JSON-ready; None where a layer pair has fewer than two tokens or a layer one expert)."""
-        if draws < 39:
-            raise ValueError(f"draws must be >= 39 for a 95% permutation interval; got {draws}")
+        if not 0 < level < 1 or math.floor((1 - level) / 2 * (draws + 1)) < 1:
+            need = math.ceil(2 / (1 - level) - 1) if 0 < level < 1 else None
+            raise ValueError(f"draws={draws} cannot give a {level:.1%} permutation interval (level must lie in (0, 1) "
+                             f"and draws be >= {need}: 39 at 95%)")
         t, n_layers = self.table, len(self.num_experts)
         rng = np.random.default_rng(seed)
         pairs, observed, nulls = [], [], []

@@ -46,7 +46,7 @@ def relative_margins(scores: Tensor, top_k: int, selection_bias: Tensor | None =
     magnitude (a near-tie is one below :data:`NEAR_TIE`); ``scores`` (N, E), plus ``selection_bias`` (E,) where
     the family selects with one. NaN when ``top_k >= E`` (no (k+1)-th expert)."""
     if top_k >= scores.shape[-1]:
-        return torch.full(scores.shape[:1], float("nan"))
+        return torch.full(scores.shape[:1], float("nan"), device=scores.device)
     selection = scores + selection_bias.to(scores) if selection_bias is not None else scores
     top = selection.topk(top_k + 1, dim=-1).values                     # (N, k+1), descending
     kth = top[:, -2].float()                                           # the margin in float32, as defined

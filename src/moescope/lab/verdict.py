@@ -82,6 +82,8 @@ def decide(conditions: dict[str, bool]) -> str:
     For exact laws checked against Monte Carlo (claims 1-4), where each condition already carries
     its own tolerance; empirical claims with sampling error use :func:`judge`.
     """
+    if not conditions:
+        raise ValueError("decide: need at least one condition")
     held = sum(conditions.values())
     if held == len(conditions):
         return "supported"
