@@ -289,6 +289,25 @@ def test_auto_method_rule():
     assert auto_method(balanced, wide) == "sorted"
 
 
+def test_auto_method_rule_in_bfloat16():
+    """bfloat16 (and float32 weights under bfloat16 autocast): bmm wherever the widest padded buffer holds at most
+    8 MiB, however few rows each expert got; sorted beyond it, and when no slot is routed."""
+    from moescope.moe.dispatch import _BMM_BF16_BYTES, auto_method
+
+    experts = Experts(4, 16, 8).to(torch.bfloat16)                     # widest buffer: 16 values = 32 bytes a row
+    single = Experts(4, 16, 8)                                          # float32
+    few = torch.tensor([[0, 1], [2, 3]])                                # 1 row each: float32 would take sorted
+    assert auto_method(few, experts) == "bmm" and auto_method(few, single) == "sorted"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert auto_method(few, single) == "bmm"                       # the GEMMs run in autocast's dtype
+    assert auto_method(torch.full((2, 2), -1), experts) == "sorted"     # nothing routed
+    rows = _BMM_BF16_BYTES // (16 * 2 * 4)                              # m rows per expert fill exactly 8 MiB
+    fits = torch.arange(4).repeat(rows).view(-1, 2)
+    assert auto_method(fits, experts) == "bmm"
+    over = torch.cat([fits, torch.zeros(1, 2, dtype=fits.dtype)])      # expert 0 one row more: E·m·32 > 8 MiB
+    assert auto_method(over, experts) == "sorted"
+
+
 @pytest.mark.parametrize("router", ["topk", "llama4", "gpt_oss"])
 def test_auto_through_bmm_equals_reference(router):
     """Enough balanced rows that auto takes the padded bmm path (weight-side GEMMs): the layer still

@@ -26,8 +26,8 @@ skipping slots with i_tj = -1. The paths differ only in how they batch the S ≤
                has rows to do.
 * ``reference`` — a per-token loop, the slow oracle the tests hold the others against.
 
-``auto`` (:func:`auto_method`) picks ``bmm`` where its conditions hold — enough rows per expert
-on average, padding that at most doubles the rows, padded buffers within ``_CHUNK_ELEMENTS`` —
+``auto`` (:func:`auto_method`; one rule per compute dtype) picks ``bmm`` where its conditions hold —
+enough rows per expert on average, padding that at most doubles the rows, padded buffers within ``_CHUNK_ELEMENTS`` —
 and ``sorted`` everywhere else. ``moescope bench moe`` times every path on the benchmark's
 shapes (one column per path beside the one ``auto`` ran); the README quotes its results.
 
@@ -72,6 +72,8 @@ METHODS = ("auto", "sorted", "loop", "bmm", "reference")
 # ``auto`` runs ``bmm`` where the experts get at least this many rows each on average (and the
 # padding and the padded buffers stay small; see :func:`auto_method`), else ``sorted``.
 _BMM_MIN_MEAN_ROWS = 8
+# In bfloat16, ``bmm`` wherever its widest padded buffer, (E·m, 2I | H) values, holds at most this many bytes.
+_BMM_BF16_BYTES = 8 << 20
 
 # At most this many values in a chunk's widest buffer, (n, 2I) or (n, H): 2**21 float32 = 8 MiB,
 # well under glibc's 32 MiB mmap threshold and inside the L3 cache (1024 rows at H=512, 2I=2048).
@@ -421,23 +423,39 @@ def reference_dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Exp
     return torch.stack(rows) if rows else x.new_zeros(x.shape)
 
 
-def auto_method(indices: Tensor, experts: Experts) -> str:
-    """``bmm`` where it was measured faster than ``sorted``, else ``sorted``.
+def _compute_dtype(experts: Experts) -> torch.dtype:
+    """The dtype the experts' GEMMs run in: autocast's where it is on for the weights' device, else the weights'."""
+    device = experts.gate_up_proj.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else experts.gate_up_proj.dtype
 
-    ``bmm`` runs all E experts on m rows each, m the most any expert got. It wins (the weight-
-    side batched GEMM, one call per projection) when every expert has enough rows (a mean of
+
+def auto_method(indices: Tensor, experts: Experts) -> str:
+    """``bmm`` where it was measured faster than ``sorted``, else ``sorted``; a rule per compute dtype.
+
+    **bfloat16** (``moescope bench moe --dtype bfloat16``: AMX, 2 threads, both benchmark shapes,
+    T = 16 … 4096): the padded ``bmm`` — one oneDNN batched GEMM per projection — beat ``sorted`` wherever
+    its widest padded buffer held at most ``_BMM_BF16_BYTES`` (8 MiB), however few rows each expert got
+    (up to 2× at T ≤ 64 with 64 experts), and lost beyond it (1.6× slower in forward+backward at 8
+    experts, T = 4096). So in bfloat16 that size alone decides.
+
+    **float32 and other dtypes.** ``bmm`` runs all E experts on m rows each, m the most any expert
+    got. It wins (the weight-side batched GEMM, one call per projection) when every expert has enough rows (a mean of
     ``_BMM_MIN_MEAN_ROWS``), the padding at most doubles the rows (E·m ≤ 2·S: balanced routing)
     and its widest (E·m, 2I | H) buffer stays within ``_CHUNK_ELEMENTS`` (larger buffers page-
     fault; ``sorted`` works in chunks of that size). Decided from the counts alone; below the
     mean the counts are not even taken.
     """
     num_experts = experts.num_experts
+    widest = max(experts.gate_up_proj.shape[1], experts.hidden)
+    if _compute_dtype(experts) == torch.bfloat16:
+        counts = count_tokens(indices, num_experts)
+        most = int(counts.max()) if counts.numel() else 0
+        return "bmm" if 0 < num_experts * most * widest * 2 <= _BMM_BF16_BYTES else "sorted"
     if indices.numel() < _BMM_MIN_MEAN_ROWS * num_experts:
         return "sorted"
     counts = count_tokens(indices, num_experts)
     pairs, most = (int(v) for v in torch.stack((counts.sum(), counts.max())).tolist())
     rows = num_experts * most
-    widest = max(experts.gate_up_proj.shape[1], experts.hidden)
     if pairs >= _BMM_MIN_MEAN_ROWS * num_experts and rows <= 2 * pairs and rows * widest <= _CHUNK_ELEMENTS:
         return "bmm"
     return "sorted"
