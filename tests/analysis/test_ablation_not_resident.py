@@ -24,7 +24,7 @@ import torch
 from test_ablation import _deepseek_v3_router, _indices, _nll, _patched
 
 from moescope.analysis.ablation import AblationConfig, ablate, reroute
-from moescope.models import BY_MODEL_TYPE, BY_NAME, RoutingRecorder
+from moescope.models import BY_MODEL_TYPE, BY_NAME, FAMILIES, RoutingRecorder
 from moescope.models.adapters import find_moe_layers
 from moescope.models.loading import load_moe_model
 from moescope.models.streaming import stream_moe_model
@@ -117,8 +117,8 @@ def _has_selection_bias(tiny: str) -> bool:
 #: Every tiny checkpoint whose family selects with a bias (derived from the registry, not listed by hand).
 BIASED = sorted(n for n in tiny_checkpoints.BUILDERS if _has_selection_bias(n))
 #: Families whose forward carries state between decoder layers besides their outputs (Inkling-2's block
-#: states), found by the layer-major check: ``order="auto"`` measures them cell by cell.
-CARRIES_STATE = {"inkling2_text"}
+#: states; Family.replayable): ``order="auto"`` measures them cell by cell.
+CARRIES_STATE = {f.name for f in FAMILIES if not f.replayable}
 
 
 def _chosen(model, views, ids) -> dict[int, torch.Tensor]:

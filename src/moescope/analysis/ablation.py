@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits, saved
-from moescope.models.layer_major import StandIn, StopForward
+from moescope.models.layer_major import StandIn, StopForward, carrying_state
 from moescope.models.sizes import parse_size
 from moescope.models.streaming import DEFAULT_BUFFER, decoder_layers
 from moescope.models.view import MoELayerView
@@ -670,8 +670,9 @@ def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tenso
     ``cfg.buffer`` (1 GiB by default); the layer reads are then (passes + 1) · L, one plain forward
     checking that the model can be replayed layer-major (:attr:`AblationResult.layer_loads`, beside the
     cell-by-cell count). Both orders run the family's own forward on the same batches, so they agree to
-    float tolerance. A model that fails the check (its forward carries state between layers besides
-    their outputs) is measured cell by cell under ``order="auto"`` and refused under ``"layer"``.
+    float tolerance. A family the registry marks as carrying state between layers besides their outputs
+    (``Family.replayable``) goes cell by cell under ``order="auto"`` without trying; a model that fails
+    the check is measured cell by cell under ``"auto"`` and refused under ``"layer"``.
     """
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         raise AblationError(f"{type(model).__name__} is an encoder–decoder model; ablation measures next-token "
@@ -704,7 +705,10 @@ def ablate(model: nn.Module, views: list[MoELayerView], domains: dict[str, Tenso
     cells = _exact_cells(attr, cfg)
     jobs = [(li, ei, mode) for li, ei in cells for mode in cfg.modes]
     streamer = getattr(model, "moescope_streamer", None)
-    order = cfg.order if cfg.order != "auto" else "cell" if streamer is None else "layer"
+    # auto: layer-major for a streamed model whose family may be replayed (Family.replayable); the plain-forward
+    # check in _layer_major still guards a family the registry does not know to carry state
+    replayable = not carrying_state(chosen)
+    order = cfg.order if cfg.order != "auto" else "layer" if streamer is not None and replayable else "cell"
     loads = None if streamer is None else streamer.layer_loads
     was_training = model.training
     model.eval()

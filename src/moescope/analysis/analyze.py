@@ -37,8 +37,7 @@ from moescope.analysis.pathways import Pathways
 from moescope.analysis.routing import RoutingStats
 from moescope.analysis.sample_text import sample_domains
 from moescope.models import RoutingRecorder
-from moescope.models.families import BY_NAME
-from moescope.models.layer_major import LayerMajor
+from moescope.models.layer_major import LayerMajor, carrying_state
 from moescope.models.placement import Placed, finish_memory, rss
 from moescope.models.view import RoutingRecord
 
@@ -542,7 +541,7 @@ def _route(model: torch.nn.Module, views: list, chosen: list, jobs: list[_Job], 
     """
     sampled: dict[int, dict[int, RoutingRecord]] = {}
     streamed = memory is not None and memory["streamed"]
-    replayable = all(BY_NAME[v.family].replayable for v in views if v.family in BY_NAME)
+    replayable = not carrying_state(views)
     runner = LayerMajor(model, views) if streamed and replayable else None
     if streamed and not replayable:   # each forward reads every layer again: N batches, N reads of the weights
         memory["order"] = "batch by batch (the model carries state between decoder layers: no layer-major replay)"

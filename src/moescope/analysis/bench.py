@@ -36,6 +36,7 @@ import torch
 
 from moescope.analysis.checkpoint import write_safetensors
 from moescope.analysis.weights import DEFAULT_MAX_RANK, DEFAULT_NITER, weight_geometry
+from moescope.models.placement import proc_field
 
 __all__ = ["MIXTRAL_8X7B", "TARGET_PEAK_RSS_MB", "TARGET_SECONDS", "bench_big", "bench_routing_capture",
            "bench_trace", "bench_weight_geometry", "big_lines", "big_table"]
@@ -357,19 +358,6 @@ _ANON_EVERY_S = 0.02       # anonymous-RSS sampling period: a layer's tensors li
 BIG_CHECKPOINT = "mixtral-8x7b-4layers"
 
 
-def _proc(file: str, key: str) -> int | None:
-    """The field ``key`` of a Linux ``/proc`` file (``/proc/meminfo``, ``/proc/self/status``: kB values, given
-    in bytes; ``/proc/self/io``: bytes), else None."""
-    try:
-        for line in Path(file).read_text().splitlines():
-            if line.startswith(key + ":"):
-                value, *unit = line.split()[1:]
-                return int(value) * (1024 if unit == ["kB"] else 1)
-    except OSError:
-        pass
-    return None
-
-
 def _cached_fraction(files: list[Path]) -> float | None:
     """Fraction of the files' pages in the page cache: ``mincore(2)`` on a private mapping of each (Linux),
     else None."""
@@ -449,19 +437,19 @@ def _analyze_child(spec: str) -> None:
     memory_plan(cfg.path, dtype=torch.bfloat16)  # imports the model's code now, so the baseline below holds it
     _reset_peak_rss()
     status, io = "/proc/self/status", "/proc/self/io"
-    rss0, anon0, io0 = _proc(status, "VmRSS"), _proc(status, "RssAnon"), _proc(io, "read_bytes")
+    rss0, anon0, io0 = proc_field(status, "VmRSS"), proc_field(status, "RssAnon"), proc_field(io, "read_bytes")
     anon, stop = [anon0 or 0], threading.Event()
 
     def sample() -> None:  # the kernel keeps no high-water mark of anonymous memory alone: sample it
         while not stop.wait(_ANON_EVERY_S):
-            anon[0] = max(anon[0], _proc(status, "RssAnon") or 0)
+            anon[0] = max(anon[0], proc_field(status, "RssAnon") or 0)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     c0, t0 = _cpu_seconds(), time.perf_counter()
     results = analyze(cfg)
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    peak, io1 = _proc(status, "VmHWM"), _proc(io, "read_bytes")
+    peak, io1 = proc_field(status, "VmHWM"), proc_field(io, "read_bytes")
     stop.set()
     sampler.join()
     out = {"wall_s": wall, "cpu_s": cpu, "tokens": results["text"]["tokens"], "memory": results.get("memory"),
@@ -546,7 +534,7 @@ def bench_big(root: str | Path | None = None, *, max_memory: str | int = "4GB", 
     size = sum(f.stat().st_size for f in files)
     weight_bytes = sum(f.stat().st_size - read_header(f)[1] for f in files)  # the files less their headers
     plan = memory_plan(root, dtype=torch.bfloat16, tokens=seq_len * batch_size)
-    available = _proc("/proc/meminfo", "MemAvailable")
+    available = proc_field("/proc/meminfo", "MemAvailable")
     out = {"checkpoint": {"path": str(root), "files": len(files), "bytes": size, "weight_bytes": weight_bytes,
                           "made": made, "make_s": make_s},
            "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "mem_available": available,

@@ -22,7 +22,6 @@ float32, re-runs its first windows in float32 (:func:`moescope.analysis.analyze.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor
 
 from moescope.analysis.routing import NEAR_TIE, relative_margins
-from moescope.models.placement import Placement
+from moescope.models.placement import Placement, proc_field
 
 
 @dataclass(frozen=True)
@@ -108,13 +107,8 @@ def dtype_flips(scores_fp32: Tensor, scores_bf16: Tensor, top_k: int,
 
 
 def _available_memory() -> int | None:
-    """``MemAvailable`` of /proc/meminfo in bytes (Linux), else None."""
-    try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None
-    m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
-    return int(m.group(1)) * 1024 if m else None
+    """``MemAvailable`` in bytes (Linux), else None."""
+    return proc_field("/proc/meminfo", "MemAvailable")
 
 
 def float32_bytes(path: str | Path, model: torch.nn.Module, *, tokens: int) -> int:

@@ -41,7 +41,15 @@ from torch import nn
 
 from moescope.models.view import MoELayerView
 
-__all__ = ["LayerMajor", "StandIn", "StopForward"]
+__all__ = ["LayerMajor", "StandIn", "StopForward", "carrying_state"]
+
+
+def carrying_state(views: Sequence[MoELayerView]) -> list[str]:
+    """The families among ``views`` whose forward carries state between decoder layers besides their outputs
+    (``Family.replayable`` false): a layer-major run cannot replay them."""
+    from moescope.models.families import BY_NAME
+
+    return sorted({v.family for v in views if v.family in BY_NAME and not BY_NAME[v.family].replayable})
 
 
 class StopForward(Exception):
@@ -99,7 +107,7 @@ class LayerMajor:
         from moescope.models.families import BY_NAME
         from moescope.models.streaming import decoder_layers
 
-        carries = sorted({v.family for v in views if v.family in BY_NAME and not BY_NAME[v.family].replayable})
+        carries = carrying_state(views)
         if carries:
             raise ValueError(f"{', '.join(BY_NAME[f].title for f in carries)} carries state from one decoder layer to "
                              "the next besides its output, so its layers cannot be replayed layer-major; run it "

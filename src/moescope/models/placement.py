@@ -12,7 +12,6 @@ default results do not change): the plan, the budget, the baseline resident memo
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -23,17 +22,25 @@ from moescope.models.loading import check_device, check_dtype, check_placement, 
 from moescope.models.sizes import format_size, parse_size
 from moescope.models.streaming import memory_plan, stream_moe_model
 
-__all__ = ["Placed", "Placement", "finish_memory", "rss"]
+__all__ = ["Placed", "Placement", "finish_memory", "proc_field", "rss"]
+
+
+def proc_field(file: str, key: str) -> int | None:
+    """The field ``key`` of a Linux ``/proc`` file (``/proc/meminfo``, ``/proc/self/status``: kB values, given
+    in bytes; ``/proc/self/io``: bytes), else None."""
+    try:
+        for line in Path(file).read_text().splitlines():
+            if line.startswith(key + ":"):
+                value, *unit = line.split()[1:]
+                return int(value) * (1024 if unit == ["kB"] else 1)
+    except OSError:
+        pass
+    return None
 
 
 def rss(key: str = "VmRSS") -> int | None:
     """``VmRSS`` (now) or ``VmHWM`` (the peak) of this process in bytes (Linux), else None."""
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
-    return int(m.group(1)) * 1024 if m else None
+    return proc_field("/proc/self/status", key)
 
 
 @dataclass(frozen=True, kw_only=True)
