@@ -14,7 +14,7 @@ def _ids(model, n=2, t=24):
 
 
 def test_score_map_reproduces_the_recorded_choices(saved):
-    for family in ("mixtral", "qwen2_moe", "deepseek_v3"):
+    for family in ("mixtral", "qwen2_moe", "deepseek_v3", "kolibri1", "llama4_text"):   # kolibri1 ranks z + b
         model, _, views = load_moe_model(saved(family))
         captured, records = router_inputs(model, views, _ids(model))
         for view, rec in zip(views, records, strict=True):

@@ -1,6 +1,7 @@
 """Routing statistics: hand-computed values, merge = concatenation, masks, distributed sums."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -241,3 +242,26 @@ def test_router_margins_and_near_ties_against_a_numpy_recount():
     plain.update(_record(indices, scores.float(), (4, 50)))
     assert plain.summary(0)["near_tie_share"] >= 5 / 200
     assert RoutingStats(4, 4, num_layers=1).summary(0)["near_tie_share"] is None   # k = E: no (k+1)-th choice
+
+
+def test_near_ties_of_a_logit_ranking_router_are_taken_on_logits_plus_bias():
+    """Kolibri-1 ranks z + b, not σ(z) + b: a record that keeps its logits (``selection``) has its margins taken
+    there. Planted: tokens whose z + b is a near-tie while σ(z) + b is far from one, and the reverse."""
+    rng = np.random.default_rng(1)
+    z = torch.tensor(rng.normal(0.0, 2.0, size=(100, 4)), dtype=torch.float32)
+    b = torch.tensor([0.0, 1.5, -0.5, 0.25])
+    z[:10] = torch.tensor([3.0, 2.0 - 1.5 + 2.0 ** -12, 2.0 + 0.5, 0.0])  # z + b = 3, 2 + 2⁻¹², 2, 0.25: near-tie
+    z[10:20] = torch.tensor([0.0, -1.5, 0.5, 4.0])                       # z + b = 0, 0, 0, 4.25: k=2 ties exactly
+    ranked = (z + b).double()
+    indices = ranked.topk(2, dim=-1).indices
+    top = np.sort(ranked.numpy(), axis=1)[:, ::-1]
+    kth, nxt = top[:, 1].astype(np.float32), top[:, 2].astype(np.float32)
+    want = np.mean((kth - nxt) / np.maximum(np.abs(kth), np.finfo(np.float32).tiny) < 2.0 ** -8)
+    rec = replace(_record(indices, torch.sigmoid(z), (1, 100)), selection=z)
+    stats = RoutingStats(4, 2, num_layers=1, selection_bias=[b])
+    stats.update(rec)
+    assert stats.summary(0)["near_tie_share"] == pytest.approx(want)
+    assert want >= 0.2
+    on_sigmoid = RoutingStats(4, 2, num_layers=1, selection_bias=[b])
+    on_sigmoid.update(replace(rec, selection=None))                 # what the old reading counted: another number
+    assert on_sigmoid.summary(0)["near_tie_share"] != pytest.approx(want)

@@ -43,8 +43,9 @@ def _family(tiny: str):
 SIGMOID = sorted({_family(n).name: n for n in reversed(tiny_checkpoints.BUILDERS)
                   if _family(n).layout.scoring == "sigmoid" and _family(n).name not in REFUSED}.values())
 #: What each sigmoid family's top-k reads, from its transformers router (family docstrings, "Not in the view"):
-#: Llama 4 the logits, Kolibri-1 the logits + selection bias, every other one σ(logits) + selection bias.
-SELECTS_ON = {"llama4": "z", "kolibri1": "z+b"}
+#: Llama 4 and Cohere2-MoE (sigmoid mode) the logits, Kolibri-1 the logits + selection bias, every other one
+#: σ(logits) + selection bias.
+SELECTS_ON = {"llama4": "z", "cohere2_moe": "z", "kolibri1": "z+b"}
 
 
 def _sets(model, seed=0, windows=12, length=16):

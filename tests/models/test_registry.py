@@ -13,6 +13,9 @@ types; a family without one fails here. Each family's tiny checkpoint is saved t
 * ``disk_equals_live`` — the layers streamed from the safetensors files by ``open_checkpoint`` (the
   family's on-disk ``Layout``) hold the live views' router, biases, every expert's gate / up / down
   and the shared experts, value for value;
+* ``ranked_selects`` — what the record says the top-k ranked (``RoutingRecord.ranked()``, plus the view's
+  selection bias) reproduces the recorded expert set of every token, wherever no group limit applies; the
+  logits a record keeps for a logit-ranking family are x·Wᵀ of the block's input;
 * ``from_hf`` (families with a converter) — ``moescope.moe.from_hf`` of a live block reproduces its output.
 """
 
@@ -217,6 +220,36 @@ def check_disk_equals_live(family: Family, name: str, loaded, run, checkpoint) -
     assert len(pairs) == len(views) > 0
 
 
+#: Sigmoid routers whose top-k ranks the raw logits (+ any selection bias), read from transformers' routers:
+#: Llama4Router (topk of router_logits), Kolibri1TopKRouter (topk of logits + e_score_correction_bias),
+#: Cohere2MoeTopKRouter (topk of router_logits, then sigmoid when expert_selection_fn="sigmoid").
+RANKS_LOGITS = {"llama4", "kolibri1", "cohere2_moe"}
+
+
+def check_ranked_selects(family: Family, name: str, loaded, run, checkpoint) -> None:
+    assert (family.selection_logits is not None) == (family.name in RANKS_LOGITS)
+    r = run(family, name)
+    checked = 0
+    for view, rec in zip(r["views"], r["records"], strict=True):
+        x = r["seen"][view.index]["x"].reshape(-1, view.hidden)
+        if family.ranks_logits(view.scoring):
+            want = x @ view.router_weight.t() + (0 if view.router_bias is None else view.router_bias)
+            torch.testing.assert_close(rec.selection, want, rtol=1e-5, atol=1e-5)
+        else:
+            assert rec.selection is None
+        hashed = family.name == "deepseek_v4" and view.selection_bias is None  # choice from the token id
+        if view.n_group > 1 or view.scoring == "soft" or view.top_k >= view.num_experts or hashed:
+            continue   # group limits (and hash tables) choose outside the plain top-k: a lower bound only
+        ranked = rec.ranked() + (0 if view.selection_bias is None else view.selection_bias.float())
+        top = ranked.topk(view.top_k, dim=-1).indices.sort(-1).values
+        full = (rec.indices >= 0).all(-1)         # dropped (Switch) or underflowed (Llama 4) slots aside
+        assert torch.equal(top[full], rec.indices.sort(-1).values[full]), \
+            f"{view.name}: the top-k of what the record ranks is not the recorded choice"
+        checked += 1
+    if not any(v.n_group > 1 for v in r["views"]) and family.name != "deepseek_v4":
+        assert checked > 0
+
+
 def check_from_hf(family: Family, name: str, loaded, run, checkpoint) -> None:
     r = run(family, name)
     for view in r["views"]:
@@ -233,7 +266,8 @@ def check_from_hf(family: Family, name: str, loaded, run, checkpoint) -> None:
 
 
 CHECKS = {"layers_found": check_layers_found, "routing_recorded": check_routing_recorded,
-          "disk_equals_live": check_disk_equals_live, "from_hf": check_from_hf}
+          "disk_equals_live": check_disk_equals_live, "ranked_selects": check_ranked_selects,
+          "from_hf": check_from_hf}
 
 
 def _cases():

@@ -27,7 +27,7 @@ import gc
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -390,9 +390,11 @@ def _flip_sample(jobs: list[_Job], windows: int) -> dict[int, int]:
 
 
 def _compared(rec: RoutingRecord, rows: int) -> torch.Tensor:
-    """(n, E) float32 scores of the real tokens of a record's first ``rows`` sequences (n <= rows · S)."""
+    """(n, E) float32 selection scores before any bias (:meth:`RoutingRecord.ranked`) of the real tokens of a
+    record's first ``rows`` sequences (n <= rows · S)."""
     n = rows * rec.batch_shape[1]
-    return rec.scores[:n][rec.mask[:n].bool().to(rec.scores.device)].float().cpu()
+    ranked = rec.ranked()
+    return ranked[:n][rec.mask[:n].bool().to(ranked.device)].float().cpu()
 
 
 def _float32_flips(cfg: AnalyzeConfig, jobs: list[_Job], rows: dict[int, int],
@@ -593,5 +595,4 @@ def _chunks(jobs: list[_Job], tokens: int) -> list[list[_Job]]:
 
 def _relabel(rec: RoutingRecord, position: dict[int, int]) -> RoutingRecord:
     """Records carry the view index; the stats count the chosen layers from 0."""
-    return RoutingRecord(layer=position[rec.layer], indices=rec.indices, weights=rec.weights, scores=rec.scores,
-                         batch_shape=rec.batch_shape, mask=rec.mask, token_ids=rec.token_ids)
+    return replace(rec, layer=position[rec.layer])

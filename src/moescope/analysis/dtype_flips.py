@@ -78,8 +78,9 @@ def dtype_flips(scores_fp32: Tensor, scores_bf16: Tensor, top_k: int,
     """Tokens whose top-k expert set differs between a float32 and a bfloat16 run, and whether each is a near-tie.
 
     Args:
-        scores_fp32: (..., E) the router's selection scores (probabilities, or sigmoid scores) in the
-            float32 run; the near-tie margins are taken from these.
+        scores_fp32: (..., E) what the router's top-k ranks, before any selection bias
+            (:meth:`~moescope.models.view.RoutingRecord.ranked`: probabilities, sigmoid scores, or the logits
+            where the family ranks those), in the float32 run; the near-tie margins are taken from these.
         scores_bf16: (..., E) the same tokens' scores in the bfloat16 run (bfloat16, or float32 where the
             family computes the softmax in float32 from bfloat16 logits, as transformers' Mixtral does).
         top_k: k experts per token, 1 ≤ k ≤ E.

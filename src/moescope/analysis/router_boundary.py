@@ -5,7 +5,8 @@ block hands it) into E experts; the adversarial module measures, for any classif
 to the decision boundary along the adversarial direction (DeepFool's) and along random directions,
 and holds their ratio against the law of a flat boundary in d dimensions (median √d / 0.6745,
 :mod:`moescope.adversarial.boundary`). Here the classifier is the router's own score map —
-``softmax(h Wᵀ + b)`` or ``sigmoid(h Wᵀ + b) + selection bias`` — and the points are real tokens'
+``softmax(h Wᵀ + b)``, ``sigmoid(h Wᵀ + b) + selection bias``, or ``h Wᵀ + b + selection bias`` for the
+sigmoid families whose top-k ranks the logits (the family's ``selection_logits``) — and the points are real tokens'
 router inputs, captured on the model's own forward.
 
 A linear router's first-choice regions are intersections of half-spaces, so each boundary face is
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from moescope.adversarial.boundary import measure_boundary
 from moescope.analysis.router_rewrite import router_module
 from moescope.models import RoutingRecorder
+from moescope.models.families import BY_NAME
 from moescope.models.recorder import first_tensor
 from moescope.models.view import MoELayerView
 
@@ -38,6 +40,8 @@ class RouterScores(nn.Module):
         self.bias = None if view.router_bias is None else view.router_bias.detach().float()
         self.selection_bias = None if view.selection_bias is None else view.selection_bias.detach().float()
         self.scoring = view.scoring
+        family = BY_NAME.get(view.family)
+        self.ranks_logits = family is not None and family.ranks_logits(view.scoring)
 
     def forward(self, h: Tensor) -> Tensor:
         z = h.float() @ self.weight.T
@@ -45,7 +49,7 @@ class RouterScores(nn.Module):
             z = z + self.bias
         if self.scoring == "softmax":
             return z   # the logits order the experts as their softmax does
-        s = torch.sigmoid(z)
+        s = z if self.ranks_logits else torch.sigmoid(z)
         return s + self.selection_bias if self.selection_bias is not None else s
 
 

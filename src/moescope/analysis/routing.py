@@ -12,9 +12,12 @@ Definitions follow the papers they come from: the balance-loss conventions of
 specialisation with chance correction (p − k/E)/(1 − k/E) of OLMoE (Muennighoff et al.
 2024, §5); token specialisation as the share of a token id's routings that go to its most
 frequent expert (OLMoE §5). Router margins: the share of tokens whose k-th and (k+1)-th selection
-scores (the scores plus any selection bias) lie within 2⁻⁸, 2⁻⁶, 2⁻⁴, 2⁻² of the k-th score; the first
-is the project's near-tie (:data:`NEAR_TIE`). With group-limited selection (DeepSeek-V3's n_group) the
-(k+1)-th score may lie in a group the token could not choose, so the margin is a lower bound there.
+scores lie within 2⁻⁸, 2⁻⁶, 2⁻⁴, 2⁻² of the k-th score; the first is the project's near-tie
+(:data:`NEAR_TIE`). The selection score is what the family's top-k ranks (:meth:`RoutingRecord.ranked`):
+the softmax probabilities; the sigmoid scores plus any selection bias (DeepSeek-V3); or, where the family
+ranks the logits (Llama 4, Cohere2-MoE in sigmoid mode, Kolibri-1 with its bias added to them), the
+logits. With group-limited selection (DeepSeek-V3's n_group) the (k+1)-th score may lie in a group the
+token could not choose, so the margin is a lower bound there.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ class RoutingStats:
         onehot = torch.zeros(real.shape[0], e, dtype=torch.int64)
         onehot.scatter_add_(1, real.clamp_min(0), valid.long())
         acc.coact += onehot.t() @ onehot
-        self._margins(acc, record.scores.double()[mask])
+        self._margins(acc, record.ranked().double()[mask])
         self._consecutive(acc, record, onehot)
         self._sequence_balance(acc, record, onehot, probs)
         if domain is not None:

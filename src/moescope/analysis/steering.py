@@ -37,9 +37,9 @@ of text apart, then switch them on or off and measure what changes.
      still the one above. Without a selection bias (and then without groups) top-k on σ(z) is top-k
      on z, and the rewritten logit exceeds every other while the row's largest logit is below
      logit(1 − δ) ≈ 13.8; above it (σ rounds to 1 in float32 near 16.6) ties can occur.
-   * **Sigmoid weights, selection on the logits** (:data:`SELECTS_ON_LOGITS`: Llama 4 takes the
-     top-k of z, Kolibri-1 of z + b): the selection score is z + b, unbounded, so the softmax rule
-     applied to it — z_e ← max_j (z_j + b_j) + ε − b_e, or the minimum − ε − b_e — guarantees the
+   * **Sigmoid weights, selection on the logits** (:data:`SELECTS_ON_LOGITS`: Llama 4 and Cohere2-MoE
+     in sigmoid mode take the top-k of z, Kolibri-1 of z + b): the selection score is z + b, unbounded,
+     so the softmax rule applied to it — z_e ← max_j (z_j + b_j) + ε − b_e, or the minimum − ε − b_e — guarantees the
      choice; the weight is the family's σ(z_e) (renormalised where it does so).
 
    Refused, with the reason (:func:`check_steerable`): the families of :data:`REFUSED`, Soft MoE
@@ -65,6 +65,7 @@ from torch import Tensor, nn
 from moescope.analysis.ablation import window_losses
 from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits
 from moescope.models import RoutingRecorder
+from moescope.models.families import FAMILIES
 from moescope.models.view import MoELayerView
 from moescope.stats import DEFAULT_LEVEL, bootstrap_interval, permutation_pvalue
 
@@ -83,9 +84,9 @@ REFUSED = {
     "laguna": "its router soft-caps the logits (c·tanh(z/c)) after the linear map, so a rewritten logit does not "
               "reach the sigmoid as set",
 }
-#: Sigmoid-weighted families whose top-k reads the logits plus any selection bias, not the sigmoid (their
-#: family files say so under "Not in the view").
-SELECTS_ON_LOGITS = frozenset({"llama4", "kolibri1"})
+#: Sigmoid-weighted families whose top-k reads the logits plus any selection bias, not the sigmoid: the
+#: family records with ``selection_logits``.
+SELECTS_ON_LOGITS = frozenset(f.name for f in FAMILIES if f.selection_logits is not None)
 #: The sigmoid rule's clip: σ(z) is kept within [δ, 1 − δ], so the rewritten logit is finite (|z| ≤ 13.8).
 DELTA = 1e-6
 
@@ -229,7 +230,7 @@ def steering(views: list[MoELayerView], cells: list[tuple[int, int]], direction:
             if view.scoring == "softmax":   # SteerMoE's rule on the logits as they are: no bias read, none pinned
                 rewrite, pin = partial(logit_rule, experts=experts, direction=direction, epsilon=epsilon), None
             else:
-                sigmoid = view.family not in SELECTS_ON_LOGITS
+                sigmoid = view.family not in SELECTS_ON_LOGITS   # a sigmoid layer here: ranks_logits is the same
                 rewrite = _LiveRule(sigmoid_rule if sigmoid else logit_rule, view, experts, direction, epsilon)
                 if view.selection_bias is None:
                     pin = None

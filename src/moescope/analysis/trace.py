@@ -107,10 +107,9 @@ class TraceWriter:
     def _columns(self, rec: RoutingRecord) -> dict:
         """The layer's columns for the batch's real tokens (compact numpy arrays until written)."""
         real = rec.mask.bool()
-        scores = rec.scores[real]
         return {"experts": rec.indices[real].to(torch.int16).numpy(), "weights": rec.weights[real].float().numpy(),
-                "entropy": router_entropy(scores).float().numpy(),
-                "margin": relative_margins(scores, self.top_k[rec.layer], self.bias[rec.layer]).numpy()}
+                "entropy": router_entropy(rec.scores[real]).float().numpy(),
+                "margin": relative_margins(rec.ranked()[real], self.top_k[rec.layer], self.bias[rec.layer]).numpy()}
 
     def _write(self, entry: dict) -> None:
         import pyarrow as pa

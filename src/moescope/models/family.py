@@ -59,6 +59,12 @@ class Family:
             can stand in for the layers below *l* with their kept outputs. False where the model's
             loop carries more (Inkling-2 concatenates the hidden states at block boundaries and
             feeds them to later layers and the head): streamed runs of it go batch by batch.
+        selection_logits: for a sigmoid family whose top-k ranks the router *logits* (plus any selection
+            bias) rather than their sigmoids (plus bias) as DeepSeek-V3 does: reads those logits (T, E) from
+            the hooked module's output. The order is the same without a bias (σ is monotone) but the margins
+            are not, and with one (Kolibri-1 adds it to the logits) the order differs too. The recorder keeps
+            them as the record's ``selection``, so near-ties and margins are measured on what was ranked;
+            steering rewrites them directly. None: the top-k ranks ``scores`` (+ bias).
     """
 
     name: str
@@ -72,6 +78,7 @@ class Family:
     from_hf: Callable[[nn.Module], nn.Module] | None = None
     auto_class: str = "AutoModelForCausalLM"
     replayable: bool = True
+    selection_logits: Callable[[object, MoELayerView], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -79,6 +86,11 @@ class Family:
         if self.model_types and self.layout is None:
             raise ValueError(f"family {self.name!r} loads checkpoints ({', '.join(self.model_types)}) "
                              "but has no on-disk layout")
+
+    def ranks_logits(self, scoring: str) -> bool:
+        """Whether a layer of this family scored by ``scoring`` ranks its router logits (see
+        ``selection_logits``); a softmax layer's logits order the experts as its probabilities do."""
+        return self.selection_logits is not None and scoring == "sigmoid"
 
     def matches(self, module: nn.Module) -> bool:
         """Whether ``module`` is one of this family's MoE blocks."""

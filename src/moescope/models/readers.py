@@ -29,6 +29,16 @@ def read_triple(output, view: MoELayerView) -> Choice:
     return indices.reshape(-1, k), weights.reshape(-1, k), distribution(logits, view.scoring)
 
 
+def triple_logits(output, view: MoELayerView) -> Tensor:
+    """(T, E) float32 router logits of a ``(logits, weights, indices)`` router (Kolibri-1, Cohere2-MoE)."""
+    return output[0].reshape(-1, output[0].shape[-1]).float()
+
+
+def llama4_logits(output, view: MoELayerView) -> Tensor:
+    """(T, E) float32 router logits of Llama 4's ``(scores, logits)`` router."""
+    return output[1].reshape(-1, output[1].shape[-1]).float()
+
+
 def read_llama4(output, view: MoELayerView) -> Choice:
     """``(scores, logits)``: the chosen experts are the non-zero scores (see the module warning)."""
     scores, logits = output[0], output[1]

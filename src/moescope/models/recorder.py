@@ -33,7 +33,10 @@ belong to its first pick, the top logit.) ``scores`` (T, E) is the
 full distribution: the softmax of the logits for softmax routers (GPT-OSS: of the biased
 logits), the sigmoid for sigmoid routers (DeepSeek-V3: *without* the selection bias, as the
 combine weights use it; Llama 4), and for soft routing the per-expert combine mass of
-moescope's ``SoftMoELayer``.
+moescope's ``SoftMoELayer``. Where a sigmoid family's top-k ranks the router *logits* (Llama 4,
+Kolibri-1 — which adds its selection bias to them — and Cohere2-MoE; the family's
+``selection_logits``), the record also keeps those logits as ``selection``
+(:meth:`~moescope.models.view.RoutingRecord.ranked`), so that margins are taken on what was ranked.
 
 .. warning:: Llama 4 caveat. A chosen expert whose score underflows to exactly 0 cannot be
    told from an unchosen one: sigmoid(l) is 0 in float32 (and bfloat16) for l below about
@@ -97,6 +100,7 @@ class _Capture:
     scores: Tensor
     lead: tuple[int, ...]              # the block input's leading shape
     own_mask: Tensor | None            # the attention_mask a moescope layer was called with
+    selection: Tensor | None = None    # the router logits, where the family's top-k ranks them
 
 
 def first_tensor(args: tuple, kwargs: dict) -> Tensor | None:
@@ -188,7 +192,8 @@ class RoutingRecorder:
             family = BY_NAME[view.family]
             target = view.module.get_submodule(family.hook) if family.hook else view.module
             self._handles.append(view.module.register_forward_pre_hook(self._block_pre(view), with_kwargs=True))
-            self._handles.append(target.register_forward_hook(self._capture(view, family.reader)))
+            logits = family.selection_logits if family.ranks_logits(view.scoring) else None
+            self._handles.append(target.register_forward_hook(self._capture(view, family.reader, logits)))
 
     def _detach(self) -> None:
         while self._handles:
@@ -221,18 +226,20 @@ class RoutingRecorder:
 
         return hook
 
-    def _capture(self, view: MoELayerView, reader: Reader):
+    def _capture(self, view: MoELayerView, reader: Reader, logits: Callable | None):
         def hook(module: nn.Module, args: tuple, output) -> None:
             with torch.no_grad():
                 indices, weights, scores = reader(output, view)
                 indices, weights = sort_by_weight(indices.long(), weights.float())
+                selection = None if logits is None else logits(output, view).detach()
             if not self._in_model:             # a block called without the model
                 if view.index in self._pending:    # fired twice: a new pass
                     self._finish()
                 if not self._pending:
                     self._pending_batch, self._explicit = self._explicit or (None, None), None
             lead, own = self._lead.pop(view.index, ((), None))
-            self._pending[view.index] = _Capture(indices.detach(), weights.detach(), scores.detach(), lead, own)
+            self._pending[view.index] = _Capture(indices.detach(), weights.detach(), scores.detach(), lead, own,
+                                                 selection)
 
         return hook
 
@@ -264,4 +271,5 @@ class RoutingRecorder:
             token_ids = ids.detach().to("cpu", torch.int64).reshape(t)
         return RoutingRecord(layer=layer, indices=c.indices.to("cpu", torch.int64),
                              weights=c.weights.to("cpu", torch.float32), scores=c.scores.to("cpu", torch.float32),
-                             batch_shape=(b, s), mask=real, token_ids=token_ids)
+                             batch_shape=(b, s), mask=real, token_ids=token_ids,
+                             selection=None if c.selection is None else c.selection.to("cpu", torch.float32))

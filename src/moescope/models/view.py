@@ -91,6 +91,9 @@ class RoutingRecord:
         batch_shape: (B, S), to restore sequences (consecutive-token statistics).
         mask: (T,) bool, True for real tokens (padding excluded from every statistic).
         token_ids: (T,) int64 input ids, or None.
+        selection: (T, E) float32 router logits, kept where the family's top-k ranks the logits (plus any
+            selection bias) rather than ``scores`` — the sigmoid families whose family record has
+            ``selection_logits`` (Llama 4, Kolibri-1, Cohere2-MoE in sigmoid mode); None elsewhere.
     """
 
     layer: int
@@ -100,6 +103,12 @@ class RoutingRecord:
     batch_shape: tuple[int, int]
     mask: Tensor
     token_ids: Tensor | None = None
+    selection: Tensor | None = None
+
+    def ranked(self) -> Tensor:
+        """(T, E) the values the family's top-k ranks, before any selection bias: ``selection`` where kept, else
+        ``scores`` (softmax probabilities order the experts as the logits do)."""
+        return self.scores if self.selection is None else self.selection
 
     def chosen(self) -> Tensor:
         """(T, E) bool: True where the token was processed by the expert (``indices``, -1 skipped)."""

@@ -17,13 +17,14 @@ layout): ``mlp.gate.weight``, ``mlp.experts.{e}.{gate,up,down}_proj.weight``,
 
 Not in the view: the ``"average"`` combination (the block's output is half of
 Σ w·expert + shared; read ``block.shared_expert_combination_strategy``). The scoring
-follows ``expert_selection_fn``, read from the router (live) or the config (disk).
+follows ``expert_selection_fn``, read from the router (live) or the config (disk). In sigmoid
+mode the top-k ranks the logits, not their sigmoids (``selection_logits``).
 """
 
 from moescope.models.family import Family
 from moescope.models.layout import DECODER, Layout, glu
 from moescope.models.parts import mlp, topk_family
-from moescope.models.readers import read_triple
+from moescope.models.readers import read_triple, triple_logits
 
 SCORINGS = {"softmax": "softmax", "sigmoid": "sigmoid"}  # expert_selection_fn -> view scoring
 
@@ -40,7 +41,7 @@ def _adapter(block, parent, name):
 
 FAMILY = Family(
     name="cohere2_moe", title="Cohere2-MoE", model_types=("cohere2_moe",), blocks=("Cohere2MoeSparseMoeBlock",),
-    adapter=_adapter, hook="gate", reader=read_triple,
+    adapter=_adapter, hook="gate", reader=read_triple, selection_logits=triple_logits,
     layout=Layout(DECODER, "mlp.gate.weight", glu("mlp"), shared=(glu("mlp.shared_experts", ""),),
                   scoring_key="expert_selection_fn"),
 )

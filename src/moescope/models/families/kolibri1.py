@@ -13,13 +13,14 @@ returns ``(logits, weights, indices)``), stacked ``block.experts.gate_up_proj`` 
 name, ``moe.router.expert_bias`` (E,).
 
 Not in the view: that the selection bias applies to the logits rather than to the sigmoid
-scores; the recorder reads the choices, so the records are right either way.
+scores; the family record's ``selection_logits`` says so, and the recorder keeps the logits
+(the records' ``selection``), so margins and near-ties are measured on ``z + b``.
 """
 
 from moescope.models.family import Family
 from moescope.models.layout import DECODER, Layout, glu
 from moescope.models.parts import mlp, topk_family
-from moescope.models.readers import read_triple
+from moescope.models.readers import read_triple, triple_logits
 
 
 def _adapter(block, parent, name):
@@ -31,7 +32,7 @@ def _adapter(block, parent, name):
 
 FAMILY = Family(
     name="kolibri1", title="Kolibri-1", model_types=("kolibri1",), blocks=("Kolibri1SparseMoeBlock",),
-    adapter=_adapter, hook="gate", reader=read_triple,
+    adapter=_adapter, hook="gate", reader=read_triple, selection_logits=triple_logits,
     layout=Layout(DECODER, "mlp.gate.weight", glu("mlp"), shared=(glu("mlp.shared_experts", ""),),
                   selection_bias="moe.router.expert_bias", scoring="sigmoid"),
 )

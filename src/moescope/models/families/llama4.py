@@ -21,7 +21,7 @@ from torch import nn
 from moescope.models.family import Family, Parts
 from moescope.models.layout import Layout, Stacked, glu
 from moescope.models.parts import mlp, stacked
-from moescope.models.readers import read_llama4
+from moescope.models.readers import llama4_logits, read_llama4
 from moescope.moe.lift import lift_llama4
 
 LAYOUT = Layout((r"(?:language_model\.model|model\.language_model|model)\.layers\.(\d+)",),
@@ -40,5 +40,6 @@ def adapt(block: nn.Module, parent: nn.Module | None, name: str) -> Parts:
 
 FAMILY = Family(
     name="llama4", title="Llama 4 (text)", model_types=("llama4_text", "llama4"), blocks=("Llama4TextMoe",),
-    adapter=adapt, hook="router", reader=read_llama4, layout=LAYOUT, from_hf=lift_llama4,
+    adapter=adapt, hook="router", reader=read_llama4, selection_logits=llama4_logits, layout=LAYOUT,
+    from_hf=lift_llama4,
 )
