@@ -169,3 +169,22 @@ def test_bad_dtype_or_device_is_refused_before_any_work(args, where, needle, tmp
     assert "available: cpu" in text if "available" in needle else True
     result = runner.invoke(app, ["lab", "--dtype", "bfloat16", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "apply to a given model only (--model)" in _text(result.output)
+
+
+@pytest.mark.parametrize("command", ["lab", "train"])
+def test_bad_arch_is_refused_before_any_work_and_a_good_one_reaches_the_profile(command, tmp_path, monkeypatch):
+    _forbid_work(monkeypatch, WORK[command][1])
+    result = runner.invoke(app, [command, "--arch", "gpt2", "--out", str(tmp_path / "out")])
+    text = _text(result.output)
+    assert result.exit_code == 2 and "Invalid value for '--arch'" in text and "nanogpt, llama" in text, text
+    seen = {}
+    if command == "lab":
+        monkeypatch.setattr("moescope.lab.run.run_lab", lambda cfg, **kw: seen.setdefault("arch", cfg.arch) and 1 / 0)
+    else:
+        monkeypatch.setattr("moescope.lab.runs.train_lab_runs", lambda p, out, **kw: seen.setdefault("arch", p.lm.arch)
+                            and 1 / 0)
+    for arch, want in ((None, "llama"), ("nanogpt", "nanogpt")):
+        seen.clear()
+        args = [] if arch is None else ["--arch", arch]
+        runner.invoke(app, [command, *args, "--out", str(tmp_path / "out")])
+        assert seen == {"arch": want}

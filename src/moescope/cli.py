@@ -43,6 +43,20 @@ _DTYPE_HELP = ("The model's parameters: auto (the checkpoint's own dtype, from c
 _DEVICE_HELP = "Where the model runs: cpu, cuda (cuda:N) or mps, if this machine has it."
 _DtypeOption = Annotated[str, typer.Option(callback=option(check_dtype_name), help=_DTYPE_HELP)]
 _DeviceOption = Annotated[str, typer.Option(callback=option(check_device_name), help=_DEVICE_HELP)]
+
+
+def _check_arch(value: str | None) -> str | None:
+    from moescope.lab.model import ARCHS
+
+    if value is not None and value not in ARCHS:
+        raise typer.BadParameter(f"must be one of {', '.join(ARCHS)}; got {value!r}")
+    return value
+
+
+_ArchOption = Annotated[str | None, typer.Option(
+    callback=_check_arch, help="The body the lab's runs train: llama (the default: RoPE, RMSNorm, q/k/v/o, what "
+    "transformers' MoE families compute, so runs are exported for `moescope analyze`) or nanogpt (learned "
+    "positions, LayerNorm: the body of the lab's numbers before llama).")]
 # where the weights live (moescope.models.placement.Placement): the same four options on analyze, ablate and steer
 _StreamOption = Annotated[bool, typer.Option(
     "--stream-layers", help="Run one decoder layer at a time from the safetensors shards (bounded memory, the same "
@@ -589,6 +603,7 @@ def lab(
                                                    "pip install 'moescope[tensorboard]').")] = False,
     dtype: _DtypeOption = "float32",
     device: _DeviceOption = "cpu",
+    arch: _ArchOption = None,
 ) -> None:
     """Every claim of the lecture, tested on data and models built here, in one report."""
     from moescope.lab.external import ModelInputError
@@ -602,7 +617,7 @@ def lab(
                                  param_hint="--claims") from None
     try:
         cfg = LabConfig(profile=profile, claims=chosen, seed=seed, workdir=out, model=model, tensorboard=tensorboard,
-                        dtype=dtype, device=device)
+                        dtype=dtype, device=device, **({} if arch is None else {"arch": arch}))
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--model" if isinstance(err, ModelInputError) else None) from None
     start = time.perf_counter()
@@ -638,6 +653,7 @@ def train(
         help="After training, save each run's final model as a Hugging Face checkpoint in EXPORT_HF/<run> "
              "(with the lab tokenizer) for `moescope analyze`; runs no transformers family computes exactly "
              "are listed with the reason.")] = None,
+    arch: _ArchOption = None,
 ) -> None:
     """Train the lab's runs ahead of `moescope lab`; data-parallel under `torchrun --nproc_per_node N -m moescope`."""
     import os
@@ -646,7 +662,7 @@ def train(
     from moescope.lab.tensorboard import require as require_tensorboard
 
     try:
-        p = lab_profile(profile, seed)
+        p = lab_profile(profile, seed, *(() if arch is None else (arch,)))
         only = None if runs is None else tuple(r.strip() for r in runs.split(",") if r.strip())
         select_runs(p, only)
         if tensorboard:
@@ -663,7 +679,7 @@ def train(
     for name, r in results.items():
         console.print(f"{name}: val loss {r.val_loss:.3f}  ({r.run_dir})")
     console.print(f"Trained {len(results)} runs in {out / 'training'} in {time.perf_counter() - start:.1f} s; "
-                  f"next: moescope lab --profile {profile} --seed {seed} --out {out}")
+                  f"next: moescope lab --profile {profile} --seed {seed} --arch {p.lm.arch} --out {out}")
     if export_hf is not None:
         from moescope.lab.export_hf import export_runs
 

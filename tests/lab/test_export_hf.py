@@ -11,6 +11,7 @@ from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lab_fixtures import TINY_TRAIN, tiny_corpus
@@ -354,3 +355,44 @@ def test_cli_export_hf_path_is_checked_before_training(tmp_path, monkeypatch):
     assert res.exit_code == 2
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", res.output).split())  # without rich's box and wrapping
     assert "Invalid value for '--export-hf'" in text and "exists and is not a folder" in text
+
+
+@pytest.mark.slow
+def test_analyze_on_the_export_reproduces_the_labs_routing_numbers(tmp_path, one_thread):
+    """Two code paths that must agree: the lab's routing statistics of its own model (``trained.routing_measurements``,
+    the lab's recorder on moescope layers) and ``moescope analyze`` on the Hugging Face export (transformers'
+    model, its tokenizer, analyze's windows) — loads, co-activation, domain specialisation and near-ties, on the
+    same token windows of each domain's validation text."""
+    from moescope.analysis.analyze import AnalyzeConfig, Source, analyze
+    from moescope.lab.train import load_model
+    from moescope.lab.trained import routing_measurements
+
+    results = _trained(tmp_path)
+    done = export_runs(results, tmp_path)                     # each run's own copy, <run>/hf
+    corpus = tiny_corpus()
+    tok = load_or_train_tokenizer(corpus, tmp_path / "training", 512)
+    seq, windows = TINY.seq_len, 6
+    texts = {d: "\n".join(doc.text for doc in corpus.val if doc.domain == d) for d in ("code", "language", "math")}
+    for name in ("llama-top2", "llama-auxfree", "llama-fine"):
+        assert done[name] == results[name].run_dir / "hf"
+        hf_tok = AutoTokenizer.from_pretrained(done[name])
+        val = {}
+        for d, text in texts.items():
+            ids = encode(tok, text)
+            assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids   # the same ids on both paths
+            assert len(ids) >= windows * seq
+            val[d] = torch.tensor(ids[: windows * seq])
+        lab = load_model(results[name].checkpoints[max(results[name].checkpoints)])
+        ours = routing_measurements(lab, val)["layers"]
+        cfg = AnalyzeConfig(path=done[name], sources=tuple(Source(d, t, d) for d, t in texts.items()), seq_len=seq,
+                            max_tokens=windows * seq, weights=False, boundary_points=0, activity_tokens=0,
+                            ablation_windows=0, dtype="float32", flip_check=0)
+        theirs = analyze(cfg)["routing"]
+        assert len(ours) == len(theirs) == TINY.n_layer
+        for a, b in zip(ours, theirs, strict=True):
+            assert a["tokens"] == b["tokens"] == 3 * windows * seq
+            assert a["load"] == pytest.approx(b["load"], abs=1e-12)
+            assert a["coactivation"] == b["coactivation"]
+            np.testing.assert_allclose(a["domains"]["specialisation"], b["domains"]["specialisation"], atol=1e-12)
+            assert a["near_tie_share"] == pytest.approx(b["near_tie_share"], abs=1e-12)
+            assert a["mean_score"] == pytest.approx(b["mean_score"], abs=1e-5)

@@ -5,7 +5,7 @@ import pytest
 from lab_fixtures import TINY_CORPUS, TINY_LM, TINY_TRAIN
 
 from moescope.lab import runs
-from moescope.lab.model import active_params_per_token, total_params
+from moescope.lab.model import LAB_ARCH, active_params_per_token, total_params
 from moescope.lab.train import RunResult, RunSpec
 
 CAUSAL = [runs.BASELINE, runs.NO_BALANCE, runs.UPCYCLED, runs.SWITCH, runs.FINE_GRAINED, runs.FINE_NO_SHARED,
@@ -113,7 +113,7 @@ def test_bad_profile_and_run_names(tmp_path):
 
 
 def _tiny_profile():
-    return runs.Profile(name="tiny", corpus=TINY_CORPUS, lm=replace(TINY_LM, vocab_size=300),
+    return runs.Profile(name="tiny", corpus=TINY_CORPUS, lm=replace(TINY_LM, vocab_size=300, arch=LAB_ARCH),
                         train=replace(TINY_TRAIN, steps=6, checkpoint_every=3), jobs=1)
 
 
@@ -128,6 +128,13 @@ def test_run_profile_results_do_not_depend_on_jobs(tmp_path):
         assert serial[name].objective == parallel[name].objective
         assert RunResult.from_dict(serial[name].to_dict()) == serial[name]
     summary = json.loads((tmp_path / "serial" / runs.SUMMARY_FILE).read_text())
-    assert set(summary) == {"profile", "corpus", "tokens", "runs", "specs", "wall_time"}
+    assert set(summary) == {"profile", "corpus", "tokens", "runs", "specs", "hf_exports", "wall_time"}
     assert summary["runs"][runs.SOFT]["comparable_group"] == "masked"
+    # the baseline is a Mixtral checkpoint beside its own checkpoints; Soft MoE has no transformers family
+    assert summary["hf_exports"][runs.BASELINE] == str(serial[runs.BASELINE].run_dir / "hf")
+    assert json.loads((serial[runs.BASELINE].run_dir / "hf" / "config.json").read_text())["model_type"] == "mixtral"
+    assert summary["hf_exports"][runs.SOFT].startswith("not exportable: ")
+    made = (serial[runs.BASELINE].run_dir / "hf" / "model.safetensors").stat().st_mtime_ns
+    runs.run_profile(_tiny_profile(), tmp_path / "serial", only=only, progress=False)   # finished: kept as it is
+    assert (serial[runs.BASELINE].run_dir / "hf" / "model.safetensors").stat().st_mtime_ns == made
     assert (tmp_path / "serial" / "tokenizer.json").exists()

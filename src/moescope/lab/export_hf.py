@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from moescope.lab.train import RunResult
 
 LAB_FILE = "moescope_lab.json"  # the lab config the export was made from, beside config.json
+BESIDE = "hf"                   # a run's own export, beside its checkpoints: <run_dir>/hf
 
 
 class NotExportableError(ValueError):
@@ -375,20 +376,33 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def export_runs(results: dict[str, RunResult], lab_dir: str | os.PathLike,
-                out_dir: str | os.PathLike) -> dict[str, Path | str]:
-    """Export the final checkpoint of every trained run in ``results`` to ``out_dir/<run name>``.
+                out_dir: str | os.PathLike | None = None) -> dict[str, Path | str]:
+    """Export the final checkpoint of every trained run in ``results`` to ``out_dir/<run name>``, or, with
+    ``out_dir`` None, beside the run's checkpoints in ``<run_dir>/hf`` (:data:`BESIDE`).
 
     ``results``: run name -> :class:`~moescope.lab.train.RunResult` (what ``train_lab_runs``
     returns); ``lab_dir``: the lab folder they were trained in (its tokenizer goes beside each
     export). Returns run name -> the export folder, or ``"not exportable: <reason>"`` for a run
     no transformers family computes (nothing is written for it). An earlier export of the same
-    run is replaced.
+    run is replaced — except a run's own copy (``out_dir`` None) already made from its final checkpoint.
     """
-    from moescope.lab import checkpoint as ckpt
     from moescope.lab.runs import LAB_TRAINING_DIR
+
+    return _export(results, Path(lab_dir) / LAB_TRAINING_DIR, None if out_dir is None else Path(out_dir))
+
+
+def export_beside(results: dict[str, RunResult], training_dir: str | os.PathLike) -> dict[str, Path | str]:
+    """Each exportable run's own Hugging Face copy, ``<run_dir>/hf``, for runs trained in ``training_dir`` (the
+    folder holding the tokenizer and ``runs/``): what :func:`~moescope.lab.runs.run_profile` leaves after training.
+    A copy already made from the run's final checkpoint is kept as it is."""
+    return _export(results, Path(training_dir), None)
+
+
+def _export(results: dict[str, RunResult], training_dir: Path, out_dir: Path | None) -> dict[str, Path | str]:
+    from moescope.lab import checkpoint as ckpt
     from moescope.lab.tokenizer import TOKENIZER_FILE
 
-    tok_path = Path(lab_dir) / LAB_TRAINING_DIR / TOKENIZER_FILE
+    tok_path = training_dir / TOKENIZER_FILE
     tokenizer = Tokenizer.from_file(str(tok_path)) if tok_path.exists() else None
     done: dict[str, Path | str] = {}
     for name, result in results.items():
@@ -400,5 +414,24 @@ def export_runs(results: dict[str, RunResult], lab_dir: str | os.PathLike,
         if exporter is None:
             done[name] = f"not exportable: {why}"
             continue
-        done[name] = export_checkpoint(final, Path(out_dir) / name, tokenizer=tokenizer, overwrite=True)
+        target = Path(result.run_dir) / BESIDE if out_dir is None else out_dir / name
+        if out_dir is None and _made_from(target, final):
+            done[name] = target
+            continue
+        done[name] = export_checkpoint(final, target, tokenizer=tokenizer, overwrite=True)
+        if out_dir is None:
+            write_json_atomic(target / SOURCE_FILE, {"checkpoint": Path(final).name})
     return done
+
+
+SOURCE_FILE = "moescope_source.json"  # in a run's own copy: the checkpoint it was exported from
+
+
+def _made_from(target: Path, checkpoint: str | os.PathLike) -> bool:
+    """Whether ``target`` is a complete export of ``checkpoint`` (its source file names it)."""
+    import json
+
+    try:
+        return json.loads((target / SOURCE_FILE).read_text())["checkpoint"] == Path(checkpoint).name
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

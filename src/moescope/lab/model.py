@@ -23,8 +23,10 @@ never with causal LMs. Building one in a causal model warns with
 
 Two architectures (``LMConfig.arch``), one FFN knob:
 
-* ``"nanogpt"`` (the default, what every lab number so far was measured on): learned
-  absolute positions, LayerNorm without bias, one fused ``c_attn`` q/k/v projection;
+* ``"nanogpt"`` (``LMConfig``'s default, so that configs written before ``arch`` existed read as
+  they were; the lab's numbers were measured on it until the profiles moved to ``"llama"``,
+  :data:`LAB_ARCH`): learned absolute positions, LayerNorm without bias, one fused ``c_attn``
+  q/k/v projection;
 * ``"llama"``: the body of the MoE LLMs the lab's routers come from (Llama, Mixtral,
   Qwen-MoE, GLM-4.5; DeepSeek-V3 differs only in its latent attention): rotary position
   embeddings on every head's full width (RoFormer, Su et al. 2021, eq. 34, in the rotate-half
@@ -57,6 +59,7 @@ ROUTERS = tuple(FFN_KINDS)
 NON_CAUSAL_ROUTERS = tuple(name for name, kind in FFN_KINDS.items() if not kind.causal)
 EXPERT_INITS = ("random", "upcycled")
 ARCHS = ("nanogpt", "llama")
+LAB_ARCH = "llama"  # the body the lab's profiles train; LMConfig's own default stays "nanogpt" (older configs)
 IGNORE_INDEX = -100  # targets at this value carry no loss (F.cross_entropy's default)
 
 

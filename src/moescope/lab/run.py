@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from moescope.lab.claims import all_claims
+from moescope.lab.model import ARCHS, LAB_ARCH
 
 PROFILES = ("quick", "full")
 CLAIMS = all_claims()                      # claim id -> its module (moescope.lab.claims)
@@ -48,6 +49,7 @@ class LabConfig:
     tensorboard: bool = False        # also write the training curves as TensorBoard events
     dtype: str = "float32"           # --model's parameters (moescope.models.DTYPES): float32 keeps results exact
     device: str = "cpu"              # where --model runs (moescope.models.DEVICES)
+    arch: str = LAB_ARCH             # the body the lab's runs train (moescope.lab.model.ARCHS)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -57,6 +59,8 @@ class LabConfig:
         unknown = sorted(set(self.claims) - set(CLAIMS))
         if unknown or not self.claims:
             raise ValueError(f"claims must be among {list(ALL_CLAIMS)}; got {list(self.claims)}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got arch={self.arch!r}")
         if self.tensorboard:
             from moescope.lab.tensorboard import require
 
@@ -141,7 +145,7 @@ def _training(cfg: LabConfig) -> dict:
         standard_runs,
     )
 
-    p = profile(cfg.profile)
+    p = profile(cfg.profile, cfg.arch)
     p = replace(p, train=replace(p.train, seed=cfg.seed))
     workdir = Path(cfg.workdir) / "training"
     results = run_profile(p, workdir, progress=False, tensorboard=cfg.tensorboard)

@@ -38,6 +38,12 @@ name, and with ``train.seed + 1``, ``+ 2``, … as ``<name>-seed<train.seed + i>
 ``name == prefix or name.startswith(prefix + "-seed")``). Only the seed differs: model
 initialisation, batch order and masks.
 
+Architecture. Every profile trains the body of the MoE LLMs the routers come from (``arch="llama"``:
+RoPE, RMSNorm, separate q/k/v/o projections; :mod:`moescope.lab.model`), so each top-k run is exactly
+a transformers family and is exported beside its checkpoints (``<run>/hf``, :mod:`moescope.lab.export_hf`)
+for ``moescope analyze``. ``profile(name, arch="nanogpt")`` gives the body every lab number was measured
+on before (learned positions, LayerNorm, fused attention), for comparison.
+
 Profiles (sized for a 2-core VM, one thread per run, two runs at once; ``time moescope train
 --profile quick`` measures one, and the README quotes the lab's times):
 
@@ -72,7 +78,15 @@ from moescope._files import write_bytes_atomic, write_json_atomic
 from moescope.lab._worker import save_tokens
 from moescope.lab.corpus import Corpus, CorpusConfig, build_corpus
 from moescope.lab.data_parallel import data_parallel_world, distributed
-from moescope.lab.model import LMConfig, MoESpec, active_params_per_token, dense_equivalent, total_params
+from moescope.lab.model import (
+    ARCHS,
+    LAB_ARCH,
+    LMConfig,
+    MoESpec,
+    active_params_per_token,
+    dense_equivalent,
+    total_params,
+)
 from moescope.lab.tensorboard import require as require_tensorboard
 from moescope.lab.tokenizer import CorpusTokens, load_or_train_tokenizer, tokenize_corpus
 from moescope.lab.train import RESULT_FILE, RunResult, RunSpec, TrainConfig, train_run
@@ -110,17 +124,20 @@ class Profile:
                 "bias_update_rate": self.bias_update_rate}
 
 
-def profile(name: str = "quick") -> Profile:
-    """The ``quick`` or ``full`` profile (sized for 2 CPU cores; see the module docstring)."""
+def profile(name: str = "quick", arch: str = LAB_ARCH) -> Profile:
+    """The ``quick`` or ``full`` profile (sized for 2 CPU cores; see the module docstring), its LM built as
+    ``arch`` (:data:`~moescope.lab.model.ARCHS`)."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got arch={arch!r}")
     if name == "quick":
         return Profile(name="quick", corpus=CorpusConfig(chars_per_domain=200_000),
-                       lm=LMConfig(vocab_size=2048, d_model=64, n_layer=2, n_head=4, seq_len=64,
+                       lm=LMConfig(vocab_size=2048, d_model=64, n_layer=2, n_head=4, seq_len=64, arch=arch,
                                    moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=128)),
                        train=TrainConfig(steps=200, batch_size=16, warmup_steps=20, checkpoint_every=50),
                        replicates=3)
     if name == "full":
         return Profile(name="full", corpus=CorpusConfig(chars_per_domain=300_000),
-                       lm=LMConfig(vocab_size=2048, d_model=128, n_layer=4, n_head=4, seq_len=128,
+                       lm=LMConfig(vocab_size=2048, d_model=128, n_layer=4, n_head=4, seq_len=128, arch=arch,
                                    moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=256)),
                        train=TrainConfig(steps=400, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=40,
                                          checkpoint_every=100, eval_windows=64),
@@ -200,8 +217,10 @@ def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True,
     (``python -m moescope.lab._worker``) of one thread each, so results do not depend on
     ``jobs``; with ``jobs=1`` every run trains in this process. ``only`` restricts to named runs.
     ``tensorboard`` also writes each run's curves as TensorBoard events (``<run>/tensorboard``).
-    Writes ``out_dir/training.json`` (profile, corpus and tokenizer provenance, results) and
-    returns the results by run name, in :func:`standard_runs` order.
+    Each run a transformers family computes is also saved as a Hugging Face checkpoint beside its own
+    checkpoints (``runs/<run>/hf``, :func:`~moescope.lab.export_hf.export_beside`). Writes
+    ``out_dir/training.json`` (profile, corpus and tokenizer provenance, results, where each run was exported
+    or why not) and returns the results by run name, in :func:`standard_runs` order.
 
     Data parallel (torch.distributed initialised with W > 1 ranks, every rank calling this):
     ``jobs`` is ignored, each run trains on all ranks in turn, rank 0 writes the files and
@@ -235,6 +254,11 @@ def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True,
     else:
         results = _run_parallel(specs, tokens, runs_dir, jobs, progress, tensorboard)
     results = {s.name: results[s.name] for s in specs}
+    exports: dict[str, str] = {}
+    if rank == 0:
+        from moescope.lab.export_hf import export_beside
+
+        exports = {name: str(where) for name, where in export_beside(results, out_dir).items()}
     total = time.perf_counter() - t0
     if rank == 0:
         wall = {"prepare": prep_time, "total": total, "jobs": jobs,
@@ -245,6 +269,7 @@ def run_profile(p: Profile | str, out_dir: str | Path, *, progress: bool = True,
             "profile": p.to_dict(), "corpus": corpus.provenance(), "tokens": tokens.provenance(),
             "runs": {name: r.to_dict() for name, r in results.items()},
             "specs": {s.name: s.to_dict() for s in specs},
+            "hf_exports": exports,
             "wall_time": wall}, default=str)))
     return results
 
@@ -260,9 +285,9 @@ def select_runs(p: Profile, only: tuple[str, ...] | None = None) -> list[RunSpec
     return [s for s in specs if s.name in only]
 
 
-def lab_profile(name: str = "quick", seed: int = 0) -> Profile:
-    """The profile ``moescope lab --profile NAME --seed SEED`` trains (lab/run.py's ``_training``)."""
-    p = profile(name)
+def lab_profile(name: str = "quick", seed: int = 0, arch: str = LAB_ARCH) -> Profile:
+    """The profile ``moescope lab --profile NAME --seed SEED --arch ARCH`` trains (lab/run.py's ``_training``)."""
+    p = profile(name, arch)
     return replace(p, train=replace(p.train, seed=seed))
 
 

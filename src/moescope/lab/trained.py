@@ -54,7 +54,7 @@ def routing_measurements(model: TinyLM, val: dict[str, torch.Tensor], *, batch: 
     views = find_moe_layers(model)
     domains = tuple(val)
     stats = RoutingStats([v.num_experts for v in views], [v.top_k for v in views], domains=domains,
-                         vocab_size=model.cfg.vocab_size)
+                         vocab_size=model.cfg.vocab_size, selection_bias=[v.selection_bias for v in views])
     seq = model.cfg.seq_len
     samples = {}
     with RoutingRecorder(model, views) as rec, torch.no_grad():
@@ -205,7 +205,7 @@ def output_shares(model: TinyLM, val: dict[str, torch.Tensor], share: float = SH
     nh = model.cfg.n_head
     head_in: dict[int, torch.Tensor] = {}
     moe_in: dict[int, torch.Tensor] = {}
-    hooks = [b.attn.c_proj.register_forward_pre_hook(lambda mod, args, i=i: head_in.__setitem__(i, args[0].detach()))
+    hooks = [b.attn.out_proj.register_forward_pre_hook(lambda mod, args, i=i: head_in.__setitem__(i, args[0].detach()))
              for i, b in enumerate(model.blocks)]
     hooks += [b.ffn.register_forward_pre_hook(lambda mod, args, kw, i=i: moe_in.__setitem__(i, args[0].detach()),
                                               with_kwargs=True) for i, b in enumerate(model.blocks)]
@@ -220,7 +220,7 @@ def output_shares(model: TinyLM, val: dict[str, torch.Tensor], share: float = SH
                 for r in rec.pop():
                     i = r.layer
                     b = model.blocks[i]
-                    contrib = head_contributions(head_in[i], b.attn.c_proj.weight, nh)       # (T, nh)
+                    contrib = head_contributions(head_in[i], b.attn.out_proj.weight, nh)       # (T, nh)
                     heads.append((i, carrying_count(contrib, share) / nh))
                     x = moe_in[i].reshape(-1, moe_in[i].shape[-1])
                     exp = b.ffn.experts
