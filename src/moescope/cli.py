@@ -865,12 +865,15 @@ def bench_train_command(
     threads: Annotated[int, typer.Option(min=1, help="torch threads (the lab trains each run on one).")] = 1,
     out: Annotated[Path | None, typer.Option(callback=_OUT_FILE,
                                              help="Also write the machine and rows to this JSON file.")] = None,
+    arch: _ArchOption = None,
 ) -> None:
     """The lab LM's training step (TinyLM top-2 of 8, quick shape) against transformers' MixtralForCausalLM."""
     from moescope._files import write_json_atomic
     from moescope.lab.bench_train import TrainBenchConfig, bench_train, machine_line, train_table
+    from moescope.lab.runs import profile
 
-    cfg = TrainBenchConfig(rounds=rounds, steps_per_round=steps_per_round, threads=threads)
+    lm = {} if arch is None else {"lm": profile("quick", arch).lm}
+    cfg = TrainBenchConfig(rounds=rounds, steps_per_round=steps_per_round, threads=threads, **lm)
     stdout = Console()
     if not stdout.is_terminal:
         stdout.width = 160  # a file or pipe gets the whole table, not 80 columns of it

@@ -2,10 +2,10 @@
 
 One training step — forward with the loss, backward, gradient clipping, AdamW step — of
 
-* moescope's :class:`~moescope.lab.model.TinyLM` with a top-2-of-8 MoE FFN in the lab's
-  ``quick`` shape (d_model 64, 2 layers, 4 heads, experts of I = 128, vocabulary 2048,
-  seq_len 64), loss = cross entropy + the lab's auxiliary losses (load balance α = 0.01,
-  router z-loss 1e-3), exactly as :func:`moescope.lab.train.train_run` trains it;
+* moescope's :class:`~moescope.lab.model.TinyLM` with a top-2-of-8 MoE FFN as the lab's
+  ``quick`` profile builds it (its body, ``arch="llama"`` by default; d_model 64, 2 layers, 4 heads,
+  experts of I = 128, vocabulary 2048, seq_len 64), loss = cross entropy + the lab's auxiliary
+  losses (load balance α = 0.01, router z-loss 1e-3), exactly as :func:`moescope.lab.train.train_run` trains it;
 * transformers' ``MixtralForCausalLM`` built from a ``MixtralConfig`` of the same shape (hidden
   64, 2 layers, 4 heads, 8 experts top-2, intermediate 128, vocabulary 2048, tied embeddings,
   SDPA attention), loss = its cross entropy + its load-balancing loss (``output_router_logits``,
@@ -24,8 +24,9 @@ trains), on the same random batches of ``batch_size`` × 64 tokens. The implemen
 interleaved rounds — each round times ``steps_per_round`` steps of each, in an order that
 rotates from round to round — so load from other processes slows them alike; the table shows
 the median (and best) milliseconds per step and moescope's median over each transformers
-median. The models differ where the families do (Mixtral: RMSNorm and rotary positions, no
-z-loss, loss over T−1 shifted positions; TinyLM: LayerNorm and learned positions); the
+median. With the llama body the two compute the same forward (the lab's export test holds their logits
+equal); the steps differ only in the losses (Mixtral: no z-loss, loss over T−1 shifted positions) and the
+code that runs them. With ``--arch nanogpt`` TinyLM has LayerNorm and learned positions instead; the
 parameter counts are printed alongside. A benchmark, not a test: nothing here asserts a time.
 """
 
@@ -40,13 +41,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from moescope.lab.model import LMConfig, MoESpec, TinyLM, total_params
+from moescope.lab.model import LMConfig, TinyLM, total_params
+from moescope.lab.runs import profile
 from moescope.lab.train import TrainConfig, deterministic, make_optimizer, training_loss
 
 MOESCOPE = "moescope TinyLM"
 AUTOCAST = "moescope TinyLM (bfloat16 autocast)"
-QUICK_LM = LMConfig(vocab_size=2048, d_model=64, n_layer=2, n_head=4, seq_len=64,
-                    moe=MoESpec(num_experts=8, top_k=2, expert_intermediate=128))  # runs.profile("quick").lm
+QUICK_LM = profile("quick").lm  # the quick profile's baseline, in the lab's body
 HF_IMPLEMENTATIONS = ("eager", "grouped_mm")  # transformers' experts implementations tried, in this order
 
 

@@ -51,7 +51,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -337,7 +338,8 @@ def export_hf(model: TinyLM, out_dir: str | os.PathLike, *, tokenizer: Tokenizer
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual mode
-        hf.save_pretrained(tmp)
+        with _quiet_progress():   # a lab exports dozens of runs: no "Writing model shards" bar for each
+            hf.save_pretrained(tmp)
         if tokenizer is not None:
             # no model_max_length: analyze tokenises whole texts before cutting them into sequences, and
             # transformers warns of "indexing errors" past it; config.json's max_position_embeddings
@@ -358,6 +360,20 @@ def export_hf(model: TinyLM, out_dir: str | os.PathLike, *, tokenizer: Tokenizer
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers' progress bars off for the block, as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *,
