@@ -11,8 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from moescope.analysis.ablate import AblateConfig, run_ablation, sentence, windows
-from moescope.analysis.ablation import AblationConfig, _exact_cells, ablate, attribution, window_losses, zero
+from moescope.analysis.ablation import AblationConfig, _exact_cells, ablate
 from moescope.analysis.analyze import Source
+from moescope.analysis.interventions import attribution, zero
+from moescope.analysis.window_loss import window_losses
 from moescope.cli import app
 from moescope.models.adapters import find_moe_layers
 from moescope.models.loading import load_moe_model

@@ -20,15 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moescope.analysis.ablation import (
-    AblationConfig,
-    AblationError,
-    ablate,
-    attribution,
-    reroute,
-    window_losses,
-    zero,
-)
+from moescope.analysis.ablation import AblationConfig, ablate
+from moescope.analysis.interventions import attribution, reroute, zero
+from moescope.analysis.window_loss import AblationError, window_losses
 from moescope.models.adapters import find_moe_layers
 from moescope.models.loading import load_moe_model
 from moescope.stats import BOOTSTRAP_MIN_N

@@ -20,7 +20,9 @@ import tiny_checkpoints
 import torch
 from test_ablation_not_resident import CARRIES_STATE, _vocab, planted_checkpoint
 
-from moescope.analysis.ablation import AblationConfig, AblationError, ablate, streams_per_pass
+from moescope.analysis.ablation import AblationConfig, ablate
+from moescope.analysis.residual_replay import streams_per_pass
+from moescope.analysis.window_loss import AblationError
 from moescope.models import BY_MODEL_TYPE, BY_NAME
 from moescope.models.loading import load_moe_model
 from moescope.models.streaming import DEFAULT_BUFFER, stream_moe_model

@@ -23,7 +23,8 @@ import tiny_checkpoints
 import torch
 from test_ablation import _deepseek_v3_router, _indices, _nll, _patched
 
-from moescope.analysis.ablation import AblationConfig, ablate, reroute
+from moescope.analysis.ablation import AblationConfig, ablate
+from moescope.analysis.interventions import reroute
 from moescope.models import BY_MODEL_TYPE, BY_NAME, FAMILIES, RoutingRecorder
 from moescope.models.adapters import find_moe_layers
 from moescope.models.loading import load_moe_model

@@ -12,10 +12,11 @@ from test_ablate import CODE, PROSE
 from typer.testing import CliRunner
 
 from moescope.analysis.ablate import AblateConfig, run_ablation
-from moescope.analysis.ablation import AblationConfig, AblationError, ablate
+from moescope.analysis.ablation import AblationConfig, ablate
 from moescope.analysis.analyze import Source
 from moescope.analysis.steer import SteerCommand, run_steer
 from moescope.analysis.steering import SteerConfig
+from moescope.analysis.window_loss import AblationError
 from moescope.cli import app
 from moescope.models.streaming import memory_plan, stream_moe_model
 

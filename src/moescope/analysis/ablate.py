@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moescope.analysis.ablation import MODES, AblationConfig, AblationError, AblationResult, ablate
+from moescope.analysis.ablation import AblationConfig, AblationResult, ablate
 from moescope.analysis.analyze import Source, default_sources
+from moescope.analysis.interventions import MODES
+from moescope.analysis.window_loss import AblationError
 from moescope.models.placement import Placed, finish_memory
 
 TOP = 5  # experts listed per domain

@@ -321,7 +321,9 @@ def bench_ablation(*, layers: int = 8, experts: int = 8, hidden: int = 256, wind
     """
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    from moescope.analysis.ablation import AblationConfig, ablate, window_losses, zero
+    from moescope.analysis.ablation import AblationConfig, ablate
+    from moescope.analysis.interventions import zero
+    from moescope.analysis.window_loss import window_losses
     from moescope.models import find_moe_layers
 
     torch.manual_seed(seed)

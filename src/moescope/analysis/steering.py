@@ -62,8 +62,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from moescope.analysis.ablation import window_losses
 from moescope.analysis.router_rewrite import RouterRewriteError, rewriting_logits
+from moescope.analysis.window_loss import window_losses
 from moescope.models import RoutingRecorder
 from moescope.models.families import FAMILIES
 from moescope.models.view import MoELayerView

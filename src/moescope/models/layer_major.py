@@ -24,7 +24,7 @@ the head) runs. Routing hooks inside layer *l* fire as in a plain forward;
 
 **The residual stream is the buffer.** What is kept between rounds is one hidden state per batch:
 the residual stream at the input of the next layer (``hidden_bytes`` says its size), the same
-cache the interventions of :mod:`moescope.analysis.ablation` start from.
+cache the ablation map starts its interventions from (:mod:`moescope.analysis.residual_replay`).
 
 Cost: L rounds of N cut-short forwards; the stand-ins cost nothing, the prologue (embedding lookup,
 masks) is paid L times per batch instead of once, which is small beside a decoder layer. Results
