@@ -167,8 +167,10 @@ def test_bad_dtype_or_device_is_refused_before_any_work(args, where, needle, tmp
     text = _text(result.output)
     assert result.exit_code == 2 and f"Invalid value for {where}" in text and needle in text, text
     assert "available: cpu" in text if "available" in needle else True
-    result = runner.invoke(app, ["lab", "--dtype", "bfloat16", "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "apply to a given model only (--model)" in _text(result.output)
+    result = runner.invoke(app, ["lab", "--dtype", "float16", "--out", str(tmp_path / "out")])  # the lab's own runs
+    assert result.exit_code == 2 and "train in float32 or under bfloat16 autocast" in _text(result.output)
+    result = runner.invoke(app, ["lab", "--device", "cpu", "--dtype", "auto", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "other dtypes apply to a given model (--model)" in _text(result.output)
 
 
 @pytest.mark.parametrize("command", ["lab", "train"])

@@ -654,6 +654,9 @@ def train(
              "(with the lab tokenizer) for `moescope analyze`; runs no transformers family computes exactly "
              "are listed with the reason.")] = None,
     arch: _ArchOption = None,
+    dtype: Annotated[str, typer.Option(help="How the runs train: float32, or bfloat16 (each step's forward under "
+                                            "autocast, weights and optimizer state float32); `moescope lab --dtype` "
+                                            "must match to find them.")] = "float32",
 ) -> None:
     """Train the lab's runs ahead of `moescope lab`; data-parallel under `torchrun --nproc_per_node N -m moescope`."""
     import os
@@ -662,7 +665,7 @@ def train(
     from moescope.lab.tensorboard import require as require_tensorboard
 
     try:
-        p = lab_profile(profile, seed, *(() if arch is None else (arch,)))
+        p = lab_profile(profile, seed, *(() if arch is None else (arch,)), dtype=dtype)
         only = None if runs is None else tuple(r.strip() for r in runs.split(",") if r.strip())
         select_runs(p, only)
         if tensorboard:
@@ -679,7 +682,8 @@ def train(
     for name, r in results.items():
         console.print(f"{name}: val loss {r.val_loss:.3f}  ({r.run_dir})")
     console.print(f"Trained {len(results)} runs in {out / 'training'} in {time.perf_counter() - start:.1f} s; "
-                  f"next: moescope lab --profile {profile} --seed {seed} --arch {p.lm.arch} --out {out}")
+                  f"next: moescope lab --profile {profile} --seed {seed} --arch {p.lm.arch} --dtype {dtype} "
+                  f"--out {out}")
     if export_hf is not None:
         from moescope.lab.export_hf import export_runs
 
@@ -866,14 +870,21 @@ def bench_train_command(
     out: Annotated[Path | None, typer.Option(callback=_OUT_FILE,
                                              help="Also write the machine and rows to this JSON file.")] = None,
     arch: _ArchOption = None,
+    profile: Annotated[str, typer.Option(help="The lab profile whose baseline LM and batch are timed: quick or "
+                                              "full (d_model 128, 4 layers, seq_len 128, experts of I = 256).")]
+    = "quick",
 ) -> None:
-    """The lab LM's training step (TinyLM top-2 of 8, quick shape) against transformers' MixtralForCausalLM."""
+    """The lab LM's training step (TinyLM top-2 of 8, a profile's shape) against transformers' MixtralForCausalLM."""
     from moescope._files import write_json_atomic
     from moescope.lab.bench_train import TrainBenchConfig, bench_train, machine_line, train_table
-    from moescope.lab.runs import profile
+    from moescope.lab.runs import PROFILES
+    from moescope.lab.runs import profile as lab_profile
 
-    lm = {} if arch is None else {"lm": profile("quick", arch).lm}
-    cfg = TrainBenchConfig(rounds=rounds, steps_per_round=steps_per_round, threads=threads, **lm)
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"must be one of {', '.join(PROFILES)}; got {profile!r}", param_hint="--profile")
+    p = lab_profile(profile, *(() if arch is None else (arch,)))
+    cfg = TrainBenchConfig(lm=p.lm, batch_size=p.train.batch_size, rounds=rounds, steps_per_round=steps_per_round,
+                           threads=threads)
     stdout = Console()
     if not stdout.is_terminal:
         stdout.width = 160  # a file or pipe gets the whole table, not 80 columns of it

@@ -44,6 +44,8 @@ def test_quick_profile_tests_every_claim_and_writes_the_report(two_runs):
         assert v["rule"] and v["measured"] and v["baseline"]
     html = (root / "a" / "report.html").read_text(encoding="utf-8")
     assert "<script src=\"http" not in html and "cdn." not in html     # self-contained, offline
+    assert res["models"] == {"arch": "llama", "dtype": "float32", "trained": "float32"}
+    assert "models: llama body, trained in <b>float32</b>" in html      # the report says what produced it
     for v in res["verdicts"]:
         assert f'id="claim-{v["claim_id"]}"' in html
         for fig in v["figures"]:

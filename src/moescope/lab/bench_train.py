@@ -20,7 +20,7 @@ One training step — forward with the loss, backward, gradient clipping, AdamW 
 
 Both use :func:`moescope.lab.train.make_optimizer` (the lab's AdamW) and the lab's
 :func:`~moescope.lab.train.deterministic` settings (one thread by default, as each lab run
-trains), on the same random batches of ``batch_size`` × 64 tokens. The implementations run in
+trains), on the same random batches of ``batch_size`` × ``seq_len`` tokens. The implementations run in
 interleaved rounds — each round times ``steps_per_round`` steps of each, in an order that
 rotates from round to round — so load from other processes slows them alike; the table shows
 the median (and best) milliseconds per step and moescope's median over each transformers

@@ -25,6 +25,7 @@ import torch
 
 from moescope.lab.claims import all_claims
 from moescope.lab.model import ARCHS, LAB_ARCH
+from moescope.lab.runs import TRAIN_DTYPES
 
 PROFILES = ("quick", "full")
 CLAIMS = all_claims()                      # claim id -> its module (moescope.lab.claims)
@@ -47,7 +48,9 @@ class LabConfig:
     workdir: Path = Path("out/lab")  # checkpoints, logs and the tokenizer of the training runs
     model: Path | None = None        # a Hugging Face MoE checkpoint: claims 6, 10-14 measured on it
     tensorboard: bool = False        # also write the training curves as TensorBoard events
-    dtype: str = "float32"           # --model's parameters (moescope.models.DTYPES): float32 keeps results exact
+    # --model's parameters (moescope.models.DTYPES; float32 keeps results exact), or without a model how the lab's
+    # runs train (TRAIN_DTYPES): float32, or bfloat16 autocast (float32 weights; measured in float32)
+    dtype: str = "float32"
     device: str = "cpu"              # where --model runs (moescope.models.DEVICES)
     arch: str = LAB_ARCH             # the body the lab's runs train (moescope.lab.model.ARCHS)
 
@@ -65,9 +68,12 @@ class LabConfig:
             from moescope.lab.tensorboard import require
 
             require()
-        if (self.dtype, self.device) != ("float32", "cpu") and self.model is None:
-            raise ValueError(f"dtype={self.dtype!r} / device={self.device!r} apply to a given model only (--model); "
-                             "the lab's own runs are float32 on the CPU")
+        if self.model is None and self.device != "cpu":
+            raise ValueError(f"device={self.device!r} applies to a given model only (--model); the lab's own runs "
+                             "train on the CPU")
+        if self.model is None and self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: the lab's own runs train in float32 or under bfloat16 autocast "
+                             f"(one of {', '.join(TRAIN_DTYPES)}); other dtypes apply to a given model (--model)")
         if self.model is not None:
             from moescope.lab.external import check_checkpoint
             from moescope.models.loading import check_device, check_dtype
@@ -128,7 +134,6 @@ def _training(cfg: LabConfig) -> dict:
     random-router null and the head/expert output shares, and the baseline's and the upcycled run's
     seeds their checkpoints' trajectory (:func:`moescope.lab.trained.measure_run`).
     """
-    from dataclasses import replace
 
     from moescope.lab import trained
     from moescope.lab.claims._trained import seeds
@@ -139,14 +144,13 @@ def _training(cfg: LabConfig) -> dict:
         FINE_NO_SHARED,
         SOFT,
         UPCYCLED,
+        lab_profile,
         prepare,
-        profile,
         run_profile,
         standard_runs,
     )
 
-    p = profile(cfg.profile, cfg.arch)
-    p = replace(p, train=replace(p.train, seed=cfg.seed))
+    p = lab_profile(cfg.profile, cfg.seed, cfg.arch, cfg.dtype)
     workdir = Path(cfg.workdir) / "training"
     results = run_profile(p, workdir, progress=False, tensorboard=cfg.tensorboard)
     _, tokens = prepare(p, workdir)
@@ -223,6 +227,9 @@ def run_lab(cfg: LabConfig = LabConfig(), on_stage: Callable[[str], None] | None
         "seconds": time.perf_counter() - start,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
+    if "training" in data:   # what the lab's own models were: their body and the dtype they trained in
+        results["models"] = {"arch": cfg.arch, "dtype": cfg.dtype,
+                             "trained": "float32" if cfg.dtype == "float32" else f"{cfg.dtype} autocast"}
     if "checkpoint" in data:
         ckpt = data["checkpoint"]["provenance"]
         results["provenance"] = {"checkpoint": {**ckpt["checkpoint"], "tokens": ckpt["tokens"],

@@ -92,6 +92,7 @@ from moescope.lab.tokenizer import CorpusTokens, load_or_train_tokenizer, tokeni
 from moescope.lab.train import RESULT_FILE, RunResult, RunSpec, TrainConfig, train_run
 
 PROFILES = ("quick", "full")
+TRAIN_DTYPES = ("float32", "bfloat16")  # how the lab's runs may train (TrainConfig.autocast: None, "bfloat16")
 BASELINE, NO_BALANCE, SWITCH, FINE_GRAINED = "top2", "top2-alpha0", "switch-top1", "deepseek-moe"
 AUX_FREE, COSINE, DENSE_ACTIVE, DENSE_TOTAL = "deepseek-v3-auxfree", "cosine-top2", "dense-active", "dense-total"
 SOFT, EXPERT_CHOICE, DENSE_MASKED = "soft-moe", "expert-choice", "dense-masked"
@@ -285,10 +286,13 @@ def select_runs(p: Profile, only: tuple[str, ...] | None = None) -> list[RunSpec
     return [s for s in specs if s.name in only]
 
 
-def lab_profile(name: str = "quick", seed: int = 0, arch: str = LAB_ARCH) -> Profile:
-    """The profile ``moescope lab --profile NAME --seed SEED --arch ARCH`` trains (lab/run.py's ``_training``)."""
+def lab_profile(name: str = "quick", seed: int = 0, arch: str = LAB_ARCH, dtype: str = "float32") -> Profile:
+    """The profile ``moescope lab --profile NAME --seed SEED --arch ARCH --dtype DTYPE`` trains (lab/run.py's
+    ``_training``); ``dtype`` one of :data:`TRAIN_DTYPES` (bfloat16: every step's forward under autocast)."""
+    if dtype not in TRAIN_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(TRAIN_DTYPES)} for the lab's runs; got dtype={dtype!r}")
     p = profile(name, arch)
-    return replace(p, train=replace(p.train, seed=seed))
+    return replace(p, train=replace(p.train, seed=seed, autocast=None if dtype == "float32" else dtype))
 
 
 def train_lab_runs(p: Profile, lab_dir: str | Path, *, only: tuple[str, ...] | None = None,

@@ -73,6 +73,7 @@ from moescope.moe.losses import global_token_sums
 
 OBJECTIVES = ("causal", "masked")
 AUX_LOSSES = ("load_balance", "z_loss", "seq_balance")  # the names moescope routers report
+AUTOCASTS = (None, "bfloat16")  # TrainConfig.autocast: float32 throughout, or the forward under bfloat16 autocast
 LOG_FILE, RESULT_FILE, CHECKPOINT_DIR = "metrics.jsonl", "result.json", "checkpoints"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -99,6 +100,10 @@ class TrainConfig:
     keep_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # checkpoints kept for dynamics
     eval_windows: int = 32        # validation windows per domain (of seq_len tokens)
     num_threads: int = 1          # torch threads during the run (determinism; see the module docstring)
+    # None: float32 throughout. "bfloat16": each step's forward and loss under torch.autocast (the GEMMs in
+    # bfloat16, AMX where the CPU has it); parameters, gradients and AdamW's state stay float32, and the
+    # evaluation and every measurement after training run in float32.
+    autocast: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "eval_windows", "num_threads"):
@@ -118,6 +123,12 @@ class TrainConfig:
             raise ValueError(f"unknown auxiliary losses {sorted(unknown)}; known: {', '.join(AUX_LOSSES)}")
         if any(v < 0 for v in self.aux.values()):
             raise ValueError(f"aux coefficients must be >= 0; got {self.aux!r}")
+        if self.autocast not in AUTOCASTS:
+            raise ValueError(f"autocast must be None (float32) or 'bfloat16'; got autocast={self.autocast!r}")
+
+    def autocasting(self):
+        """The context a training step's forward and loss run in: ``torch.autocast`` to ``autocast``, or none."""
+        return nullcontext() if self.autocast is None else torch.autocast("cpu", dtype=getattr(torch, self.autocast))
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based): linear warmup, cosine to min_lr."""
@@ -164,7 +175,11 @@ class RunSpec:
         return self.objective
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "lm": self.lm.to_dict(), "train": asdict(self.train), "objective": self.objective,
+        """Plain JSON values; a float32 run writes no ``autocast``, so its config reads as before the option."""
+        train = asdict(self.train)
+        if train["autocast"] is None:
+            del train["autocast"]
+        return {"name": self.name, "lm": self.lm.to_dict(), "train": train, "objective": self.objective,
                 "comparable_group": self.comparable_group, "knob": self.knob}
 
     @classmethod
@@ -486,8 +501,9 @@ def train_step(model: TinyLM, optimizer: torch.optim.Optimizer, sampler: BatchSa
     for group in optimizer.param_groups:
         group["lr"] = lr
     x, y = sampler.next()
-    out = model(x, targets=y, logits_at_targets=sampler.objective == "masked")  # the head where y is predicted
-    loss = training_loss(out, cfg.aux)
+    with cfg.autocasting():
+        out = model(x, targets=y, logits_at_targets=sampler.objective == "masked")  # the head where y is predicted
+        loss = training_loss(out, cfg.aux)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -518,12 +534,13 @@ def _data_parallel_step(dp: DataParallel, optimizer: torch.optim.Optimizer, samp
         group["lr"] = lr
     x, y = sampler.next()                                             # (B, T): the whole global batch
     x, y = x[dp.shard].to(dp.device), y[dp.shard].to(dp.device)       # (B/W, T): this rank's rows
-    with global_token_sums():
+    with global_token_sums(), cfg.autocasting():
         out = dp.ddp(x, targets=y, logits_at_targets=sampler.objective == "masked")
     n = (y != IGNORE_INDEX).sum()
     ce = torch.stack([out.loss.detach().double() * n, n.double()])   # [Σ token losses, tokens] over ranks
     dist.all_reduce(ce)
-    loss = training_loss(replace(out, loss=out.loss * (dp.world * n / ce[1]).to(out.loss.dtype)), cfg.aux)
+    with cfg.autocasting():
+        loss = training_loss(replace(out, loss=out.loss * (dp.world * n / ce[1]).to(out.loss.dtype)), cfg.aux)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(dp.model.parameters(), cfg.grad_clip)  # of the averaged gradient
