@@ -154,9 +154,10 @@ class RoutingStats:
         probs = scores / scores.sum(-1, keepdim=True).clamp_min(1e-300)
         acc.prob_sum += probs.sum(0)
         acc.entropy_sum += -(probs * probs.clamp_min(1e-300).log()).sum()
-        onehot = torch.zeros(real.shape[0], e, dtype=torch.int64)
-        onehot.scatter_add_(1, real.clamp_min(0), valid.long())
-        acc.coact += onehot.t() @ onehot
+        # float64 one-hot: its products are exact integers (below 2⁵³) and run on BLAS, ~10× an int64 matmul
+        onehot = torch.zeros(real.shape[0], e, dtype=torch.float64)
+        onehot.scatter_add_(1, real.clamp_min(0), valid.double())
+        acc.coact += (onehot.t() @ onehot).round().long()
         self._margins(acc, record.ranked().double()[mask])
         self._consecutive(acc, record, onehot)
         self._sequence_balance(acc, record, onehot, probs)
@@ -164,7 +165,7 @@ class RoutingStats:
             if domain not in self.domains:
                 raise ValueError(f"unknown domain {domain!r}; the stats were built for {self.domains}")
             d = self.domains.index(domain)
-            acc.domain_counts[d] += onehot.sum(0)
+            acc.domain_counts[d] += onehot.sum(0).round().long()
             acc.domain_tokens[d] += int(mask.sum())
         if acc.token_expert is not None and record.token_ids is not None:
             ids = record.token_ids.long()[mask]
@@ -202,7 +203,7 @@ class RoutingStats:
         b, s = record.batch_shape
         seq = torch.arange(b).repeat_interleave(s)[record.mask.bool()]          # (N,) sequence of each real token
         tokens = torch.bincount(seq, minlength=b)                                # (B,)
-        counts = torch.zeros(b, acc.num_experts, dtype=torch.float64).index_add_(0, seq, onehot_real.double())
+        counts = torch.zeros(b, acc.num_experts, dtype=torch.float64).index_add_(0, seq, onehot_real)
         prob_sum = torch.zeros(b, acc.num_experts, dtype=torch.float64).index_add_(0, seq, probs_real)
         per_seq = balance_loss_from_counts("deepseek_seq", counts=counts, prob_sum=prob_sum, tokens=tokens,
                                            top_k=acc.top_k)                      # (B,)

@@ -12,8 +12,9 @@ recorded MoE layer ``L`` four columns:
   (:func:`~moescope.analysis.routing.relative_margins`; below 2⁻⁸ is a near-tie), null when k = E.
 
 The file is columnar (pyarrow), readable by pandas (``pd.read_parquet``) and polars. Memory stays flat
-as tokens grow: rows are written a batch at a time as one row group; only a layer-major run's chunk
-(whose layers finish one after another) is held until its last layer is recorded.
+as tokens grow: finished batches are gathered into row groups of :data:`ROW_GROUP` rows and written (one
+write per row group costs less than one per batch); only a layer-major run's chunk (whose layers finish
+one after another) is held until its last layer is recorded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import torch
 from moescope.analysis.routing import relative_margins, router_entropy
 from moescope.models.view import RoutingRecord
 
-__all__ = ["TraceWriter", "layer_columns"]
+__all__ = ["ROW_GROUP", "TraceWriter", "layer_columns"]
+
+ROW_GROUP = 16_384  # rows gathered before a write: about a MiB of columns, whatever the number of tokens
 
 
 def layer_columns(layer: int) -> tuple[str, str, str, str]:
@@ -69,6 +72,8 @@ class TraceWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.tmp")
         self._writer = None
         self._pending: dict[object, dict] = {}
+        self._tables: list = []            # finished batches not yet written (fewer than ROW_GROUP rows)
+        self._held = 0
         self.rows = 0
 
     def __enter__(self) -> TraceWriter:
@@ -78,7 +83,11 @@ class TraceWriter:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        self._writer.close()
+        try:
+            if exc_type is None:
+                self._flush()
+        finally:
+            self._writer.close()
         if exc_type is None:
             if self._pending:
                 raise RuntimeError(f"{len(self._pending)} batches of the trace never received every layer")
@@ -121,7 +130,7 @@ class TraceWriter:
         n = len(token_ids)
         columns = {"document": pa.array([entry["document"]] * n, pa.string()),
                    "position": pa.array(positions, pa.int64()), "token_id": pa.array(token_ids, pa.int64()),
-                   "token": pa.array([self.decode(int(t)) for t in token_ids], pa.string())}
+                   "token": self._tokens(token_ids)}
         for layer in self.layers:
             got = entry["layers"][layer]
             experts, weights, entropy, margin = layer_columns(layer)
@@ -132,5 +141,23 @@ class TraceWriter:
             columns[entropy] = pa.array(got["entropy"], pa.float32())
             margin_values = got["margin"]
             columns[margin] = pa.array(margin_values, pa.float32(), mask=np.isnan(margin_values))
-        self._writer.write_table(pa.table(columns, schema=self.schema))
+        self._tables.append(pa.table(columns, schema=self.schema))
+        self._held += n
         self.rows += n
+        if self._held >= ROW_GROUP:
+            self._flush()
+
+    def _tokens(self, token_ids: np.ndarray):
+        """The decoded texts of ``token_ids`` (n,) as a string array: each distinct id decoded once (cached)."""
+        import pyarrow as pa
+
+        distinct, inverse = np.unique(token_ids, return_inverse=True)
+        return pa.array([self.decode(int(t)) for t in distinct], pa.string()).take(pa.array(inverse.reshape(-1)))
+
+    def _flush(self) -> None:
+        """Write the gathered batches as one row group."""
+        import pyarrow as pa
+
+        if self._tables:
+            self._writer.write_table(pa.concat_tables(self._tables), row_group_size=max(self._held, 1))
+            self._tables, self._held = [], 0
